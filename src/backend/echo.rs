@@ -1,0 +1,103 @@
+//! The built-in backend with no upstream: it answers with the last user message, one
+//! word per chunk. It lets people try the gateway without a model, gives clients'
+//! tests a predictable peer, and measures the gateway's own cost.
+
+use futures::stream;
+
+use crate::chat::{ChatRequest, Event, EventStream, FinishReason, Role, Usage};
+
+use super::ModelEntry;
+
+/// The echo backend (stateless).
+pub struct EchoBackend;
+
+/// Cuts text into words, each keeping the whitespace that follows it (leading
+/// whitespace stays with the first word), so the pieces join back into the text.
+pub fn pieces(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut in_space = false;
+    let mut seen_word = false;
+    for (at, ch) in text.char_indices() {
+        if ch.is_whitespace() {
+            in_space = true;
+        } else {
+            if in_space && seen_word {
+                pieces.push(&text[start..at]);
+                start = at;
+            }
+            in_space = false;
+            seen_word = true;
+        }
+    }
+    if start < text.len() {
+        pieces.push(&text[start..]);
+    }
+    pieces
+}
+
+impl EchoBackend {
+    /// Answers at once with the last user message's text.
+    pub fn chat(&self, request: ChatRequest) -> EventStream {
+        let prompt_tokens = request
+            .messages
+            .iter()
+            .map(|m| pieces(&m.joined_text()).len() as u64)
+            .sum();
+        let text = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.joined_text())
+            .unwrap_or_default();
+        let all = pieces(&text);
+        let limit = request
+            .sampling
+            .max_tokens
+            .map_or(usize::MAX, |n| n as usize);
+        let finish = if all.len() > limit {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        };
+        let mut events: Vec<Event> = all
+            .iter()
+            .take(limit)
+            .map(|piece| Event::Text((*piece).to_owned()))
+            .collect();
+        let completion_tokens = events.len() as u64;
+        events.push(Event::Finish(finish));
+        events.push(Event::Usage(Usage {
+            prompt_tokens,
+            completion_tokens,
+            ..Usage::default()
+        }));
+        Box::pin(stream::iter(events.into_iter().map(Ok)))
+    }
+
+    /// Its one model.
+    pub fn models() -> Vec<ModelEntry> {
+        vec![ModelEntry {
+            id: "echo".to_owned(),
+            owned_by: Some("switchyard".to_owned()),
+            ..ModelEntry::default()
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_keep_whitespace_and_join_back() {
+        assert_eq!(pieces("hi there"), vec!["hi ", "there"]);
+        assert_eq!(pieces("  a  b\n"), vec!["  a  ", "b\n"]);
+        assert_eq!(pieces(""), Vec::<&str>::new());
+        assert_eq!(pieces("héllo wörld 🦀"), vec!["héllo ", "wörld ", "🦀"]);
+        for text in ["x", " lead", "trail ", "a\tb\nc  d"] {
+            assert_eq!(pieces(text).concat(), text);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! What the gateway speaks to upstreams: one file per kind, all behind [`Backend`].
+//!
+//! A backend turns a canonical [`ChatRequest`] into its upstream's call and the answer
+//! into canonical [`Event`](crate::chat::Event)s; it knows nothing of the client's dialect.
+//! Three kinds need no trait objects: one enum and one `match` say it plainly.
+
+pub mod echo;
+pub mod ollama;
+pub mod openai;
+mod upstream;
+
+pub use upstream::Upstream;
+
+use crate::chat::{ChatRequest, EventStream};
+use crate::config::{BackendConfig, BackendKind};
+use crate::error::GatewayError;
+
+/// A model a backend offers, as its upstream describes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelEntry {
+    /// The upstream's own name for it (no backend prefix).
+    pub id: String,
+    /// Unix seconds, when known.
+    pub created: Option<u64>,
+    /// RFC 3339, when the upstream gave one (Ollama).
+    pub modified_at: Option<String>,
+    pub owned_by: Option<String>,
+    pub size: Option<u64>,
+    /// Ollama's `details` object, passed on as-is.
+    pub details: Option<serde_json::Value>,
+}
+
+/// One configured backend, ready to serve (one per worker: its HTTP client is not `Send`).
+pub enum Backend {
+    OpenAi(openai::OpenAiBackend),
+    Ollama(ollama::OllamaBackend),
+    Echo(echo::EchoBackend),
+}
+
+impl Backend {
+    /// Builds the running backend from its checked configuration.
+    pub fn new(config: &BackendConfig) -> Backend {
+        match &config.kind {
+            BackendKind::OpenAi(upstream) => Backend::OpenAi(openai::OpenAiBackend::new(
+                Upstream::new(&config.name, upstream),
+            )),
+            BackendKind::Ollama(upstream) => Backend::Ollama(ollama::OllamaBackend::new(
+                Upstream::new(&config.name, upstream),
+            )),
+            BackendKind::Echo => Backend::Echo(echo::EchoBackend),
+        }
+    }
+
+    /// Starts a chat; the stream yields the answer as it arrives. Errors before the
+    /// upstream accepted the request come back here, errors after it in the stream.
+    pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
+        match self {
+            Backend::OpenAi(backend) => backend.chat(request).await,
+            Backend::Ollama(backend) => backend.chat(request).await,
+            Backend::Echo(backend) => Ok(backend.chat(request)),
+        }
+    }
+
+    /// The models the upstream offers.
+    pub async fn models(&self) -> Result<Vec<ModelEntry>, GatewayError> {
+        match self {
+            Backend::OpenAi(backend) => backend.models().await,
+            Backend::Ollama(backend) => backend.models().await,
+            Backend::Echo(_) => Ok(echo::EchoBackend::models()),
+        }
+    }
+
+    /// The configured kind's name, for `/health` and logs.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Backend::OpenAi(_) => "openai",
+            Backend::Ollama(_) => "ollama",
+            Backend::Echo(_) => "echo",
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Backend for any OpenAI-compatible server: OpenAI itself, llama.cpp's llama-server,
+//! vLLM, and the like. Always asks for a stream with usage, so token counts, timeouts and
+//! cancellation work the same for streaming and non-streaming clients.
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::chat::{
+    ChatRequest, Event, EventStream, FinishReason, Message, OutputFormat, Part, Role, Think, Tool,
+    ToolCallDelta, Usage,
+};
+use crate::error::GatewayError;
+use crate::framing::{sse_data, FramingError};
+
+use super::{ModelEntry, Upstream};
+
+/// An OpenAI-compatible upstream.
+pub struct OpenAiBackend {
+    upstream: Upstream,
+    /// OpenAI's own API rejects parameters it does not know, so llama-server's extra
+    /// sampling knobs are only sent elsewhere.
+    strict_parameters: bool,
+}
+
+impl OpenAiBackend {
+    /// Wraps the upstream.
+    pub fn new(upstream: Upstream) -> OpenAiBackend {
+        let strict_parameters = url::Url::parse(&upstream.config.base_url)
+            .ok()
+            .and_then(|url| url.host_str().map(|h| h.ends_with("api.openai.com")))
+            .unwrap_or(false);
+        OpenAiBackend {
+            upstream,
+            strict_parameters,
+        }
+    }
+
+    /// Sends the chat upstream and decodes its SSE answer.
+    pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
+        let body = serde_json::to_vec(&self.wire_request(&request))
+            .map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
+        let response = self.upstream.post_stream("/chat/completions", body).await?;
+        Ok(decode_stream(self.upstream.backend.clone(), response))
+    }
+
+    /// Lists `GET /models`.
+    pub async fn models(&self) -> Result<Vec<ModelEntry>, GatewayError> {
+        let list: WireModelList = self.upstream.get_json("/models").await?;
+        Ok(list
+            .data
+            .into_iter()
+            .map(|model| ModelEntry {
+                id: model.id,
+                created: model.created,
+                owned_by: model.owned_by,
+                ..ModelEntry::default()
+            })
+            .collect())
+    }
+
+    fn wire_request<'a>(&self, request: &'a ChatRequest) -> WireRequest<'a> {
+        let sampling = &request.sampling;
+        let mut extra = Map::new();
+        if !self.strict_parameters {
+            let knobs = [
+                ("top_k", sampling.top_k.map(Value::from)),
+                ("min_p", sampling.min_p.map(Value::from)),
+                ("typical_p", sampling.typical_p.map(Value::from)),
+                ("repeat_penalty", sampling.repeat_penalty.map(Value::from)),
+                ("repeat_last_n", sampling.repeat_last_n.map(Value::from)),
+            ];
+            for (key, value) in knobs {
+                if let Some(value) = value {
+                    extra.insert(key.to_owned(), value);
+                }
+            }
+            if request.think == Some(Think::Enabled(false)) {
+                // llama-server's templates read this; the effort alone is not enough.
+                extra.insert(
+                    "chat_template_kwargs".to_owned(),
+                    json!({"enable_thinking": false}),
+                );
+            }
+        }
+        if !sampling.ollama_runtime.is_empty() {
+            log::debug!(
+                "backend {}: dropping Ollama runtime options with no OpenAI counterpart: {:?}",
+                self.upstream.backend,
+                sampling.ollama_runtime.keys().collect::<Vec<_>>()
+            );
+        }
+        if request.keep_alive.is_some() {
+            log::debug!("backend {}: dropping keep_alive", self.upstream.backend);
+        }
+        for (key, value) in &request.passthrough {
+            extra.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+        WireRequest {
+            model: &request.model,
+            messages: wire_messages(&request.messages, !self.strict_parameters),
+            stream: true,
+            stream_options: json!({"include_usage": true}),
+            max_completion_tokens: sampling.max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            seed: sampling.seed,
+            stop: (!sampling.stop.is_empty()).then_some(&sampling.stop),
+            frequency_penalty: sampling.frequency_penalty,
+            presence_penalty: sampling.presence_penalty,
+            response_format: request.format.as_ref().map(|format| match format {
+                OutputFormat::Json => json!({"type": "json_object"}),
+                OutputFormat::Schema {
+                    name,
+                    schema,
+                    strict,
+                } => {
+                    let mut spec = json!({
+                        "name": name.as_deref().unwrap_or("response"),
+                        "schema": schema,
+                    });
+                    if let Some(strict) = strict {
+                        spec["strict"] = json!(strict);
+                    }
+                    json!({"type": "json_schema", "json_schema": spec})
+                }
+            }),
+            tools: (!request.tools.is_empty()).then_some(&request.tools),
+            tool_choice: request.tool_choice.as_ref(),
+            parallel_tool_calls: request.parallel_tool_calls,
+            reasoning_effort: match &request.think {
+                None | Some(Think::Enabled(true)) => None,
+                Some(Think::Enabled(false)) => Some("none"),
+                Some(Think::Effort(level)) => Some(level.as_str()),
+            },
+            extra,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    stream: bool,
+    stream_options: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a Vec<Tool>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'a str>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: Value,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+}
+
+/// Writes the messages in OpenAI's form, giving every tool call an id and every tool
+/// result the id of the call it answers: OpenAI servers insist on both, Ollama clients
+/// send neither.
+fn wire_messages(messages: &[Message], send_reasoning: bool) -> Vec<WireMessage<'_>> {
+    let mut out = Vec::with_capacity(messages.len());
+    // (id, name) of calls not yet answered by a tool message, oldest first.
+    let mut unanswered: Vec<(String, String)> = Vec::new();
+    for (message_index, message) in messages.iter().enumerate() {
+        let mut tool_calls = Vec::with_capacity(message.tool_calls.len());
+        for (call_index, call) in message.tool_calls.iter().enumerate() {
+            let id = call
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("call_{message_index}_{call_index}"));
+            unanswered.push((id.clone(), call.name.clone()));
+            tool_calls.push(json!({
+                "id": id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }));
+        }
+        let tool_call_id = if message.role == Role::Tool {
+            let position = match &message.tool_call_id {
+                Some(id) => unanswered.iter().position(|(call_id, _)| call_id == id),
+                None => message
+                    .tool_name
+                    .as_ref()
+                    .and_then(|name| unanswered.iter().position(|(_, n)| n == name))
+                    .or(if unanswered.is_empty() { None } else { Some(0) }),
+            };
+            let answered = position.map(|at| unanswered.remove(at).0);
+            message.tool_call_id.clone().or(answered)
+        } else {
+            None
+        };
+        let content = wire_content(message);
+        out.push(WireMessage {
+            role: message.role.as_str(),
+            content,
+            tool_calls,
+            tool_call_id,
+            reasoning_content: message
+                .thinking
+                .as_deref()
+                .filter(|_| send_reasoning && message.role == Role::Assistant),
+        });
+    }
+    out
+}
+
+fn wire_content(message: &Message) -> Value {
+    let has_images = message.images().next().is_some();
+    if !has_images {
+        let text = message.joined_text();
+        if text.is_empty() && !message.tool_calls.is_empty() {
+            return Value::Null;
+        }
+        return Value::String(text);
+    }
+    Value::Array(
+        message
+            .parts
+            .iter()
+            .map(|part| match part {
+                Part::Text(text) => json!({"type": "text", "text": text}),
+                Part::Image(image) => {
+                    json!({"type": "image_url", "image_url": {"url": image.to_url()}})
+                }
+            })
+            .collect(),
+    )
+}
+
+#[derive(Deserialize)]
+struct WireModelList {
+    #[serde(default)]
+    data: Vec<WireModel>,
+}
+
+#[derive(Deserialize)]
+struct WireModel {
+    id: String,
+    created: Option<u64>,
+    owned_by: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    usage: Option<WireUsage>,
+    timings: Option<WireTimings>,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    index: u32,
+    delta: Option<WireDelta>,
+    /// Some servers put a whole `message` in the last chunk instead of a delta.
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireDelta {
+    content: Option<String>,
+    reasoning_content: Option<String>,
+    reasoning: Option<String>,
+    tool_calls: Option<Vec<WireToolCallDelta>>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCallDelta {
+    index: Option<usize>,
+    id: Option<String>,
+    function: Option<WireFunctionDelta>,
+}
+
+#[derive(Deserialize)]
+struct WireFunctionDelta {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+/// llama-server's timings, in milliseconds.
+#[derive(Deserialize)]
+struct WireTimings {
+    prompt_ms: Option<f64>,
+    predicted_ms: Option<f64>,
+}
+
+/// What one upstream chunk means, kept between chunks.
+#[derive(Default)]
+struct DecodeState {
+    usage: Option<Usage>,
+    finished: bool,
+}
+
+impl DecodeState {
+    fn decode(
+        &mut self,
+        backend: &str,
+        data: &str,
+        out: &mut Vec<Event>,
+    ) -> Result<(), GatewayError> {
+        let chunk: WireChunk =
+            serde_json::from_str(data).map_err(|e| GatewayError::UpstreamProtocol {
+                backend: backend.to_owned(),
+                detail: format!("a stream event is not a chat completion chunk: {e}"),
+            })?;
+        if let Some(error) = chunk.error {
+            return Err(stream_error(backend, error));
+        }
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            if let Some(delta) = choice.delta {
+                if let Some(thinking) = delta.reasoning_content.or(delta.reasoning) {
+                    if !thinking.is_empty() {
+                        out.push(Event::Thinking(thinking));
+                    }
+                }
+                if let Some(text) = delta.content {
+                    if !text.is_empty() {
+                        out.push(Event::Text(text));
+                    }
+                }
+                for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
+                    let function = call.function;
+                    let (name, arguments) = match function {
+                        Some(f) => (f.name, f.arguments.unwrap_or_default()),
+                        None => (None, String::new()),
+                    };
+                    out.push(Event::ToolCall(ToolCallDelta {
+                        index: call.index.unwrap_or(position),
+                        id: call.id,
+                        name,
+                        arguments,
+                    }));
+                }
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.finished = true;
+                out.push(Event::Finish(FinishReason::parse(&reason)));
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            let kept = self.usage.get_or_insert_with(Usage::default);
+            kept.prompt_tokens = usage.prompt_tokens;
+            kept.completion_tokens = usage.completion_tokens;
+        }
+        if let Some(timings) = chunk.timings {
+            let kept = self.usage.get_or_insert_with(Usage::default);
+            kept.prompt_eval_ns = timings.prompt_ms.map(|ms| (ms * 1e6) as u64);
+            kept.eval_ns = timings.predicted_ms.map(|ms| (ms * 1e6) as u64);
+        }
+        Ok(())
+    }
+}
+
+/// An `{"error": ...}` event inside a stream.
+fn stream_error(backend: &str, error: Value) -> GatewayError {
+    let body = json!({ "error": error }).to_string();
+    let (message, kind, code) = crate::error::parse_upstream_error(body.as_bytes())
+        .unwrap_or_else(|| ("upstream error".to_owned(), None, None));
+    let status = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .filter(|code| (400..600).contains(code))
+        .unwrap_or(502) as u16;
+    GatewayError::UpstreamStatus {
+        backend: backend.to_owned(),
+        status,
+        message,
+        kind,
+        code,
+    }
+}
+
+fn decode_stream(backend: String, body: super::upstream::UpstreamBody) -> EventStream {
+    Box::pin(async_stream::stream! {
+        let mut state = DecodeState::default();
+        let mut events = Vec::new();
+        let data = sse_data(body);
+        futures::pin_mut!(data);
+        let mut saw_done = false;
+        while let Some(item) = data.next().await {
+            let data = match item {
+                Ok(data) => data,
+                Err(FramingError::Transport(e)) => {
+                    yield Err(e);
+                    return;
+                }
+                Err(FramingError::Invalid(detail)) => {
+                    yield Err(GatewayError::UpstreamProtocol { backend: backend.clone(), detail });
+                    return;
+                }
+            };
+            if data.trim() == "[DONE]" {
+                saw_done = true;
+                break;
+            }
+            if let Err(e) = state.decode(&backend, &data, &mut events) {
+                yield Err(e);
+                return;
+            }
+            for event in events.drain(..) {
+                yield Ok(event);
+            }
+        }
+        if !saw_done && !state.finished {
+            yield Err(GatewayError::UpstreamProtocol {
+                backend: backend.clone(),
+                detail: "the stream ended before the answer was complete".to_owned(),
+            });
+            return;
+        }
+        if let Some(usage) = state.usage {
+            yield Ok(Event::Usage(usage));
+        }
+    })
+}

@@ -1,0 +1,268 @@
+//! The HTTP side of a backend: one awc client per backend and worker, the three timeouts,
+//! and the mapping of every transport failure onto [`GatewayError`].
+//!
+//! Requests are built from scratch: no header of the client's is copied, so its gateway
+//! key, cookies and forwarding headers never reach the upstream. Only the configured
+//! upstream key is sent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use awc::error::{ConnectError, SendRequestError};
+use bytes::Bytes;
+use futures::Stream;
+use pin_project_lite::pin_project;
+use serde::de::DeserializeOwned;
+
+use crate::config::UpstreamConfig;
+use crate::error::{parse_upstream_error, GatewayError};
+
+/// The most of an upstream's error body that is read to find its message.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// The most of a non-streamed upstream answer (model lists) that is read.
+const JSON_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// One upstream server, as seen from one worker.
+pub struct Upstream {
+    pub backend: String,
+    pub config: UpstreamConfig,
+    client: awc::Client,
+}
+
+/// An upstream response whose status was a success, ready to be streamed.
+pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>>>>;
+
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Arc::new(config)
+    })
+    .clone()
+}
+
+impl Upstream {
+    /// Builds the client for one backend; called once per worker.
+    pub fn new(backend: &str, config: &UpstreamConfig) -> Upstream {
+        let connector = awc::Connector::new()
+            .timeout(config.connect_timeout)
+            .handshake_timeout(config.connect_timeout)
+            .rustls_0_23(tls_config());
+        let client = awc::Client::builder()
+            .connector(connector)
+            // awc's own timeout would also cut the body; ours are applied per phase.
+            .disable_timeout()
+            .add_default_header((
+                "user-agent",
+                concat!("switchyard/", env!("CARGO_PKG_VERSION")),
+            ))
+            .finish();
+        Upstream {
+            backend: backend.to_owned(),
+            config: config.clone(),
+            client,
+        }
+    }
+
+    fn request(&self, method: awc::http::Method, path: &str) -> awc::ClientRequest {
+        let mut request = self
+            .client
+            .request(method, format!("{}{}", self.config.base_url, path));
+        if let Some(key) = &self.config.api_key {
+            request = request.bearer_auth(key);
+        }
+        request
+    }
+
+    /// POSTs a JSON body and returns the response body as a stream, once the status says
+    /// success. An error status becomes [`GatewayError::UpstreamStatus`] with the
+    /// upstream's message.
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<UpstreamBody, GatewayError> {
+        let request = self
+            .request(awc::http::Method::POST, path)
+            .content_type("application/json");
+        let response = self.send(request.send_body(body)).await?;
+        let response = self.check_status(response).await?;
+        Ok(Box::pin(IdleTimeout::new(
+            response,
+            self.config.idle_timeout,
+            self.backend.clone(),
+        )))
+    }
+
+    /// GETs and decodes a JSON answer (model listings).
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, GatewayError> {
+        let response = self
+            .send(self.request(awc::http::Method::GET, path).send())
+            .await?;
+        let mut response = self.check_status(response).await?;
+        let body = tokio::time::timeout(
+            self.config.idle_timeout,
+            response.body().limit(JSON_BODY_LIMIT),
+        )
+        .await
+        .map_err(|_| self.timeout("the body stalled"))?
+        .map_err(|e| self.unreachable(format!("reading the body failed: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| GatewayError::UpstreamProtocol {
+            backend: self.backend.clone(),
+            detail: format!("{path} did not answer with the expected JSON: {e}"),
+        })
+    }
+
+    async fn send<F, R>(&self, sending: F) -> Result<R, GatewayError>
+    where
+        F: Future<Output = Result<R, SendRequestError>>,
+    {
+        match tokio::time::timeout(self.config.response_timeout, sending).await {
+            Err(_) => Err(self.timeout(&format!(
+                "no response within {}s",
+                self.config.response_timeout.as_secs_f64()
+            ))),
+            Ok(Err(SendRequestError::Connect(ConnectError::Timeout))) => {
+                Err(self.timeout(&format!(
+                    "could not connect within {}s",
+                    self.config.connect_timeout.as_secs_f64()
+                )))
+            }
+            Ok(Err(SendRequestError::Timeout)) => Err(self.timeout("no response in time")),
+            Ok(Err(e)) => Err(self.unreachable(e.to_string())),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    async fn check_status<S>(
+        &self,
+        mut response: awc::ClientResponse<S>,
+    ) -> Result<awc::ClientResponse<S>, GatewayError>
+    where
+        S: Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+    {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = tokio::time::timeout(
+            Duration::from_secs(10).min(self.config.idle_timeout),
+            response.body().limit(ERROR_BODY_LIMIT),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        let (message, kind, code) = parse_upstream_error(&body).unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body).trim().to_owned();
+            let message = if text.is_empty() {
+                format!("backend '{}' answered {status}", self.backend)
+            } else {
+                text
+            };
+            (message, None, None)
+        });
+        Err(GatewayError::UpstreamStatus {
+            backend: self.backend.clone(),
+            status: status.as_u16(),
+            message,
+            kind,
+            code,
+        })
+    }
+
+    fn timeout(&self, detail: &str) -> GatewayError {
+        GatewayError::UpstreamTimeout {
+            backend: self.backend.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    fn unreachable(&self, detail: String) -> GatewayError {
+        GatewayError::UpstreamUnreachable {
+            backend: self.backend.clone(),
+            detail,
+        }
+    }
+}
+
+pin_project! {
+    /// Ends a body with a timeout error when it falls silent for longer than `idle`.
+    struct IdleTimeout<S> {
+        #[pin]
+        inner: S,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        idle: Duration,
+        backend: String,
+        finished: bool,
+    }
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, idle: Duration, backend: String) -> Self {
+        IdleTimeout {
+            inner,
+            deadline: tokio::time::sleep(idle),
+            idle,
+            backend,
+            finished: false,
+        }
+    }
+}
+
+impl<S> Stream for IdleTimeout<S>
+where
+    S: Stream<Item = Result<Bytes, awc::error::PayloadError>>,
+{
+    type Item = Result<Bytes, GatewayError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        if *this.finished {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                let next = tokio::time::Instant::now() + *this.idle;
+                this.deadline.reset(next);
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.finished = true;
+                Poll::Ready(Some(Err(GatewayError::UpstreamUnreachable {
+                    backend: this.backend.clone(),
+                    detail: format!("the connection broke mid-answer: {e}"),
+                })))
+            }
+            Poll::Ready(None) => {
+                *this.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.deadline.poll(cx) {
+                Poll::Ready(()) => {
+                    *this.finished = true;
+                    Poll::Ready(Some(Err(GatewayError::UpstreamTimeout {
+                        backend: this.backend.clone(),
+                        detail: format!(
+                            "the answer stalled for more than {}s",
+                            this.idle.as_secs_f64()
+                        ),
+                    })))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}

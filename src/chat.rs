@@ -1,0 +1,462 @@
+//! The canonical chat model: the one shape every request, response and stream takes
+//! between a dialect (what the client speaks) and a backend (what the upstream speaks).
+//!
+//! Each dialect parses its wire JSON into [`ChatRequest`] and renders [`Event`]s back;
+//! each backend turns a [`ChatRequest`] into an upstream call and the upstream's answer
+//! into [`Event`]s. Neither side knows the other, so a new dialect or backend is one file.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::GatewayError;
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    /// OpenAI's newer name for system instructions; Ollama has no such role and reads it
+    /// as `system`.
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    /// Parses a role case-insensitively, as Ollama does.
+    pub fn parse(name: &str) -> Option<Role> {
+        match name.to_ascii_lowercase().as_str() {
+            "system" => Some(Role::System),
+            "developer" => Some(Role::Developer),
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            "tool" => Some(Role::Tool),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::Developer => "developer",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// An image attached to a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Image {
+    /// Inline bytes, standard base64; `mime` is known when the client sent a `data:` URL.
+    Base64 { mime: Option<String>, data: String },
+    /// A remote `http(s)` URL the client asked the model to look at.
+    Url(String),
+}
+
+impl Image {
+    /// The `data:` URL OpenAI-style servers take; the type is sniffed from the first
+    /// bytes when the client did not name it.
+    pub fn to_url(&self) -> String {
+        match self {
+            Image::Url(url) => url.clone(),
+            Image::Base64 { mime, data } => {
+                let mime = mime.as_deref().unwrap_or_else(|| sniff_image_type(data));
+                format!("data:{mime};base64,{data}")
+            }
+        }
+    }
+}
+
+/// Guesses an image's type from its magic bytes (PNG, JPEG, GIF, WebP); PNG otherwise.
+fn sniff_image_type(base64_data: &str) -> &'static str {
+    use base64::Engine;
+    let head = base64::engine::general_purpose::STANDARD
+        .decode(base64_data.get(..16).unwrap_or(""))
+        .unwrap_or_default();
+    match head.as_slice() {
+        [0xFF, 0xD8, 0xFF, ..] => "image/jpeg",
+        [b'G', b'I', b'F', b'8', ..] => "image/gif",
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "image/webp",
+        _ => "image/png",
+    }
+}
+
+/// One piece of a message's content, in the order the client gave them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    Image(Image),
+}
+
+/// A complete tool call made by the assistant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// The call's id; Ollama clients often send none, OpenAI always does.
+    pub id: Option<String>,
+    pub name: String,
+    /// The arguments as JSON text (OpenAI's form). Ollama's object form is parsed from
+    /// and written to this at the Ollama edges.
+    pub arguments: String,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub parts: Vec<Part>,
+    /// Reasoning text of an earlier assistant turn.
+    pub thinking: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+    /// On `role: tool`: the call this result answers (OpenAI).
+    pub tool_call_id: Option<String>,
+    /// On `role: tool`: the name of the tool whose result this is (Ollama).
+    pub tool_name: Option<String>,
+}
+
+impl Message {
+    /// A message holding only text.
+    pub fn text(role: Role, text: impl Into<String>) -> Message {
+        Message {
+            role,
+            parts: vec![Part::Text(text.into())],
+            thinking: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            tool_name: None,
+        }
+    }
+
+    /// The text parts joined by newlines: how a message reads where content is one string.
+    pub fn joined_text(&self) -> String {
+        let mut texts = self.parts.iter().filter_map(|part| match part {
+            Part::Text(text) => Some(text.as_str()),
+            Part::Image(_) => None,
+        });
+        let Some(first) = texts.next() else {
+            return String::new();
+        };
+        let mut joined = first.to_owned();
+        for text in texts {
+            joined.push('\n');
+            joined.push_str(text);
+        }
+        joined
+    }
+
+    /// The images of this message, in order.
+    pub fn images(&self) -> impl Iterator<Item = &Image> {
+        self.parts.iter().filter_map(|part| match part {
+            Part::Image(image) => Some(image),
+            Part::Text(_) => None,
+        })
+    }
+}
+
+/// A tool the model may call. Both dialects use this very shape on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: FunctionDefinition,
+}
+
+fn function_type() -> String {
+    "function".to_owned()
+}
+
+/// The function a [`Tool`] offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDefinition {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    /// OpenAI's strict schema mode; meaningless to Ollama.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// What shape the output must have.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputFormat {
+    /// Any JSON object (Ollama `format: "json"`, OpenAI `json_object`).
+    Json,
+    /// JSON matching this schema.
+    Schema {
+        name: Option<String>,
+        schema: Value,
+        strict: Option<bool>,
+    },
+}
+
+/// Whether and how hard a reasoning model should think.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Think {
+    Enabled(bool),
+    /// An effort level: `low`, `medium`, `high`, `max` (OpenAI's `minimal`/`xhigh` are
+    /// mapped at the dialect edge).
+    Effort(String),
+}
+
+/// Sampling and length settings. Absent fields stay absent upstream, so the model's own
+/// defaults apply.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<i64>,
+    pub stop: Vec<String>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub typical_p: Option<f64>,
+    pub repeat_penalty: Option<f64>,
+    pub repeat_last_n: Option<i64>,
+    /// Ollama runtime options with no OpenAI counterpart (`num_ctx`, `num_gpu`, ...):
+    /// passed to Ollama backends, dropped elsewhere.
+    pub ollama_runtime: Map<String, Value>,
+}
+
+/// A chat request, whichever dialect it came in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The model name as the upstream knows it (routing has removed the prefix).
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub sampling: Sampling,
+    pub format: Option<OutputFormat>,
+    pub tools: Vec<Tool>,
+    /// OpenAI `tool_choice`, carried as-is to OpenAI-compatible backends.
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
+    pub think: Option<Think>,
+    /// Ollama `keep_alive`, carried as-is to Ollama backends.
+    pub keep_alive: Option<Value>,
+    /// Fields the client sent that the gateway does not model, carried to
+    /// OpenAI-compatible backends (llama-server's `top_k`, `cache_prompt`, ...).
+    pub passthrough: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// A plain request: a model and its messages, nothing else set.
+    pub fn new(model: impl Into<String>, messages: Vec<Message>) -> ChatRequest {
+        ChatRequest {
+            model: model.into(),
+            messages,
+            sampling: Sampling::default(),
+            format: None,
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            think: None,
+            keep_alive: None,
+            passthrough: Map::new(),
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+}
+
+impl FinishReason {
+    /// The OpenAI wire name.
+    pub fn as_openai(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+
+    /// The Ollama wire name: Ollama reports `stop` after tool calls too.
+    pub fn as_ollama(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Stop | FinishReason::ToolCalls | FinishReason::ContentFilter => "stop",
+        }
+    }
+
+    /// Reads an OpenAI `finish_reason` or an Ollama `done_reason`.
+    pub fn parse(name: &str) -> FinishReason {
+        match name {
+            "length" => FinishReason::Length,
+            "tool_calls" | "function_call" => FinishReason::ToolCalls,
+            "content_filter" => FinishReason::ContentFilter,
+            _ => FinishReason::Stop,
+        }
+    }
+}
+
+/// Token counts and, where the upstream measured them, durations in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub prompt_eval_ns: Option<u64>,
+    pub eval_ns: Option<u64>,
+    pub load_ns: Option<u64>,
+}
+
+/// A piece of a tool call as it streams: the first piece of a call carries `id` and
+/// `name`; later pieces carry more `arguments` text. Ollama backends send each call whole
+/// in one piece.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallDelta {
+    /// The call's position in this response, from 0.
+    pub index: usize,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+/// One thing that happened in a streamed answer. A backend's stream ends cleanly only
+/// after the upstream said it was done; a cut-off upstream ends in an error instead.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Text(String),
+    Thinking(String),
+    ToolCall(ToolCallDelta),
+    Finish(FinishReason),
+    Usage(Usage),
+}
+
+/// The events of one answer, as they arrive.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, GatewayError>>>>;
+
+/// A whole answer, for clients that did not ask to stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub thinking: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: Option<FinishReason>,
+    pub usage: Option<Usage>,
+}
+
+impl Completion {
+    /// Folds one event into the answer.
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::Text(text) => self.text.push_str(&text),
+            Event::Thinking(text) => self.thinking.push_str(&text),
+            Event::ToolCall(delta) => {
+                while self.tool_calls.len() <= delta.index {
+                    self.tool_calls.push(ToolCall {
+                        id: None,
+                        name: String::new(),
+                        arguments: String::new(),
+                    });
+                }
+                let call = &mut self.tool_calls[delta.index];
+                if delta.id.is_some() {
+                    call.id = delta.id;
+                }
+                if let Some(name) = delta.name {
+                    call.name.push_str(&name);
+                }
+                call.arguments.push_str(&delta.arguments);
+            }
+            Event::Finish(reason) => self.finish_reason = Some(reason),
+            Event::Usage(usage) => self.usage = Some(usage),
+        }
+    }
+
+    /// The finish reason clients should see: `tool_calls` when calls were made.
+    pub fn effective_finish(&self) -> FinishReason {
+        match self.finish_reason {
+            Some(FinishReason::Stop) | None if !self.tool_calls.is_empty() => {
+                FinishReason::ToolCalls
+            }
+            Some(reason) => reason,
+            None => FinishReason::Stop,
+        }
+    }
+
+    /// Drains a stream into one answer, stopping at the first error.
+    pub async fn collect(mut events: EventStream) -> Result<Completion, GatewayError> {
+        use futures::StreamExt;
+        let mut completion = Completion::default();
+        while let Some(event) = events.next().await {
+            completion.apply(event?);
+        }
+        Ok(completion)
+    }
+}
+
+/// Waits for the first event before the answer is committed, so that an upstream that
+/// fails before its first token gets a real error status, not a 200 carrying an error.
+pub async fn peek_first(mut events: EventStream) -> Result<EventStream, GatewayError> {
+    use futures::StreamExt;
+    match events.next().await {
+        None => Ok(events),
+        Some(Err(error)) => Err(error),
+        Some(Ok(first)) => Ok(Box::pin(
+            futures::stream::once(async { Ok(first) }).chain(events),
+        )),
+    }
+}
+
+/// Random alphanumerics for response and tool-call ids.
+pub fn random_id(prefix: &str, len: usize) -> String {
+    let mut id = String::with_capacity(prefix.len() + len);
+    id.push_str(prefix);
+    for _ in 0..len {
+        id.push(fastrand::alphanumeric().to_ascii_lowercase());
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_call_deltas_assemble_by_index() {
+        let mut completion = Completion::default();
+        let delta = |index, id: Option<&str>, name: Option<&str>, args: &str| {
+            Event::ToolCall(ToolCallDelta {
+                index,
+                id: id.map(str::to_owned),
+                name: name.map(str::to_owned),
+                arguments: args.to_owned(),
+            })
+        };
+        completion.apply(delta(0, Some("call_a"), Some("get_weather"), ""));
+        completion.apply(delta(1, Some("call_b"), Some("get_time"), "{}"));
+        completion.apply(delta(0, None, None, "{\"city\":"));
+        completion.apply(delta(0, None, None, "\"Tokyo\"}"));
+        completion.apply(Event::Finish(FinishReason::Stop));
+        assert_eq!(completion.tool_calls[0].arguments, "{\"city\":\"Tokyo\"}");
+        assert_eq!(completion.tool_calls[1].name, "get_time");
+        assert_eq!(completion.effective_finish(), FinishReason::ToolCalls);
+    }
+
+    #[test]
+    fn joined_text_skips_images() {
+        let message = Message {
+            parts: vec![
+                Part::Text("a".into()),
+                Part::Image(Image::Url("http://x".into())),
+                Part::Text("b".into()),
+            ],
+            ..Message::text(Role::User, "")
+        };
+        assert_eq!(message.joined_text(), "a\nb");
+    }
+}

@@ -1,0 +1,519 @@
+//! Typed configuration: read once at start from a TOML file and `SWITCHYARD__...`
+//! environment overrides, checked once into types that cannot be wrong later.
+//!
+//! Parsing ([`RawConfig`], straight from serde) and checking ([`Config`]) are separate
+//! steps, so that every problem is reported as one line naming the offending key.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the listen address is when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// The config file read when neither `--config` nor `$SWITCHYARD_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "config/switchyard.toml";
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(message.into()))
+}
+
+/// The file's shape, exactly as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    routing: RawRouting,
+    /// Absent means the built-in `echo` backend alone.
+    backends: Option<Vec<RawBackend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    /// `HOST:PORT` to listen on.
+    #[serde(default = "default_listen")]
+    listen: String,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[serde(default = "default_body_limit")]
+    body_limit_bytes: usize,
+    /// How long in-flight requests may run on after SIGTERM or Ctrl-C.
+    #[serde(default = "default_shutdown_secs")]
+    shutdown_timeout_secs: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            body_limit_bytes: default_body_limit(),
+            shutdown_timeout_secs: default_shutdown_secs(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_owned()
+}
+fn default_body_limit() -> usize {
+    16 * 1024 * 1024
+}
+fn default_shutdown_secs() -> u64 {
+    30
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    /// JSON object of key to user name; re-read when it changes.
+    keys_file: Option<PathBuf>,
+    /// Serve without keys on a non-loopback address.
+    #[serde(default)]
+    allow_anonymous: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    /// Backend for model names without a known prefix.
+    default_backend: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    /// Unique; also the model-name prefix that routes to this backend.
+    name: String,
+    /// `openai`, `ollama` or `echo`.
+    kind: String,
+    /// Upstream base URL (`.../v1` for `openai`, the server root for `ollama`).
+    url: Option<String>,
+    /// Environment variable holding the upstream key, sent as `Authorization: Bearer`.
+    api_key_env: Option<String>,
+    /// TCP and TLS connect limit.
+    #[serde(default = "default_connect_secs")]
+    connect_timeout_secs: f64,
+    /// From sending the request to the response's headers (covers a model loading).
+    #[serde(default = "default_response_secs")]
+    response_timeout_secs: f64,
+    /// Longest silence between two pieces of a streamed body.
+    #[serde(default = "default_idle_secs")]
+    idle_timeout_secs: f64,
+}
+
+fn default_connect_secs() -> f64 {
+    10.0
+}
+fn default_response_secs() -> f64 {
+    600.0
+}
+fn default_idle_secs() -> f64 {
+    300.0
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub body_limit: usize,
+    pub shutdown_timeout: Duration,
+    pub keys_file: Option<PathBuf>,
+    pub allow_anonymous: bool,
+    pub default_backend: Option<String>,
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One checked backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: BackendKind,
+}
+
+/// What a backend talks to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendKind {
+    /// Any OpenAI-compatible server.
+    OpenAi(UpstreamConfig),
+    /// Native Ollama.
+    Ollama(UpstreamConfig),
+    /// Built in, no upstream.
+    Echo,
+}
+
+/// How to reach one upstream.
+#[derive(Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Base URL without a trailing slash.
+    pub base_url: String,
+    /// The upstream key, read from the environment at start.
+    pub api_key: Option<String>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    // Hand-written so that the upstream key never reaches a log or a panic message.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+impl BackendKind {
+    /// The kind's name as written in the config file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendKind::OpenAi(_) => "openai",
+            BackendKind::Ollama(_) => "ollama",
+            BackendKind::Echo => "echo",
+        }
+    }
+
+    /// The upstream, for kinds that have one.
+    pub fn upstream(&self) -> Option<&UpstreamConfig> {
+        match self {
+            BackendKind::OpenAi(upstream) | BackendKind::Ollama(upstream) => Some(upstream),
+            BackendKind::Echo => None,
+        }
+    }
+}
+
+impl Config {
+    /// Finds the config file as the contract says: the explicit path, else
+    /// `$SWITCHYARD_CONFIG`, else `config/switchyard.toml` if it exists, else none.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(path) = explicit {
+            return Some(path.to_owned());
+        }
+        if let Some(path) = std::env::var_os("SWITCHYARD_CONFIG").filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(path));
+        }
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        default.exists().then(|| default.to_owned())
+    }
+
+    /// Loads the file (if any) with environment overrides on top, then checks it.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            if !path.exists() {
+                return err(format!("config file {} does not exist", path.display()));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("SWITCHYARD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw: RawConfig = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        raw.check()
+    }
+
+    /// Parses TOML text (no environment), for tests and `check`.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        raw.check()
+    }
+
+    /// The built-in defaults: loopback, one `echo` backend as the default.
+    pub fn builtin() -> Config {
+        RawConfig::default()
+            .check()
+            .expect("the built-in defaults are valid")
+    }
+
+    /// A human-readable account of the backends and routing, for `switchyard check`.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "listen: http://{}", self.listen);
+        let _ = writeln!(
+            out,
+            "auth: {}",
+            match &self.keys_file {
+                Some(path) => format!("keys from {}", path.display()),
+                None => "none (anonymous)".to_owned(),
+            }
+        );
+        let _ = writeln!(out, "backends:");
+        for backend in &self.backends {
+            match backend.kind.upstream() {
+                Some(upstream) => {
+                    let _ = writeln!(
+                        out,
+                        "  {:<12} {:<7} {}{}",
+                        backend.name,
+                        backend.kind.name(),
+                        upstream.base_url,
+                        if upstream.api_key.is_some() {
+                            " (with key)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  {:<12} {:<7} built in", backend.name, "echo");
+                }
+            }
+        }
+        let _ = writeln!(out, "routing:");
+        for backend in &self.backends {
+            let _ = writeln!(
+                out,
+                "  {}/MODEL -> backend {}, model MODEL",
+                backend.name, backend.name
+            );
+        }
+        let _ = match &self.default_backend {
+            Some(name) => writeln!(out, "  any other name -> backend {name}, name unchanged"),
+            None => writeln!(out, "  any other name -> 404 (no default_backend)"),
+        };
+        out
+    }
+}
+
+impl RawConfig {
+    fn check(self) -> Result<Config, ConfigError> {
+        let listen = parse_listen(&self.server.listen)?;
+        if self.server.body_limit_bytes == 0 {
+            return err("server.body_limit_bytes must be greater than 0");
+        }
+        let (backends, default_backend) = match self.backends {
+            None => (
+                vec![BackendConfig {
+                    name: "echo".to_owned(),
+                    kind: BackendKind::Echo,
+                }],
+                Some(
+                    self.routing
+                        .default_backend
+                        .unwrap_or_else(|| "echo".to_owned()),
+                ),
+            ),
+            Some(raw) => {
+                let mut backends: Vec<BackendConfig> = Vec::with_capacity(raw.len());
+                for (index, backend) in raw.into_iter().enumerate() {
+                    let checked = backend.check(index)?;
+                    if backends.iter().any(|b| b.name == checked.name) {
+                        return err(format!(
+                            "backends[{index}].name \"{}\" is used by an earlier backend; names must be unique",
+                            checked.name
+                        ));
+                    }
+                    backends.push(checked);
+                }
+                (backends, self.routing.default_backend)
+            }
+        };
+        if let Some(name) = &default_backend {
+            if !backends.iter().any(|b| &b.name == name) {
+                return err(format!(
+                    "routing.default_backend \"{name}\" names no backend; the backends are: {}",
+                    backends
+                        .iter()
+                        .map(|b| b.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        Ok(Config {
+            listen,
+            body_limit: self.server.body_limit_bytes,
+            shutdown_timeout: Duration::from_secs(self.server.shutdown_timeout_secs),
+            keys_file: self.auth.keys_file,
+            allow_anonymous: self.auth.allow_anonymous,
+            default_backend,
+            backends,
+        })
+    }
+}
+
+fn parse_listen(listen: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = listen.parse() {
+        return Ok(addr);
+    }
+    match listen.to_socket_addrs().map(|mut addrs| addrs.next()) {
+        Ok(Some(addr)) => Ok(addr),
+        _ => err(format!(
+            "server.listen \"{listen}\" is not HOST:PORT; write e.g. \"{DEFAULT_LISTEN}\""
+        )),
+    }
+}
+
+impl RawBackend {
+    fn check(self, index: usize) -> Result<BackendConfig, ConfigError> {
+        let key = format!("backends[{index}]");
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return err(format!(
+                "{key}.name \"{}\" must be non-empty and use only A-Z a-z 0-9 _ . -",
+                self.name
+            ));
+        }
+        let kind = match self.kind.as_str() {
+            "echo" => {
+                if self.url.is_some() {
+                    return err(format!("{key}.url: an echo backend has no upstream; remove the url"));
+                }
+                if self.api_key_env.is_some() {
+                    return err(format!(
+                        "{key}.api_key_env: an echo backend has no upstream; remove the key"
+                    ));
+                }
+                BackendKind::Echo
+            }
+            "openai" => BackendKind::OpenAi(self.upstream(&key)?),
+            "ollama" => BackendKind::Ollama(self.upstream(&key)?),
+            other => {
+                return err(format!(
+                    "{key}.kind \"{other}\" is not a backend kind; use \"openai\", \"ollama\" or \"echo\""
+                ))
+            }
+        };
+        Ok(BackendConfig {
+            name: self.name,
+            kind,
+        })
+    }
+
+    fn upstream(&self, key: &str) -> Result<UpstreamConfig, ConfigError> {
+        let Some(url) = &self.url else {
+            return err(format!(
+                "{key}.url is missing: a {} backend needs the upstream's address",
+                self.kind
+            ));
+        };
+        let parsed = url::Url::parse(url);
+        match parsed {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+            _ => return err(format!(
+                "{key}.url \"{url}\" is not an http:// or https:// URL; write e.g. \"http://{}\"",
+                url.trim_start_matches("//")
+            )),
+        }
+        let api_key = match &self.api_key_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(value) if !value.is_empty() => Some(value),
+                _ => {
+                    return err(format!(
+                        "{key}.api_key_env names ${var}, which is not set; export it or remove api_key_env"
+                    ))
+                }
+            },
+        };
+        let duration = |field: &str, secs: f64| {
+            if secs.is_finite() && secs > 0.0 {
+                Ok(Duration::from_secs_f64(secs))
+            } else {
+                err(format!(
+                    "{key}.{field} must be a positive number of seconds"
+                ))
+            }
+        };
+        Ok(UpstreamConfig {
+            base_url: url.trim_end_matches('/').to_owned(),
+            api_key,
+            connect_timeout: duration("connect_timeout_secs", self.connect_timeout_secs)?,
+            response_timeout: duration("response_timeout_secs", self.response_timeout_secs)?,
+            idle_timeout: duration("idle_timeout_secs", self.idle_timeout_secs)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_is_echo_on_loopback() {
+        let config = Config::builtin();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.backends[0].kind, BackendKind::Echo);
+        assert_eq!(config.default_backend.as_deref(), Some("echo"));
+    }
+
+    #[test]
+    fn timeouts_default_as_the_contract_says() {
+        let config = Config::from_toml(
+            "[[backends]]\nname = \"o\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:11434/\"\n",
+        )
+        .unwrap();
+        let upstream = config.backends[0].kind.upstream().unwrap();
+        assert_eq!(upstream.base_url, "http://127.0.0.1:11434");
+        assert_eq!(upstream.connect_timeout, Duration::from_secs(10));
+        assert_eq!(upstream.response_timeout, Duration::from_secs(600));
+        assert_eq!(upstream.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.default_backend, None);
+    }
+
+    fn error_of(toml: &str) -> String {
+        Config::from_toml(toml).unwrap_err().0
+    }
+
+    #[test]
+    fn each_problem_names_its_key() {
+        assert!(error_of("[server]\nlisten = \"nope\"").contains("server.listen"));
+        assert!(
+            error_of("[[backends]]\nname = \"a b\"\nkind = \"echo\"").contains("backends[0].name")
+        );
+        assert!(
+            error_of("[[backends]]\nname = \"a\"\nkind = \"grpc\"").contains("backends[0].kind")
+        );
+        let no_scheme =
+            error_of("[[backends]]\nname = \"a\"\nkind = \"ollama\"\nurl = \"localhost:11434\"");
+        assert!(no_scheme.contains("backends[0].url"), "{no_scheme}");
+        assert!(no_scheme.contains("http://localhost:11434"), "{no_scheme}");
+        assert!(error_of(
+            "[[backends]]\nname = \"a\"\nkind = \"echo\"\n[[backends]]\nname = \"a\"\nkind = \"echo\""
+        )
+        .contains("backends[1].name"));
+        assert!(error_of(
+            "[routing]\ndefault_backend = \"x\"\n[[backends]]\nname = \"a\"\nkind = \"echo\""
+        )
+        .contains("routing.default_backend"));
+        assert!(error_of(
+            "[[backends]]\nname = \"a\"\nkind = \"openai\"\nurl = \"http://h/v1\"\napi_key_env = \"SWITCHYARD_TEST_SURELY_UNSET\""
+        )
+        .contains("backends[0].api_key_env"));
+        assert!(error_of("[server]\nlisten = \"127.0.0.1:1\"\nport = 3").contains("port"));
+    }
+}

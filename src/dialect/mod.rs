@@ -1,0 +1,82 @@
+//! What the gateway speaks to clients: a file per API. A dialect parses its wire JSON
+//! into the canonical request and renders canonical events back as its own stream
+//! framing or one JSON body; it knows nothing of backends.
+
+pub mod ollama;
+pub mod openai;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+
+use crate::chat::{Event, EventStream};
+use crate::error::GatewayError;
+
+/// The API a client speaks, which decides how answers and errors are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Ollama,
+}
+
+impl Dialect {
+    /// The dialect of a route: `/v1/...` is OpenAI's, everything else Ollama's.
+    pub fn of_path(path: &str) -> Dialect {
+        if path == "/v1" || path.starts_with("/v1/") {
+            Dialect::OpenAi
+        } else {
+            Dialect::Ollama
+        }
+    }
+}
+
+/// Turns a stream of events into a dialect's stream framing.
+pub trait StreamRenderer {
+    /// Writes what one event becomes (possibly nothing yet).
+    fn event(&mut self, event: Event, out: &mut BytesMut);
+    /// Writes the stream's ending after the backend finished cleanly.
+    fn end(&mut self, out: &mut BytesMut);
+    /// Writes the one error event that ends a failed stream.
+    fn error(&mut self, error: &GatewayError, out: &mut BytesMut);
+}
+
+/// Relays events as rendered bytes, one write per event as it arrives. When the client
+/// goes away, actix drops this stream and with it the upstream request.
+pub fn render_stream<R>(
+    events: EventStream,
+    mut renderer: R,
+) -> impl Stream<Item = Result<Bytes, actix_web::Error>>
+where
+    R: StreamRenderer + 'static,
+{
+    async_stream::stream! {
+        let mut events = events;
+        let mut out = BytesMut::with_capacity(512);
+        loop {
+            match events.next().await {
+                Some(Ok(event)) => renderer.event(event, &mut out),
+                Some(Err(error)) => {
+                    log::warn!("stream ended by an upstream error: {error}");
+                    renderer.error(&error, &mut out);
+                    yield Ok(out.split().freeze());
+                    return;
+                }
+                None => {
+                    renderer.end(&mut out);
+                    yield Ok(out.split().freeze());
+                    return;
+                }
+            }
+            if !out.is_empty() {
+                yield Ok(out.split().freeze());
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

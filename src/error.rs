@@ -1,0 +1,213 @@
+//! One error type for everything a request can run into, and the one place that decides
+//! its HTTP status and how each dialect spells it.
+//!
+//! Where an error came from picks its status, as a proxy must: the client's fault is a
+//! 4xx, an upstream that cannot be reached is 502, one that is too slow is 504, and an
+//! upstream's own error status is passed on with its message translated.
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde_json::{json, Value};
+
+use crate::dialect::Dialect;
+
+/// Everything that can go wrong with a request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed or asks for something impossible.
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        /// The request field at fault, when one is.
+        param: Option<String>,
+    },
+    /// No key, or a key that is not in the keys file.
+    #[error("{}", if *.missing { "missing API key: send it as `X-API-Key: KEY` or `Authorization: Bearer KEY`" } else { "Incorrect API key provided" })]
+    Unauthorized { missing: bool },
+    /// The model name routes to no backend.
+    #[error("model '{0}' not found: no backend serves it (name it as BACKEND/MODEL, or configure routing.default_backend)")]
+    ModelNotFound(String),
+    /// No such route.
+    #[error("{method} {path} is not a route of this server")]
+    RouteNotFound { method: String, path: String },
+    /// The body is over the configured limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The upstream could not be reached or dropped the connection.
+    #[error("backend '{backend}' is unreachable: {detail}")]
+    UpstreamUnreachable { backend: String, detail: String },
+    /// The upstream did not connect or answer in time.
+    #[error("backend '{backend}' timed out: {detail}")]
+    UpstreamTimeout { backend: String, detail: String },
+    /// The upstream answered with an error status or an in-stream error.
+    #[error("{message}")]
+    UpstreamStatus {
+        backend: String,
+        status: u16,
+        message: String,
+        /// OpenAI-style `type`, when the upstream gave one.
+        kind: Option<String>,
+        /// OpenAI-style string `code`, when the upstream gave one.
+        code: Option<String>,
+    },
+    /// The upstream answered with something that is not its protocol, or stopped early.
+    #[error("backend '{backend}' sent an invalid response: {detail}")]
+    UpstreamProtocol { backend: String, detail: String },
+}
+
+impl GatewayError {
+    /// A 400 naming the problem.
+    pub fn bad_request(message: impl Into<String>) -> GatewayError {
+        GatewayError::BadRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// A 400 naming the problem and the field at fault.
+    pub fn bad_field(param: &str, message: impl Into<String>) -> GatewayError {
+        GatewayError::BadRequest {
+            message: message.into(),
+            param: Some(param.to_owned()),
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::ModelNotFound(_) | GatewayError::RouteNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamStatus { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+        }
+    }
+
+    /// The OpenAI error object: `{"message","type","param","code"}`.
+    pub fn openai_error(&self) -> Value {
+        let (kind, code): (&str, Option<&str>) = match self {
+            GatewayError::BadRequest { .. }
+            | GatewayError::RouteNotFound { .. }
+            | GatewayError::PayloadTooLarge { .. } => ("invalid_request_error", None),
+            GatewayError::Unauthorized { .. } => ("invalid_request_error", Some("invalid_api_key")),
+            GatewayError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
+            GatewayError::UpstreamTimeout { .. } => ("server_error", Some("timeout")),
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => {
+                ("server_error", None)
+            }
+            GatewayError::UpstreamStatus {
+                status, kind, code, ..
+            } => (
+                kind.as_deref()
+                    .unwrap_or_else(|| openai_type_for_status(*status)),
+                code.as_deref(),
+            ),
+        };
+        let param = match self {
+            GatewayError::BadRequest { param, .. } => param.as_deref(),
+            _ => None,
+        };
+        json!({"message": self.to_string(), "type": kind, "param": param, "code": code})
+    }
+
+    /// The whole error answer in the caller's dialect.
+    pub fn response(&self, dialect: Dialect) -> HttpResponse {
+        let body = match dialect {
+            Dialect::OpenAi => json!({ "error": self.openai_error() }),
+            Dialect::Ollama => json!({ "error": self.to_string() }),
+        };
+        HttpResponse::build(self.status())
+            .content_type("application/json")
+            .body(body.to_string())
+    }
+}
+
+/// The OpenAI `type` that goes with a status when the upstream named none.
+fn openai_type_for_status(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    }
+}
+
+/// Reads an upstream error body of either dialect into (message, type, code). Ollama's
+/// message may itself be llama-server's JSON error text, so that is unwrapped too.
+pub fn parse_upstream_error(body: &[u8]) -> Option<(String, Option<String>, Option<String>)> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    match value.get("error")? {
+        Value::String(message) => {
+            if let Ok(inner) = serde_json::from_str::<Value>(message) {
+                if inner.get("error").is_some() {
+                    return parse_upstream_error(message.as_bytes());
+                }
+            }
+            Some((message.clone(), None, None))
+        }
+        Value::Object(error) => {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream error")
+                .to_owned();
+            let kind = error.get("type").and_then(Value::as_str).map(str::to_owned);
+            // llama-server puts the HTTP status in an integer `code`; only OpenAI's string
+            // codes mean anything to OpenAI clients.
+            let code = match error.get("code") {
+                Some(Value::String(code)) => Some(code.clone()),
+                _ if kind.as_deref() == Some("exceed_context_size_error") => {
+                    Some("context_length_exceeded".to_owned())
+                }
+                _ => None,
+            };
+            Some((message, kind, code))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_server_error_inside_ollama_string_is_unwrapped() {
+        let body = br#"{"error":"{\"error\":{\"code\":400,\"message\":\"too long\",\"type\":\"exceed_context_size_error\"}}"}"#;
+        let (message, kind, code) = parse_upstream_error(body).unwrap();
+        assert_eq!(message, "too long");
+        assert_eq!(kind.as_deref(), Some("exceed_context_size_error"));
+        assert_eq!(code.as_deref(), Some("context_length_exceeded"));
+    }
+
+    #[test]
+    fn statuses_follow_the_origin_of_the_error() {
+        let unreachable = GatewayError::UpstreamUnreachable {
+            backend: "b".into(),
+            detail: "refused".into(),
+        };
+        assert_eq!(unreachable.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            GatewayError::ModelNotFound("x".into()).status(),
+            StatusCode::NOT_FOUND
+        );
+        let upstream = GatewayError::UpstreamStatus {
+            backend: "b".into(),
+            status: 429,
+            message: "slow down".into(),
+            kind: None,
+            code: None,
+        };
+        assert_eq!(upstream.openai_error()["type"], "rate_limit_error");
+    }
+}

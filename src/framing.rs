@@ -1,0 +1,322 @@
+//! The two stream framings, SSE and NDJSON: decoding upstream bytes however the network
+//! cut them, and encoding what the gateway sends.
+//!
+//! Decoding works on bytes and cuts whole lines before anything reads them as UTF-8, so
+//! a line or a multi-byte character split across reads comes out whole, and a last line
+//! with no newline before the end of the body is not lost.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+
+/// A framing failure: the transport's own error, or bytes that are not the framing.
+#[derive(Debug)]
+pub enum FramingError<E> {
+    Transport(E),
+    Invalid(String),
+}
+
+/// The `data` payloads of an SSE stream, one per event, comments and empty events left
+/// out. Several `data:` lines in one event are joined with `\n`, as the spec says.
+pub fn sse_data<S, E>(body: S) -> impl Stream<Item = Result<String, FramingError<E>>>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+{
+    // A lone `\r` ends a line, but the parser waits to see whether `\n` follows; one
+    // more `\n` after the body settles that without adding an event.
+    let settled = body.chain(futures::stream::once(async {
+        Ok(Bytes::from_static(b"\n"))
+    }));
+    settled.eventsource().filter_map(|item| async move {
+        match item {
+            Ok(event) if event.data.is_empty() => None,
+            Ok(event) => Some(Ok(event.data)),
+            Err(EventStreamError::Transport(e)) => Some(Err(FramingError::Transport(e))),
+            Err(EventStreamError::Utf8(e)) => Some(Err(FramingError::Invalid(format!(
+                "the SSE stream is not UTF-8: {e}"
+            )))),
+            Err(EventStreamError::Parser(e)) => Some(Err(FramingError::Invalid(format!(
+                "the SSE stream is malformed: {e}"
+            )))),
+        }
+    })
+}
+
+/// Cuts a byte stream into lines at `\n` (a `\r` before it is dropped). Blank lines are
+/// skipped; a last line without `\n` is still delivered.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buffer: BytesMut,
+    /// How much of `buffer` is known to hold no `\n`, so long lines are scanned once.
+    scanned: usize,
+}
+
+impl LineSplitter {
+    /// Appends bytes as they came off the network.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete line, if one is buffered.
+    pub fn next_line(&mut self) -> Option<Bytes> {
+        loop {
+            let newline = self.buffer[self.scanned..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|offset| self.scanned + offset);
+            let Some(newline) = newline else {
+                self.scanned = self.buffer.len();
+                return None;
+            };
+            let mut line = self.buffer.split_to(newline + 1);
+            self.scanned = 0;
+            line.truncate(newline);
+            if line.last() == Some(&b'\r') {
+                line.truncate(line.len() - 1);
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                return Some(line.freeze());
+            }
+        }
+    }
+
+    /// What is left once the body has ended: a last line that had no `\n`.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        let rest = self.buffer.split().freeze();
+        self.scanned = 0;
+        let trimmed = rest.strip_suffix(b"\r").unwrap_or(&rest);
+        (!trimmed.iter().all(u8::is_ascii_whitespace)).then(|| rest.slice(0..trimmed.len()))
+    }
+}
+
+/// The lines of an NDJSON body, as they complete.
+pub fn ndjson_lines<S, E>(body: S) -> impl Stream<Item = Result<Bytes, E>>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+{
+    async_stream::stream! {
+        let mut splitter = LineSplitter::default();
+        futures::pin_mut!(body);
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    splitter.push(&bytes);
+                    while let Some(line) = splitter.next_line() {
+                        yield Ok(line);
+                    }
+                }
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            }
+        }
+        if let Some(line) = splitter.finish() {
+            yield Ok(line);
+        }
+    }
+}
+
+/// Appends one SSE event, `data: JSON\n\n`.
+pub fn write_sse<T: Serialize>(out: &mut BytesMut, value: &T) {
+    out.extend_from_slice(b"data: ");
+    let mut writer = BytesWriter(out);
+    // Serializing plain data structs into memory cannot fail.
+    let _ = serde_json::to_writer(&mut writer, value);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The event that ends an OpenAI stream.
+pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// Appends one NDJSON line, with the line separators that Python's `splitlines` breaks
+/// on (U+0085, U+2028, U+2029) escaped, since serde_json writes them raw.
+pub fn write_ndjson<T: Serialize>(out: &mut BytesMut, value: &T) {
+    write_ollama_json(out, value);
+    out.extend_from_slice(b"\n");
+}
+
+/// Appends one JSON value, escaped as [`write_ndjson`] does, without a newline.
+pub fn write_ollama_json<T: Serialize>(out: &mut BytesMut, value: &T) {
+    let mut serializer =
+        serde_json::Serializer::with_formatter(BytesWriter(out), LineSeparatorSafe);
+    let _ = value.serialize(&mut serializer);
+}
+
+struct BytesWriter<'a>(&'a mut BytesMut);
+
+impl io::Write for BytesWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// serde_json's compact formatter, but escaping U+0085, U+2028 and U+2029.
+struct LineSeparatorSafe;
+
+impl serde_json::ser::Formatter for LineSeparatorSafe {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        // All three start with byte 0xC2 or 0xE2; most text has neither.
+        if !fragment.bytes().any(|b| b == 0xC2 || b == 0xE2) {
+            return writer.write_all(fragment.as_bytes());
+        }
+        let mut start = 0;
+        for (at, ch) in fragment.char_indices() {
+            let escaped = match ch {
+                '\u{85}' => "\\u0085",
+                '\u{2028}' => "\\u2028",
+                '\u{2029}' => "\\u2029",
+                _ => continue,
+            };
+            writer.write_all(fragment[start..at].as_bytes())?;
+            writer.write_all(escaped.as_bytes())?;
+            start = at + ch.len_utf8();
+        }
+        writer.write_all(fragment[start..].as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use proptest::prelude::*;
+    use std::convert::Infallible;
+
+    /// Feeds `input` cut at `cuts` (sorted byte offsets) as separate network reads.
+    fn pieces(input: &[u8], cuts: &[usize]) -> Vec<Result<Bytes, Infallible>> {
+        let mut out = Vec::new();
+        let mut last = 0;
+        for &cut in cuts {
+            out.push(Ok(Bytes::copy_from_slice(&input[last..cut])));
+            last = cut;
+        }
+        out.push(Ok(Bytes::copy_from_slice(&input[last..])));
+        out
+    }
+
+    fn decode_ndjson(input: &[u8], cuts: &[usize]) -> Vec<String> {
+        block_on(
+            ndjson_lines(futures::stream::iter(pieces(input, cuts)))
+                .map(|line| String::from_utf8(line.unwrap().to_vec()).unwrap())
+                .collect(),
+        )
+    }
+
+    fn decode_sse(input: &[u8], cuts: &[usize]) -> Vec<String> {
+        block_on(
+            sse_data(futures::stream::iter(pieces(input, cuts)))
+                .map(|data| match data {
+                    Ok(data) => data,
+                    Err(_) => panic!("decode error"),
+                })
+                .collect(),
+        )
+    }
+
+    const NDJSON: &str =
+        "{\"content\":\"héllo 世界\"}\r\n\n{\"content\":\"🦀 done\"}\n{\"done\":true}";
+
+    #[test]
+    fn ndjson_every_single_cut() {
+        let expected = vec![
+            "{\"content\":\"héllo 世界\"}",
+            "{\"content\":\"🦀 done\"}",
+            "{\"done\":true}",
+        ];
+        let input = NDJSON.as_bytes();
+        for cut in 0..=input.len() {
+            assert_eq!(decode_ndjson(input, &[cut]), expected, "cut at {cut}");
+        }
+        // Every byte its own read.
+        let all: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(decode_ndjson(input, &all), expected);
+    }
+
+    const SSE: &str = "data: {\"c\":\"héllo 世界\"}\r\n\r\n: ping\n\ndata: {\"c\":\"🦀\"}\rdata: more\r\rdata: [DONE]\n\n";
+
+    #[test]
+    fn sse_every_single_cut() {
+        let expected = vec![
+            "{\"c\":\"héllo 世界\"}".to_owned(),
+            "{\"c\":\"🦀\"}\nmore".to_owned(),
+            "[DONE]".to_owned(),
+        ];
+        let input = SSE.as_bytes();
+        for cut in 0..=input.len() {
+            assert_eq!(decode_sse(input, &[cut]), expected, "cut at {cut}");
+        }
+        let all: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(decode_sse(input, &all), expected);
+    }
+
+    fn cuts_strategy(len: usize) -> impl Strategy<Value = Vec<usize>> {
+        proptest::collection::vec(0..=len, 0..12).prop_map(|mut cuts| {
+            cuts.sort_unstable();
+            cuts
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn ndjson_lines_survive_any_cuts(
+            texts in proptest::collection::vec("\\PC{0,12}", 1..6),
+            seed_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let mut input = Vec::new();
+            for text in &texts {
+                input.extend_from_slice(serde_json::to_string(&serde_json::json!({"t": text})).unwrap().as_bytes());
+                input.push(b'\n');
+            }
+            let mut cuts: Vec<usize> = seed_cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+            cuts.sort_unstable();
+            let lines = decode_ndjson(&input, &cuts);
+            let decoded: Vec<String> = lines
+                .iter()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["t"].as_str().unwrap().to_owned())
+                .collect();
+            prop_assert_eq!(decoded, texts);
+        }
+
+        #[test]
+        fn sse_events_survive_any_cuts(
+            texts in proptest::collection::vec("[^\r\n]{1,12}", 1..6),
+            cuts in cuts_strategy(64),
+            ending in prop::sample::select(vec!["\n\n", "\r\n\r\n", "\r\r"]),
+        ) {
+            let mut input = Vec::new();
+            for text in &texts {
+                input.extend_from_slice(b"data: ");
+                input.extend_from_slice(serde_json::to_string(text).unwrap().as_bytes());
+                input.extend_from_slice(ending.as_bytes());
+            }
+            let cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+            let decoded: Vec<String> = decode_sse(&input, &cuts)
+                .iter()
+                .map(|d| serde_json::from_str::<String>(d).unwrap())
+                .collect();
+            prop_assert_eq!(decoded, texts);
+        }
+    }
+
+    #[test]
+    fn ndjson_output_escapes_python_line_breaks() {
+        let mut out = BytesMut::new();
+        write_ndjson(
+            &mut out,
+            &serde_json::json!({"c": "a\u{2028}b\u{85}c\u{2029}é"}),
+        );
+        assert_eq!(&out[..], b"{\"c\":\"a\\u2028b\\u0085c\\u2029\xc3\xa9\"}\n");
+    }
+}

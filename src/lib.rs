@@ -1,0 +1,19 @@
+//! switchyard: one front door for local and cloud LLMs. It serves the OpenAI and Ollama
+//! APIs, routes each request by model-name prefix to an OpenAI-compatible, Ollama or
+//! built-in echo backend, and translates requests, answers and streams between them.
+//!
+//! The library builds the whole server so that tests start exactly what the binary runs.
+
+pub mod auth;
+pub mod backend;
+pub mod chat;
+pub mod config;
+pub mod dialect;
+pub mod error;
+pub mod framing;
+pub mod router;
+mod routes;
+pub mod server;
+
+pub use config::Config;
+pub use server::{serve, start, Shared};

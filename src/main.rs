@@ -1,0 +1,61 @@
+//! The `switchyard` command: `serve` (the default) and `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::{Config, Shared};
+
+/// An LLM gateway serving the OpenAI and Ollama APIs in front of local and cloud models.
+#[derive(Parser)]
+#[command(name = "switchyard", version)]
+struct Cli {
+    /// Config file (default: $SWITCHYARD_CONFIG, else config/switchyard.toml if present,
+    /// else built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Validate the configuration and print the backends and routing.
+    Check,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let path = Config::locate(cli.config.as_deref());
+    let shared = match Config::load(path.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(Shared::prepare)
+    {
+        Ok(shared) => shared,
+        Err(problem) => {
+            eprintln!("switchyard: invalid configuration: {problem}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => {
+            match &path {
+                Some(path) => println!("config: {}", path.display()),
+                None => println!("config: built-in defaults"),
+            }
+            print!("{}", shared.config.describe());
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Command::Serve => match actix_web::rt::System::new().block_on(switchyard::serve(shared)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("switchyard: {error}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}

@@ -1,0 +1,92 @@
+//! Model name to backend: `P/REST` goes to backend `P` as model `REST`; any other name
+//! goes whole to the default backend, if one is configured.
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::error::GatewayError;
+
+/// The running backends of one worker, and how names reach them.
+pub struct Router {
+    backends: Vec<(String, Backend)>,
+    default: Option<usize>,
+}
+
+impl Router {
+    /// Builds every backend once; called once per worker.
+    pub fn new(config: &Config) -> Router {
+        let backends: Vec<(String, Backend)> = config
+            .backends
+            .iter()
+            .map(|backend| (backend.name.clone(), Backend::new(backend)))
+            .collect();
+        let default = config
+            .default_backend
+            .as_ref()
+            .and_then(|name| backends.iter().position(|(n, _)| n == name));
+        Router { backends, default }
+    }
+
+    /// The backend for a model name, and the name the upstream knows the model by.
+    pub fn route<'a>(&self, model: &'a str) -> Result<(&Backend, &'a str), GatewayError> {
+        if let Some((prefix, rest)) = model.split_once('/') {
+            if let Some((_, backend)) = self.backends.iter().find(|(name, _)| name == prefix) {
+                if rest.is_empty() {
+                    return Err(GatewayError::ModelNotFound(model.to_owned()));
+                }
+                return Ok((backend, rest));
+            }
+        }
+        match self.default {
+            Some(index) => Ok((&self.backends[index].1, model)),
+            None => Err(GatewayError::ModelNotFound(model.to_owned())),
+        }
+    }
+
+    /// Every backend with its name, in configuration order.
+    pub fn backends(&self) -> impl Iterator<Item = (&str, &Backend)> {
+        self.backends
+            .iter()
+            .map(|(name, backend)| (name.as_str(), backend))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(default: Option<&str>) -> Router {
+        let mut toml = String::new();
+        if let Some(name) = default {
+            toml.push_str(&format!("[routing]\ndefault_backend = \"{name}\"\n"));
+        }
+        toml.push_str(
+            "[[backends]]\nname = \"ollama\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:1\"\n",
+        );
+        toml.push_str("[[backends]]\nname = \"local\"\nkind = \"echo\"\n");
+        Router::new(&Config::from_toml(&toml).unwrap())
+    }
+
+    #[test]
+    fn prefix_picks_the_backend_and_is_removed() {
+        let router = router(Some("local"));
+        let (backend, model) = router.route("ollama/hf.co/x/y:q4").unwrap();
+        assert_eq!(backend.kind_name(), "ollama");
+        assert_eq!(model, "hf.co/x/y:q4");
+        let (backend, model) = router.route("gpt-4o-mini").unwrap();
+        assert_eq!(backend.kind_name(), "echo");
+        assert_eq!(model, "gpt-4o-mini");
+        // An unknown prefix is part of the name.
+        let (_, model) = router.route("hf.co/x/y").unwrap();
+        assert_eq!(model, "hf.co/x/y");
+    }
+
+    #[test]
+    fn no_default_means_not_found() {
+        let router = router(None);
+        assert_eq!(
+            router.route("llama3").err(),
+            Some(GatewayError::ModelNotFound("llama3".into()))
+        );
+        assert!(router.route("ollama/").is_err());
+    }
+}

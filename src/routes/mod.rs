@@ -1,0 +1,69 @@
+//! The routes of both dialects: each handler reads the body, lets its dialect parse it,
+//! routes the model, calls the backend and lets its dialect render the answer.
+
+mod chat;
+mod models;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::BytesMut;
+use futures::StreamExt;
+
+use crate::error::GatewayError;
+use crate::server::BodyLimit;
+
+/// The Ollama version reported to clients that gate features on it.
+pub const OLLAMA_COMPAT_VERSION: &str = "0.13.0";
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/chat/completions", web::post().to(chat::openai_chat))
+        .route("/v1/models", web::get().to(models::openai_models))
+        .route("/api/chat", web::post().to(chat::ollama_chat))
+        .route("/api/tags", web::get().to(models::ollama_tags))
+        .route("/api/tags", web::head().to(HttpResponse::Ok))
+        .route("/api/version", web::get().to(version))
+        .route("/api/version", web::head().to(HttpResponse::Ok))
+        .route("/health", web::get().to(models::health))
+        .route("/", web::get().to(root))
+        .route("/", web::head().to(root));
+}
+
+async fn root() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("Ollama is running")
+}
+
+async fn version() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "version": OLLAMA_COMPAT_VERSION }))
+}
+
+/// Reads the whole request body, refusing one over the limit before reading it when
+/// the client announced its length.
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: BodyLimit,
+) -> Result<bytes::Bytes, GatewayError> {
+    let too_large = GatewayError::PayloadTooLarge { limit: limit.0 };
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|length| length > limit.0) {
+        return Err(too_large);
+    }
+    let mut body = BytesMut::with_capacity(announced.unwrap_or(1024).min(limit.0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            GatewayError::bad_request(format!("reading the request body failed: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit.0 {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,80 @@
+//! The HTTP server: builds the actix app (routes, auth guard, per-worker backends) and
+//! starts it, so that `main` and the tests start exactly the same thing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::middleware::{from_fn, Logger};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+use crate::auth::{self, KeyStore};
+use crate::config::Config;
+use crate::dialect::Dialect;
+use crate::error::GatewayError;
+use crate::router::Router;
+use crate::routes;
+
+/// What every worker shares: the checked configuration and the key store.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub keys: Arc<KeyStore>,
+}
+
+impl Shared {
+    /// Loads the keys and applies the contract's rule on anonymous serving.
+    pub fn prepare(config: Config) -> Result<Shared, String> {
+        let keys = KeyStore::load(config.keys_file.clone())?;
+        if keys.is_empty() && !config.listen.ip().is_loopback() && !config.allow_anonymous {
+            return Err(format!(
+                "server.listen {} is not a loopback address and no API keys are configured: set auth.keys_file, or auth.allow_anonymous = true to serve without keys",
+                config.listen
+            ));
+        }
+        Ok(Shared {
+            config: Arc::new(config),
+            keys: Arc::new(keys),
+        })
+    }
+}
+
+/// Largest accepted request body, per the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Binds the listener and returns the server (not yet awaited) and its address.
+pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    let config = shared.config.clone();
+    let keys = web::Data::from(shared.keys.clone());
+    let factory_config = config.clone();
+    let server = HttpServer::new(move || {
+        let config = factory_config.clone();
+        App::new()
+            .app_data(keys.clone())
+            .app_data(web::Data::new(Router::new(&config)))
+            .app_data(web::Data::new(BodyLimit(config.body_limit)))
+            .configure(routes::configure)
+            .default_service(web::to(not_found))
+            .wrap(from_fn(auth::guard))
+            // Method, path, status, size and time only: no headers, so no keys.
+            .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+    })
+    .shutdown_timeout(config.shutdown_timeout.as_secs())
+    .bind(config.listen)?;
+    let address = server.addrs().first().copied().unwrap_or(config.listen);
+    Ok((server.run(), address))
+}
+
+/// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish (bounded).
+pub async fn serve(shared: Shared) -> std::io::Result<()> {
+    let (server, address) = start(shared)?;
+    log::info!("listening on http://{address}");
+    server.await
+}
+
+async fn not_found(request: HttpRequest) -> HttpResponse {
+    GatewayError::RouteNotFound {
+        method: request.method().to_string(),
+        path: request.path().to_owned(),
+    }
+    .response(Dialect::of_path(request.path()))
+}
