@@ -1,0 +1,349 @@
+//! A mock upstream that speaks both OpenAI's `/v1` and Ollama's `/api`, for tests,
+//! client suites and benchmarks. The model name picks the behaviour, so one server
+//! plays every part:
+//!
+//! | name contains | behaviour |
+//! |---|---|
+//! | `tool`        | calls `get_weather` with `{"city":"Tokyo"}` (OpenAI: arguments in 3 fragments) |
+//! | `think`       | reasons first (`reasoning_content` / `thinking`), then answers |
+//! | `length`      | stops with finish reason `length` |
+//! | `statusNNN`   | answers HTTP NNN with an error body in its dialect |
+//! | `errstream`   | one piece, then an in-stream error |
+//! | `truncate`    | one piece, then the body ends with no finish |
+//! | `garbage`     | 200 with bytes that are not the protocol |
+//! | `hang`        | waits 60 s before any header |
+//! | `stall`       | one piece, then 60 s of silence |
+//! | `slow`        | 50 pieces, 100 ms apart (for cancellation) |
+//! | `chunksN`     | N pieces of text instead of the default 5 |
+//!
+//! Otherwise it streams `Hello from the mock 🦀` in five pieces with usage 7 + 5.
+//! Every request is recorded (path, headers, body) and served at `GET /_requests`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// The default answer, cut into the pieces it is streamed in.
+pub const PIECES: [&str; 5] = ["Hello", " from", " the", " mock", " 🦀"];
+/// Prompt tokens the mock reports.
+pub const PROMPT_TOKENS: u64 = 7;
+
+/// One request as the mock received it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+}
+
+/// What the mock has seen.
+#[derive(Default)]
+pub struct MockState {
+    pub requests: Mutex<Vec<Recorded>>,
+    /// Streams the client dropped before they ended.
+    pub cancelled: AtomicUsize,
+}
+
+impl MockState {
+    /// The recorded requests whose body names this model.
+    pub fn requests_for(&self, model: &str) -> Vec<Recorded> {
+        self.requests
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .filter(|r| r.body.get("model").and_then(Value::as_str) == Some(model))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Starts the mock on `listen` with one worker; returns the server, its address and state.
+pub fn start(listen: &str) -> std::io::Result<(actix_web::dev::Server, SocketAddr, Arc<MockState>)> {
+    let state = Arc::new(MockState::default());
+    let data = web::Data::from(state.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+            .route("/v1/chat/completions", web::post().to(openai_chat))
+            .route("/v1/models", web::get().to(openai_models))
+            .route("/api/chat", web::post().to(ollama_chat))
+            .route("/api/tags", web::get().to(ollama_tags))
+            .route("/_requests", web::get().to(recorded))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(listen)?;
+    let address = server.addrs()[0];
+    Ok((server.run(), address, state))
+}
+
+fn record(state: &MockState, request: &HttpRequest, body: &Value) {
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or("").to_owned()))
+        .collect();
+    if let Ok(mut requests) = state.requests.lock() {
+        requests.push(Recorded {
+            path: request.path().to_owned(),
+            headers,
+            body: body.clone(),
+        });
+    }
+}
+
+/// `GET /_requests[?model=NAME]`: what was received, optionally for one model.
+async fn recorded(query: web::Query<BTreeMap<String, String>>, state: web::Data<MockState>) -> HttpResponse {
+    let requests = match query.get("model") {
+        Some(model) => state.requests_for(model),
+        None => state.requests.lock().map(|r| r.clone()).unwrap_or_default(),
+    };
+    HttpResponse::Ok().json(requests)
+}
+
+/// The behaviour a model name asks for.
+struct Script {
+    pieces: Vec<String>,
+    thinking: Vec<&'static str>,
+    tool: bool,
+    finish: &'static str,
+    status: Option<u16>,
+    errstream: bool,
+    truncate: bool,
+    garbage: bool,
+    hang: bool,
+    stall: bool,
+    gap: Option<Duration>,
+}
+
+impl Script {
+    fn of(model: &str) -> Script {
+        let count = model
+            .split("chunks")
+            .nth(1)
+            .and_then(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok());
+        let slow = model.contains("slow");
+        let pieces: Vec<String> = match count {
+            Some(n) => (0..n).map(|i| format!("w{i} ")).collect(),
+            None if slow => (0..50).map(|i| format!("s{i} ")).collect(),
+            None => PIECES.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let status = model
+            .split("status")
+            .nth(1)
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok());
+        Script {
+            pieces,
+            thinking: if model.contains("think") { vec!["Let me", " think."] } else { vec![] },
+            tool: model.contains("tool"),
+            finish: if model.contains("length") { "length" } else { "stop" },
+            status,
+            errstream: model.contains("errstream"),
+            truncate: model.contains("truncate"),
+            garbage: model.contains("garbage"),
+            hang: model.contains("hang"),
+            stall: model.contains("stall"),
+            gap: slow.then(|| Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Counts a stream as cancelled if it is dropped before its end.
+struct CancelWatch {
+    state: Arc<MockState>,
+    finished: bool,
+}
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn openai_chat(request: HttpRequest, body: web::Bytes, state: web::Data<MockState>) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&state, &request, &body);
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    let script = Script::of(&model);
+    if script.hang {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    if let Some(status) = script.status {
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default()).json(json!({
+            "error": {"message": format!("mock refused with {status}"), "type": "mock_error", "param": null, "code": status}
+        }));
+    }
+    if script.garbage {
+        return HttpResponse::Ok().content_type("text/event-stream").body("this is not SSE at all {{{\n\n");
+    }
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let completion_tokens = script.pieces.len() as u64;
+    let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens});
+    let tool_call = |index_only: bool, args: &str| {
+        if index_only {
+            json!({"index": 0, "function": {"arguments": args}})
+        } else {
+            json!({"index": 0, "id": "call_mock1", "type": "function", "function": {"name": "get_weather", "arguments": args}})
+        }
+    };
+    if !stream {
+        let mut message = json!({"role": "assistant", "content": if script.tool { Value::Null } else { Value::from(script.pieces.concat()) }});
+        if !script.thinking.is_empty() {
+            message["reasoning_content"] = Value::from(script.thinking.concat());
+        }
+        if script.tool {
+            message["tool_calls"] = json!([{"id": "call_mock1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Tokyo\"}"}}]);
+        }
+        return HttpResponse::Ok().json(json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": if script.tool { "tool_calls" } else { script.finish }}],
+            "usage": usage,
+        }));
+    }
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let value = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        Bytes::from(format!("data: {value}\n\n"))
+    };
+    let mut events: Vec<Bytes> = vec![chunk(json!({"role": "assistant", "content": null}), None)];
+    for piece in &script.thinking {
+        events.push(chunk(json!({"reasoning_content": piece}), None));
+    }
+    if script.tool {
+        events.push(chunk(json!({"tool_calls": [tool_call(false, "")]}), None));
+        events.push(chunk(json!({"tool_calls": [tool_call(true, "{\"city\":")]}), None));
+        events.push(chunk(json!({"tool_calls": [tool_call(true, "\"Tokyo\"}")]}), None));
+    } else {
+        for piece in &script.pieces {
+            events.push(chunk(json!({"content": piece}), None));
+        }
+    }
+    let tail: Vec<Bytes> = if script.errstream {
+        events.truncate(2);
+        vec![Bytes::from("data: {\"error\":{\"code\":500,\"message\":\"mock failed mid-stream\",\"type\":\"server_error\"}}\n\n")]
+    } else if script.truncate {
+        events.truncate(2);
+        vec![]
+    } else {
+        let mut tail = vec![chunk(json!({}), Some(if script.tool { "tool_calls" } else { script.finish }))];
+        if include_usage {
+            let value = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage,
+                "timings": {"prompt_n": PROMPT_TOKENS, "prompt_ms": 1.5, "predicted_n": completion_tokens, "predicted_ms": 2.5}});
+            tail.push(Bytes::from(format!("data: {value}\n\n")));
+        }
+        tail.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        tail
+    };
+    events.extend(tail);
+    stream_response(state.into_inner(), "text/event-stream", events, &script)
+}
+
+fn stream_response(state: Arc<MockState>, content_type: &str, events: Vec<Bytes>, script: &Script) -> HttpResponse {
+    let gap = script.gap;
+    let stall = script.stall;
+    let body = async_stream::stream! {
+        let mut watch = CancelWatch { state, finished: false };
+        for (index, event) in events.into_iter().enumerate() {
+            if stall && index == 2 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            if let Some(gap) = gap {
+                tokio::time::sleep(gap).await;
+            }
+            yield Ok::<_, actix_web::Error>(event);
+        }
+        watch.finished = true;
+    };
+    HttpResponse::Ok().content_type(content_type.to_owned()).streaming(body)
+}
+
+async fn ollama_chat(request: HttpRequest, body: web::Bytes, state: web::Data<MockState>) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&state, &request, &body);
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    let script = Script::of(&model);
+    if script.hang {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    if let Some(status) = script.status {
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default())
+            .json(json!({"error": format!("mock refused with {status}")}));
+    }
+    if script.garbage {
+        return HttpResponse::Ok().content_type("application/x-ndjson").body("<html>not json</html>\n");
+    }
+    let stream = body["stream"].as_bool().unwrap_or(true);
+    let completion_tokens = script.pieces.len() as u64;
+    let line = |message: Value, done: bool| {
+        let mut value = json!({"model": model, "created_at": "2025-07-07T20:22:19.101Z", "message": message, "done": done});
+        if done {
+            let extra = json!({"done_reason": script.finish, "total_duration": 5_000_000u64, "load_duration": 1_000_000u64,
+                "prompt_eval_count": PROMPT_TOKENS, "prompt_eval_duration": 1_500_000u64, "eval_count": completion_tokens, "eval_duration": 2_500_000u64});
+            if let (Some(target), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+                target.extend(extra.clone());
+            }
+        }
+        value
+    };
+    let tool_calls = json!([{"id": "call_mock1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}}]);
+    if !stream {
+        let mut message = json!({"role": "assistant", "content": if script.tool { String::new() } else { script.pieces.concat() }});
+        if !script.thinking.is_empty() {
+            message["thinking"] = Value::from(script.thinking.concat());
+        }
+        if script.tool {
+            message["tool_calls"] = tool_calls;
+        }
+        return HttpResponse::Ok().json(line(message, true));
+    }
+    let to_bytes = |value: Value| Bytes::from(format!("{value}\n"));
+    let mut events = Vec::new();
+    for piece in &script.thinking {
+        events.push(to_bytes(line(json!({"role": "assistant", "content": "", "thinking": piece}), false)));
+    }
+    if script.tool {
+        events.push(to_bytes(line(json!({"role": "assistant", "content": "", "tool_calls": tool_calls}), false)));
+    } else {
+        for piece in &script.pieces {
+            events.push(to_bytes(line(json!({"role": "assistant", "content": piece}), false)));
+        }
+    }
+    if script.errstream {
+        events.truncate(1);
+        events.push(Bytes::from_static(b"{\"error\":\"mock failed mid-stream\"}\n"));
+    } else if script.truncate {
+        events.truncate(1);
+    } else {
+        events.push(to_bytes(line(json!({"role": "assistant", "content": ""}), true)));
+    }
+    stream_response(state.into_inner(), "application/x-ndjson", events, &script)
+}
+
+async fn openai_models() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"object": "list", "data": [
+        {"id": "mock-model", "object": "model", "created": 1_700_000_000, "owned_by": "mock"}
+    ]}))
+}
+
+async fn ollama_tags() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"models": [{
+        "name": "mock-model:latest", "model": "mock-model:latest",
+        "modified_at": "2025-05-04T17:37:44.706015396-07:00", "size": 2_019_393_189u64,
+        "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
+        "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+                    "parameter_size": "3.2B", "quantization_level": "Q4_K_M"}
+    }]}))
+}

@@ -1,0 +1,120 @@
+//! API keys: both headers, missing and wrong keys answered in the caller's dialect,
+//! open routes, hot reload, and the client's key never reaching the upstream.
+
+use serde_json::json;
+
+use crate::harness::{self, client, send, Harness};
+
+fn keys_file(name: &str, content: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-auth-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("keys.json");
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+async fn with_keys(name: &str) -> (Harness, std::path::PathBuf) {
+    let path = keys_file(name, r#"{"sk-abc123": "alice", "sk-xyz789": "bob"}"#);
+    let gateway = harness::start(&format!("[auth]\nkeys_file = \"{}\"\n", path.display())).await;
+    (gateway, path)
+}
+
+fn chat() -> String {
+    json!({"model": "oa/mock-model", "stream": false, "messages": [{"role": "user", "content": "hi"}]}).to_string()
+}
+
+#[actix_web::test]
+async fn both_headers_are_accepted() {
+    let (gateway, _) = with_keys("both").await;
+    let url = format!("{}/v1/chat/completions", gateway.base);
+    let answer = send(client().post(&url).insert_header(("X-API-Key", "sk-abc123")), Some(&chat())).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = send(client().post(&url).insert_header(("Authorization", "Bearer sk-xyz789")), Some(&chat())).await;
+    assert_eq!(answer.status, 200);
+    let url = format!("{}/api/chat", gateway.base);
+    let answer = send(client().post(&url).insert_header(("authorization", "bearer sk-xyz789")), Some(&chat())).await;
+    assert_eq!(answer.status, 200);
+    // Neither the gateway key nor the client's other headers went upstream.
+    for request in gateway.mock.requests_for("mock-model") {
+        assert!(!request.headers.contains_key("x-api-key"));
+        assert!(!request.headers.contains_key("authorization"), "no upstream key configured, none sent");
+        assert!(!format!("{:?}", request.headers).contains("sk-"));
+    }
+}
+
+#[actix_web::test]
+async fn missing_or_wrong_keys_are_401_in_the_callers_dialect() {
+    let (gateway, _) = with_keys("wrong").await;
+    let openai = format!("{}/v1/chat/completions", gateway.base);
+    let ollama = format!("{}/api/chat", gateway.base);
+    let answer = send(client().post(&openai), Some(&chat())).await;
+    assert_eq!(answer.status, 401);
+    let body = answer.json();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert!(body["error"]["message"].as_str().unwrap().contains("X-API-Key"));
+    let answer = send(client().post(&openai).insert_header(("X-API-Key", "sk-abc12")), Some(&chat())).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.json()["error"]["type"], "invalid_request_error");
+    let answer = send(client().post(&ollama).bearer_auth("nope"), Some(&chat())).await;
+    assert_eq!(answer.status, 401);
+    assert!(answer.json()["error"].is_string());
+    let answer = send(client().get(format!("{}/api/tags", gateway.base)), None).await;
+    assert_eq!(answer.status, 401);
+    let answer = send(client().get(format!("{}/v1/models", gateway.base)), None).await;
+    assert_eq!(answer.status, 401);
+    assert!(gateway.mock.requests_for("mock-model").is_empty(), "nothing reached the upstream");
+}
+
+#[actix_web::test]
+async fn health_and_root_stay_open() {
+    let (gateway, _) = with_keys("open").await;
+    assert_eq!(gateway.get("/health").await.status, 200);
+    assert_eq!(gateway.get("/").await.status, 200);
+    let head = send(client().head(format!("{}/", gateway.base)), None).await;
+    assert_eq!(head.status, 200);
+}
+
+#[actix_web::test]
+async fn an_edited_keys_file_takes_effect_and_a_broken_one_is_ignored() {
+    let (gateway, path) = with_keys("reload").await;
+    let url = format!("{}/api/tags", gateway.base);
+    let with = |key: &'static str| send(client().get(&url).insert_header(("X-API-Key", key)), None);
+    assert_eq!(with("sk-new").await.status, 401);
+    std::fs::write(&path, r#"{"sk-new": "carol"}"#).unwrap();
+    // The file is looked at once a second.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1300)).await;
+    assert_eq!(with("sk-new").await.status, 200);
+    assert_eq!(with("sk-abc123").await.status, 401, "removed keys stop working");
+    std::fs::write(&path, "{ broken").unwrap();
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1300)).await;
+    assert_eq!(with("sk-new").await.status, 200, "the last good keys stay");
+}
+
+#[actix_web::test]
+async fn the_upstream_key_comes_from_the_environment_only() {
+    std::env::set_var("SWITCHYARD_TEST_UPSTREAM_KEY", "sk-upstream-secret");
+    let (gateway, _) = {
+        let path = keys_file("upstream", r#"{"sk-client": "alice"}"#);
+        let gateway = harness::start(&format!(
+            "[[backends]]\nname = \"keyed\"\nkind = \"openai\"\nurl = \"{{mock}}/v1\"\napi_key_env = \"SWITCHYARD_TEST_UPSTREAM_KEY\"\n[auth]\nkeys_file = \"{}\"\n",
+            path.display()
+        ))
+        .await;
+        (gateway, path)
+    };
+    let body = json!({"model": "keyed/mock-keyed", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let answer = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gateway.base))
+            .bearer_auth("sk-client")
+            .insert_header(("cookie", "session=1"))
+            .insert_header(("x-forwarded-for", "10.1.2.3")),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = gateway.mock.requests_for("mock-keyed");
+    assert_eq!(seen[0].headers.get("authorization").map(String::as_str), Some("Bearer sk-upstream-secret"));
+    assert!(!seen[0].headers.contains_key("cookie"));
+    assert!(!seen[0].headers.contains_key("x-forwarded-for"));
+}

@@ -1,0 +1,207 @@
+//! Every failure gets its status and a body in the caller's dialect; failures after a
+//! stream started end it with one error event in the stream's own format.
+
+use serde_json::{json, Value};
+
+use crate::harness::{self, Answer};
+
+fn openai_error(answer: &Answer) -> Value {
+    assert!(answer.content_type.starts_with("application/json"), "{}", answer.content_type);
+    let body = answer.json();
+    let error = body["error"].clone();
+    for key in ["message", "type", "param", "code"] {
+        assert!(error.get(key).is_some(), "OpenAI errors carry {key}: {body}");
+    }
+    assert!(error["message"].is_string() && error["type"].is_string());
+    error
+}
+
+fn ollama_error(answer: &Answer) -> String {
+    assert!(answer.content_type.starts_with("application/json"));
+    answer.json()["error"].as_str().expect("Ollama errors are a string").to_owned()
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[actix_web::test]
+async fn malformed_json_and_missing_fields_are_400_naming_the_problem() {
+    let gateway = harness::start("").await;
+    let answer = gateway.post_raw("/v1/chat/completions", "{\"model\": ").await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(openai_error(&answer)["type"], "invalid_request_error");
+    let answer = gateway.post("/v1/chat/completions", &json!({"model": "echo"})).await;
+    assert_eq!(answer.status, 400);
+    assert!(openai_error(&answer)["message"].as_str().unwrap().contains("messages"));
+    let answer = gateway.post("/v1/chat/completions", &json!({"model": "echo", "messages": []})).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(openai_error(&answer)["param"], "messages");
+    let answer = gateway.post("/api/chat", &json!({"messages": []})).await;
+    assert_eq!(answer.status, 400);
+    assert!(ollama_error(&answer).contains("model"));
+    let answer = gateway.post_raw("/api/chat", "not json").await;
+    assert_eq!(answer.status, 400);
+    assert!(ollama_error(&answer).contains("invalid request body"));
+    let answer = gateway
+        .post("/api/chat", &json!({"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}))
+        .await;
+    assert_eq!(answer.status, 400);
+    assert!(ollama_error(&answer).contains("messages[0].role"));
+    let answer = gateway
+        .post("/api/chat", &json!({"model": "echo", "options": {"temperature": "hot"}, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(answer.status, 400);
+    assert!(ollama_error(&answer).contains("options.temperature"));
+}
+
+#[actix_web::test]
+async fn unknown_model_is_404_naming_it() {
+    let gateway = harness::start_config(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[backends]]\nname = \"ol\"\nkind = \"ollama\"\nurl = \"{mock}\"\n",
+    )
+    .await;
+    let answer = gateway.post("/v1/chat/completions", &chat("llama3")).await;
+    assert_eq!(answer.status, 404);
+    let error = openai_error(&answer);
+    assert_eq!(error["code"], "model_not_found");
+    assert!(error["message"].as_str().unwrap().contains("llama3"));
+    let answer = gateway.post("/api/chat", &chat("llama3")).await;
+    assert_eq!(answer.status, 404);
+    assert!(ollama_error(&answer).contains("model 'llama3' not found"));
+}
+
+#[actix_web::test]
+async fn body_over_the_limit_is_413() {
+    let gateway = harness::start("").await;
+    let big = "x".repeat(70_000);
+    let answer = gateway.post("/v1/chat/completions", &chat(&big)).await;
+    assert_eq!(answer.status, 413);
+    openai_error(&answer);
+    let answer = gateway.post("/api/chat", &chat(&big)).await;
+    assert_eq!(answer.status, 413);
+    assert!(ollama_error(&answer).contains("larger than the limit"));
+}
+
+#[actix_web::test]
+async fn unreachable_upstream_is_502() {
+    // Port 9 on loopback: nothing listens, so the connection is refused at once.
+    let gateway = harness::start(
+        "[[backends]]\nname = \"down\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:9/v1\"\n[[backends]]\nname = \"downo\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .await;
+    for model in ["down/m", "downo/m"] {
+        let answer = gateway.post("/v1/chat/completions", &chat(model)).await;
+        assert_eq!(answer.status, 502, "{model}: {}", answer.body);
+        assert_eq!(openai_error(&answer)["type"], "server_error");
+        let answer = gateway.post("/api/chat", &chat(model)).await;
+        assert_eq!(answer.status, 502);
+        assert!(ollama_error(&answer).contains("unreachable"));
+    }
+    // A backend that is down is left out of the listings, not failing them.
+    let models = gateway.get("/v1/models").await;
+    assert_eq!(models.status, 200);
+    assert_eq!(models.json()["data"].as_array().unwrap().len(), 3);
+}
+
+#[actix_web::test]
+async fn upstream_that_hangs_before_headers_is_504() {
+    let gateway = harness::start_with("", "response_timeout_secs = 0.5").await;
+    for model in ["oa/mock-hang", "ol/mock-hang"] {
+        let answer = gateway.post("/v1/chat/completions", &chat(model)).await;
+        assert_eq!(answer.status, 504, "{model}: {}", answer.body);
+        assert_eq!(openai_error(&answer)["code"], "timeout");
+        let answer = gateway.post("/api/chat", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+        assert_eq!(answer.status, 504);
+        assert!(ollama_error(&answer).contains("timed out"));
+    }
+}
+
+#[actix_web::test]
+async fn upstream_error_status_is_passed_on_translated() {
+    let gateway = harness::start("").await;
+    for (model, status) in [("oa/mock-status429", 429), ("ol/mock-status429", 429), ("oa/mock-status500", 500), ("ol/mock-status404", 404)] {
+        let answer = gateway.post("/v1/chat/completions", &chat(model)).await;
+        assert_eq!(answer.status, status, "{model}");
+        let error = openai_error(&answer);
+        assert_eq!(error["message"], format!("mock refused with {status}"));
+        assert!(!error["code"].is_number(), "llama-server's integer code is not copied");
+        let answer = gateway.post("/api/chat", &chat(model)).await;
+        assert_eq!(answer.status, status);
+        assert_eq!(ollama_error(&answer), format!("mock refused with {status}"));
+    }
+}
+
+#[actix_web::test]
+async fn garbage_from_upstream_is_502() {
+    let gateway = harness::start("").await;
+    for model in ["oa/mock-garbage", "ol/mock-garbage"] {
+        let answer = gateway.post("/v1/chat/completions", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+        assert_eq!(answer.status, 502, "{model}: {}", answer.body);
+        assert!(openai_error(&answer)["message"].as_str().unwrap().contains("invalid response"));
+        let answer = gateway.post("/api/chat", &chat(model)).await;
+        assert_eq!(answer.status, 502);
+    }
+}
+
+/// The last SSE event is one error object and there is no `[DONE]`.
+fn assert_sse_ends_in_error(answer: &Answer) -> Value {
+    assert_eq!(answer.status, 200, "the stream had started");
+    let events = answer.sse();
+    assert!(!events.iter().any(|e| e == "[DONE]"), "no [DONE] after an error: {events:?}");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert!(last["error"]["message"].is_string(), "{last}");
+    let texts: Vec<&String> = events.iter().filter(|e| e.contains("\"content\":\"Hello\"")).collect();
+    assert_eq!(texts.len(), 1, "what came before the error was relayed: {events:?}");
+    last
+}
+
+/// The last NDJSON line is `{"error": "..."}` and no `done` line came.
+fn assert_ndjson_ends_in_error(answer: &Answer) -> String {
+    assert_eq!(answer.status, 200);
+    let lines = answer.ndjson();
+    assert!(!lines.iter().any(|l| l["done"] == true), "no done line after an error: {lines:?}");
+    assert_eq!(lines[0]["message"]["content"], "Hello");
+    let last = lines.last().unwrap();
+    assert_eq!(last.as_object().unwrap().len(), 1, "only the error: {last}");
+    last["error"].as_str().unwrap().to_owned()
+}
+
+#[actix_web::test]
+async fn failures_mid_stream_end_with_one_error_event() {
+    let gateway = harness::start_with("", "idle_timeout_secs = 0.5").await;
+    for backend in ["oa", "ol"] {
+        for (case, expect) in [("errstream", "mock failed mid-stream"), ("truncate", "ended"), ("stall", "stalled")] {
+            let model = format!("{backend}/mock-{case}");
+            let sse = gateway
+                .post("/v1/chat/completions", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+                .await;
+            let error = assert_sse_ends_in_error(&sse);
+            assert!(error["error"]["message"].as_str().unwrap().contains(expect), "{model}: {error}");
+            let ndjson = gateway.post("/api/chat", &json!({"model": model, "messages": [{"role": "user", "content": "x"}]})).await;
+            let message = assert_ndjson_ends_in_error(&ndjson);
+            assert!(message.contains(expect), "{model}: {message}");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn failures_mid_answer_fail_a_non_streamed_request() {
+    let gateway = harness::start("").await;
+    let answer = gateway.post("/v1/chat/completions", &chat("oa/mock-truncate")).await;
+    assert_eq!(answer.status, 502, "a cut-off answer is not passed off as complete");
+    let answer = gateway.post("/api/chat", &json!({"model": "ol/mock-errstream", "stream": false, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(ollama_error(&answer), "mock failed mid-stream");
+}
+
+#[actix_web::test]
+async fn unknown_routes_answer_in_their_dialect() {
+    let gateway = harness::start("").await;
+    let answer = gateway.get("/v1/nothing").await;
+    assert_eq!(answer.status, 404);
+    openai_error(&answer);
+    let answer = gateway.get("/api/nothing").await;
+    assert_eq!(answer.status, 404);
+    ollama_error(&answer);
+}

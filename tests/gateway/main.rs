@@ -1,0 +1,10 @@
+//! Black-box tests of the gateway over real HTTP on loopback, with a mock upstream that
+//! is a real server too. One test binary, so the suite links once.
+
+mod harness;
+
+mod auth;
+mod errors;
+mod matrix;
+mod streams;
+mod translation;
