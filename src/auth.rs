@@ -27,10 +27,15 @@ const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User(pub Arc<str>);
 
+/// SHA-256 digests of the keys, each with its user.
+type Digests = Vec<([u8; 32], Arc<str>)>;
+/// A file's modification time and length: what tells that it changed.
+type Stamp = Option<(SystemTime, u64)>;
+
 struct KeySet {
-    digests: Vec<([u8; 32], Arc<str>)>,
-    /// The file's modification time and length when it was read.
-    stamp: Option<(SystemTime, u64)>,
+    digests: Digests,
+    /// The file's stamp when it was read.
+    stamp: Stamp,
     checked_at: Instant,
 }
 
@@ -44,9 +49,7 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-fn read_keys(
-    path: &PathBuf,
-) -> Result<(Vec<([u8; 32], Arc<str>)>, Option<(SystemTime, u64)>), String> {
+fn read_keys(path: &PathBuf) -> Result<(Digests, Stamp), String> {
     let stamp = std::fs::metadata(path)
         .ok()
         .and_then(|m| Some((m.modified().ok()?, m.len())));

@@ -244,6 +244,23 @@ pub struct ChatRequest {
     /// Fields the client sent that the gateway does not model, carried to
     /// OpenAI-compatible backends (llama-server's `top_k`, `cache_prompt`, ...).
     pub passthrough: Map<String, Value>,
+    /// Set when the client asked for a plain completion (Ollama `/api/generate`). The
+    /// messages still hold the system text and the prompt, so any backend can answer
+    /// it as a chat; backends with a completion API use these too.
+    pub generation: Option<Generation>,
+}
+
+/// What a plain completion request carries beyond a chat.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Generation {
+    /// Text after the insertion point (fill-in-the-middle).
+    pub suffix: Option<String>,
+    /// No prompt template: the prompt goes to the model as written.
+    pub raw: bool,
+    /// Ollama prompt-template override.
+    pub template: Option<String>,
+    /// Ollama's (deprecated) context from an earlier answer.
+    pub context: Option<Value>,
 }
 
 impl ChatRequest {
@@ -260,6 +277,7 @@ impl ChatRequest {
             think: None,
             keep_alive: None,
             passthrough: Map::new(),
+            generation: None,
         }
     }
 }

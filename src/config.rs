@@ -424,10 +424,12 @@ impl RawBackend {
         match parsed {
             Ok(parsed)
                 if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
-            _ => return err(format!(
+            _ => {
+                return err(format!(
                 "{key}.url \"{url}\" is not an http:// or https:// URL; write e.g. \"http://{}\"",
                 url.trim_start_matches("//")
-            )),
+            ))
+            }
         }
         let api_key = match &self.api_key_env {
             None => None,

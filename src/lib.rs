@@ -9,6 +9,7 @@ pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod dialect;
+pub mod embed;
 pub mod error;
 pub mod framing;
 pub mod router;

@@ -52,6 +52,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .app_data(keys.clone())
             .app_data(web::Data::new(Router::new(&config)))
             .app_data(web::Data::new(BodyLimit(config.body_limit)))
+            .app_data(web::Data::new(routes::ListingCache::default()))
             .configure(routes::configure)
             .default_service(web::to(not_found))
             .wrap(from_fn(auth::guard))

@@ -11,7 +11,11 @@ const GATEWAY: &str = env!("CARGO_BIN_EXE_switchyard");
 const MOCK: &str = env!("CARGO_BIN_EXE_mock-upstream");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A scratch directory with no `config/switchyard.toml`, so defaults apply.
@@ -23,7 +27,10 @@ fn scratch(name: &str) -> std::path::PathBuf {
 
 fn gateway(dir: &std::path::Path) -> Command {
     let mut command = Command::new(GATEWAY);
-    command.current_dir(dir).env_remove("SWITCHYARD_CONFIG").env("RUST_LOG", "info");
+    command
+        .current_dir(dir)
+        .env_remove("SWITCHYARD_CONFIG")
+        .env("RUST_LOG", "info");
     command
 }
 
@@ -51,13 +58,17 @@ fn wait_for_line(child: &mut Child, needle: &str) -> String {
             }
         }
     });
-    receiver.recv_timeout(Duration::from_secs(20)).expect("the expected log line")
+    receiver
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the expected log line")
 }
 
 /// A plain HTTP/1.1 exchange with `Connection: close`; returns the raw answer.
 fn http(port: u16, method: &str, path: &str, body: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -80,8 +91,16 @@ fn serves_echo_on_builtin_defaults_with_env_override() {
         .unwrap();
     let line = wait_for_line(&mut child, "listening on");
     let _running = Running(child);
-    assert!(line.contains(&format!("listening on http://127.0.0.1:{port}")), "{line}");
-    let answer = http(port, "POST", "/api/chat", r#"{"model":"echo","messages":[{"role":"user","content":"hi there"}]}"#);
+    assert!(
+        line.contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{line}"
+    );
+    let answer = http(
+        port,
+        "POST",
+        "/api/chat",
+        r#"{"model":"echo","messages":[{"role":"user","content":"hi there"}]}"#,
+    );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"content\":\"hi \""), "{answer}");
     assert!(answer.contains("\"done\":true"));
@@ -98,7 +117,11 @@ fn check_prints_the_routing_of_a_valid_config() {
         "[routing]\ndefault_backend = \"local\"\n[[backends]]\nname = \"ollama\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:11434\"\n[[backends]]\nname = \"local\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:5857/v1\"\n",
     )
     .unwrap();
-    let output = gateway(&dir).args(["check", "--config"]).arg(&path).output().unwrap();
+    let output = gateway(&dir)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("ollama/MODEL -> backend ollama"), "{text}");
@@ -106,15 +129,26 @@ fn check_prints_the_routing_of_a_valid_config() {
     // And with no config at all: the built-in echo backend.
     let output = gateway(&dir).arg("check").output().unwrap();
     assert!(output.status.success());
-    assert!(String::from_utf8(output.stdout).unwrap().contains("built-in defaults"));
+    assert!(String::from_utf8(output.stdout)
+        .unwrap()
+        .contains("built-in defaults"));
 }
 
 #[test]
 fn check_names_the_offending_key_and_fails() {
     let dir = scratch("bad");
     let path = dir.join("bad.toml");
-    std::fs::write(&path, "[[backends]]\nname = \"o\"\nkind = \"ollama\"\nurl = \"localhost:11434\"\n").unwrap();
-    let output = gateway(&dir).arg("check").arg("--config").arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        "[[backends]]\nname = \"o\"\nkind = \"ollama\"\nurl = \"localhost:11434\"\n",
+    )
+    .unwrap();
+    let output = gateway(&dir)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let text = String::from_utf8(output.stderr).unwrap();
     assert_eq!(text.trim().lines().count(), 1, "one clear line: {text}");
@@ -124,7 +158,12 @@ fn check_names_the_offending_key_and_fails() {
     assert_eq!(output.status.code(), Some(1));
     // An unknown key is named too.
     std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 2\n").unwrap();
-    let output = gateway(&dir).arg("check").arg("--config").arg(&path).output().unwrap();
+    let output = gateway(&dir)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8(output.stderr).unwrap().contains("lisen"));
 }
@@ -132,9 +171,14 @@ fn check_names_the_offending_key_and_fails() {
 #[test]
 fn refuses_anonymous_serving_off_loopback() {
     let dir = scratch("anon");
-    let output = gateway(&dir).env("SWITCHYARD__SERVER__LISTEN", "0.0.0.0:0").output().unwrap();
+    let output = gateway(&dir)
+        .env("SWITCHYARD__SERVER__LISTEN", "0.0.0.0:0")
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8(output.stderr).unwrap().contains("allow_anonymous"));
+    assert!(String::from_utf8(output.stderr)
+        .unwrap()
+        .contains("allow_anonymous"));
 }
 
 #[test]
@@ -142,7 +186,9 @@ fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
     let dir = scratch("shutdown");
     let mut mock = Command::new(MOCK).stdout(Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
-    BufReader::new(mock.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    BufReader::new(mock.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
     let _mock = Running(mock);
     let mock_url = first.trim().rsplit(' ').next().unwrap().to_owned();
     let config = dir.join("switchyard.toml");
@@ -151,18 +197,35 @@ fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
         format!("[server]\nlisten = \"127.0.0.1:{}\"\n[[backends]]\nname = \"ol\"\nkind = \"ollama\"\nurl = \"{mock_url}\"\n", free_port()),
     )
     .unwrap();
-    let mut child = gateway(&dir).arg("--config").arg(&config).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = gateway(&dir)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let line = wait_for_line(&mut child, "listening on");
     let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
     // A five-second stream; SIGTERM arrives while it runs.
     let reader = std::thread::spawn(move || {
-        http(port, "POST", "/api/chat", r#"{"model":"ol/mock-slow","messages":[{"role":"user","content":"x"}]}"#)
+        http(
+            port,
+            "POST",
+            "/api/chat",
+            r#"{"model":"ol/mock-slow","messages":[{"role":"user","content":"x"}]}"#,
+        )
     });
     std::thread::sleep(Duration::from_millis(700));
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let answer = reader.join().unwrap();
-    assert!(answer.contains("\"done\":true"), "the in-flight stream finished: {answer}");
+    assert!(
+        answer.contains("\"done\":true"),
+        "the in-flight stream finished: {answer}"
+    );
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -4,9 +4,15 @@
 
 use futures::stream;
 
+use sha2::{Digest, Sha256};
+
 use crate::chat::{ChatRequest, Event, EventStream, FinishReason, Role, Usage};
+use crate::embed::{EmbedRequest, Embeddings};
 
 use super::ModelEntry;
+
+/// Dimensions of echo's vectors: two bytes of a SHA-256 digest each.
+pub const ECHO_DIMENSIONS: usize = 16;
 
 /// The echo backend (stateless).
 pub struct EchoBackend;
@@ -74,6 +80,37 @@ impl EchoBackend {
             ..Usage::default()
         }));
         Box::pin(stream::iter(events.into_iter().map(Ok)))
+    }
+
+    /// Embeds each input as a small unit vector derived from its bytes: the same text
+    /// always gives the same vector, different texts different ones.
+    pub fn embed(request: &EmbedRequest) -> Embeddings {
+        let dimensions = request
+            .dimensions
+            .map_or(ECHO_DIMENSIONS, |d| (d as usize).clamp(1, ECHO_DIMENSIONS));
+        let vectors = request
+            .inputs
+            .iter()
+            .map(|input| {
+                let digest = Sha256::digest(input.as_bytes());
+                let raw: Vec<f32> = digest
+                    .chunks(2)
+                    .take(dimensions)
+                    .map(|pair| f32::from(u16::from_le_bytes([pair[0], pair[1]])) / 32767.5 - 1.0)
+                    .collect();
+                let norm = raw
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f32>()
+                    .sqrt()
+                    .max(f32::EPSILON);
+                raw.into_iter().map(|x| x / norm).collect()
+            })
+            .collect();
+        Embeddings {
+            vectors,
+            prompt_tokens: request.inputs.iter().map(|i| pieces(i).len() as u64).sum(),
+        }
     }
 
     /// Its one model.

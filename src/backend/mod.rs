@@ -11,8 +11,11 @@ mod upstream;
 
 pub use upstream::Upstream;
 
+use serde_json::{json, Value};
+
 use crate::chat::{ChatRequest, EventStream};
 use crate::config::{BackendConfig, BackendKind};
+use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 
 /// A model a backend offers, as its upstream describes it.
@@ -70,6 +73,33 @@ impl Backend {
         }
     }
 
+    /// Embeds texts, one vector per input.
+    pub async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, GatewayError> {
+        match self {
+            Backend::OpenAi(backend) => backend.embed(&request).await,
+            Backend::Ollama(backend) => backend.embed(&request).await,
+            Backend::Echo(_) => Ok(echo::EchoBackend::embed(&request)),
+        }
+    }
+
+    /// What is known of one model, in the shape of Ollama's `/api/show`. Only Ollama
+    /// can say more than a model's name; the others answer with what the gateway knows.
+    pub async fn show(&self, model: &str) -> Result<Value, GatewayError> {
+        match self {
+            Backend::Ollama(backend) => backend.show(model).await,
+            Backend::OpenAi(_) => Ok(synthesized_show(&["completion", "tools"])),
+            Backend::Echo(_) => Ok(synthesized_show(&["completion", "embedding"])),
+        }
+    }
+
+    /// The models the upstream has loaded now (only Ollama knows).
+    pub async fn running(&self) -> Result<Vec<Value>, GatewayError> {
+        match self {
+            Backend::Ollama(backend) => backend.running().await,
+            Backend::OpenAi(_) | Backend::Echo(_) => Ok(Vec::new()),
+        }
+    }
+
     /// The configured kind's name, for `/health` and logs.
     pub fn kind_name(&self) -> &'static str {
         match self {
@@ -78,4 +108,19 @@ impl Backend {
             Backend::Echo(_) => "echo",
         }
     }
+}
+
+/// An `/api/show` answer for a model whose server cannot describe it.
+fn synthesized_show(capabilities: &[&str]) -> Value {
+    json!({
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": {
+            "parent_model": "", "format": "", "family": "", "families": [],
+            "parameter_size": "", "quantization_level": ""
+        },
+        "model_info": {},
+        "capabilities": capabilities,
+    })
 }

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::chat::{
-    random_id, ChatRequest, Event, EventStream, FinishReason, Image, Message, OutputFormat, Role,
-    Think, Tool, ToolCallDelta, Usage,
+    random_id, ChatRequest, Event, EventStream, FinishReason, Generation, Image, Message,
+    OutputFormat, Role, Think, Tool, ToolCallDelta, Usage,
 };
+use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 use crate::framing::ndjson_lines;
 
@@ -25,13 +26,64 @@ impl OllamaBackend {
         OllamaBackend { upstream }
     }
 
-    /// Sends the chat to `/api/chat` and decodes its NDJSON answer.
+    /// Sends the chat to `/api/chat` (a plain completion to `/api/generate`) and decodes
+    /// its NDJSON answer.
     pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
         let wire = wire_request(&self.upstream.backend, &request)?;
-        let body = serde_json::to_vec(&wire)
-            .map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
-        let response = self.upstream.post_stream("/api/chat", body).await?;
+        let (path, body) = match &request.generation {
+            None => ("/api/chat", serde_json::to_vec(&wire)),
+            Some(generation) => (
+                "/api/generate",
+                serde_json::to_vec(&generate_request(wire, generation)),
+            ),
+        };
+        let body =
+            body.map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
+        let response = self.upstream.post_stream(path, body).await?;
         Ok(decode_stream(self.upstream.backend.clone(), response))
+    }
+
+    /// Embeds through `/api/embed`.
+    pub async fn embed(&self, request: &EmbedRequest) -> Result<Embeddings, GatewayError> {
+        let mut body = request.ollama_extras.clone();
+        body.insert("model".to_owned(), Value::from(request.model.as_str()));
+        body.insert("input".to_owned(), Value::from(request.inputs.clone()));
+        if let Some(dimensions) = request.dimensions {
+            body.insert("dimensions".to_owned(), Value::from(dimensions));
+        }
+        let answer: WireEmbed = self
+            .upstream
+            .post_json("/api/embed", Value::Object(body).to_string().into_bytes())
+            .await?;
+        Ok(Embeddings {
+            vectors: answer.embeddings,
+            prompt_tokens: answer.prompt_eval_count,
+        })
+    }
+
+    /// Asks `/api/show`; the answer is passed on as Ollama gave it.
+    pub async fn show(&self, model: &str) -> Result<Value, GatewayError> {
+        let body = serde_json::json!({ "model": model })
+            .to_string()
+            .into_bytes();
+        let mut answer: Value = self.upstream.post_json("/api/show", body).await?;
+        // ollama-python fails on an answer without model_info.
+        if let Some(object) = answer.as_object_mut() {
+            object
+                .entry("model_info")
+                .or_insert_with(|| Value::Object(Map::new()));
+        }
+        Ok(answer)
+    }
+
+    /// The loaded models from `/api/ps`.
+    pub async fn running(&self) -> Result<Vec<Value>, GatewayError> {
+        let answer: Value = self.upstream.get_json("/api/ps").await?;
+        Ok(answer
+            .get("models")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Lists `GET /api/tags`.
@@ -168,6 +220,38 @@ fn wire_request<'a>(
     })
 }
 
+/// Turns a chat-shaped request back into `/api/generate`'s: the last user message is
+/// the prompt, a system message the system text.
+fn generate_request(wire: WireRequest<'_>, generation: &Generation) -> Value {
+    let mut body = serde_json::json!({"model": wire.model, "stream": true});
+    let prompt = wire.messages.iter().rev().find(|m| m.role == "user");
+    body["prompt"] = Value::from(prompt.map_or("", |m| m.content.as_str()));
+    if let Some(images) = prompt.map(|m| &m.images).filter(|i| !i.is_empty()) {
+        body["images"] = Value::from(images.clone());
+    }
+    if let Some(system) = wire.messages.iter().find(|m| m.role == "system") {
+        body["system"] = Value::from(system.content.as_str());
+    }
+    if !wire.options.is_empty() {
+        body["options"] = Value::Object(wire.options);
+    }
+    let optional = [
+        ("format", wire.format),
+        ("think", wire.think),
+        ("keep_alive", wire.keep_alive.cloned()),
+        ("suffix", generation.suffix.clone().map(Value::from)),
+        ("template", generation.template.clone().map(Value::from)),
+        ("context", generation.context.clone()),
+        ("raw", generation.raw.then_some(Value::Bool(true))),
+    ];
+    for (key, value) in optional {
+        if let Some(value) = value {
+            body[key] = value;
+        }
+    }
+    body
+}
+
 fn wire_messages(messages: &[Message]) -> Result<Vec<WireMessage<'_>>, GatewayError> {
     let mut out = Vec::with_capacity(messages.len());
     for (index, message) in messages.iter().enumerate() {
@@ -234,6 +318,14 @@ fn wire_messages(messages: &[Message]) -> Result<Vec<WireMessage<'_>>, GatewayEr
         });
     }
     Ok(out)
+}
+
+#[derive(Deserialize)]
+struct WireEmbed {
+    #[serde(default)]
+    embeddings: Vec<Vec<f32>>,
+    #[serde(default)]
+    prompt_eval_count: u64,
 }
 
 #[derive(Deserialize)]

@@ -10,6 +10,7 @@ use crate::chat::{
     ChatRequest, Event, EventStream, FinishReason, Message, OutputFormat, Part, Role, Think, Tool,
     ToolCallDelta, Usage,
 };
+use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 use crate::framing::{sse_data, FramingError};
 
@@ -36,12 +37,92 @@ impl OpenAiBackend {
         }
     }
 
-    /// Sends the chat upstream and decodes its SSE answer.
+    /// Sends the chat upstream and decodes its SSE answer. A raw or fill-in-the-middle
+    /// completion goes to `/completions`, which takes the prompt untemplated.
     pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
-        let body = serde_json::to_vec(&self.wire_request(&request))
-            .map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
-        let response = self.upstream.post_stream("/chat/completions", body).await?;
+        let plain = request
+            .generation
+            .as_ref()
+            .is_some_and(|g| g.raw || g.suffix.is_some());
+        let (path, body) = if plain {
+            (
+                "/completions",
+                serde_json::to_vec(&self.completion_request(&request)),
+            )
+        } else {
+            (
+                "/chat/completions",
+                serde_json::to_vec(&self.wire_request(&request)),
+            )
+        };
+        let body =
+            body.map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
+        let response = self.upstream.post_stream(path, body).await?;
         Ok(decode_stream(self.upstream.backend.clone(), response))
+    }
+
+    /// Embeds through `/embeddings`, always as floats.
+    pub async fn embed(&self, request: &EmbedRequest) -> Result<Embeddings, GatewayError> {
+        let mut body =
+            json!({"model": request.model, "input": request.inputs, "encoding_format": "float"});
+        if let Some(dimensions) = request.dimensions {
+            body["dimensions"] = json!(dimensions);
+        }
+        let answer: WireEmbeddings = self
+            .upstream
+            .post_json("/embeddings", body.to_string().into_bytes())
+            .await?;
+        let mut data = answer.data;
+        data.sort_by_key(|item| item.index);
+        Ok(Embeddings {
+            vectors: data.into_iter().map(|item| item.embedding).collect(),
+            prompt_tokens: answer.usage.map_or(0, |u| u.prompt_tokens),
+        })
+    }
+
+    /// A legacy `/completions` request: the prompt as written, with its suffix.
+    fn completion_request(&self, request: &ChatRequest) -> Value {
+        let prompt = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(Message::joined_text)
+            .unwrap_or_default();
+        let mut body = json!({
+            "model": request.model,
+            "prompt": prompt,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        let chat = serde_json::to_value(self.wire_request(request)).unwrap_or_default();
+        for key in [
+            "max_completion_tokens",
+            "temperature",
+            "top_p",
+            "seed",
+            "stop",
+            "frequency_penalty",
+            "presence_penalty",
+            "top_k",
+            "min_p",
+            "typical_p",
+            "repeat_penalty",
+            "repeat_last_n",
+        ] {
+            if let Some(value) = chat.get(key) {
+                let key = if key == "max_completion_tokens" {
+                    "max_tokens"
+                } else {
+                    key
+                };
+                body[key] = value.clone();
+            }
+        }
+        if let Some(suffix) = request.generation.as_ref().and_then(|g| g.suffix.as_ref()) {
+            body["suffix"] = json!(suffix);
+        }
+        body
     }
 
     /// Lists `GET /models`.
@@ -258,6 +339,19 @@ fn wire_content(message: &Message) -> Value {
 }
 
 #[derive(Deserialize)]
+struct WireEmbeddings {
+    data: Vec<WireEmbedding>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireEmbedding {
+    #[serde(default)]
+    index: usize,
+    embedding: Vec<f32>,
+}
+
+#[derive(Deserialize)]
 struct WireModelList {
     #[serde(default)]
     data: Vec<WireModel>,
@@ -284,7 +378,8 @@ struct WireChoice {
     #[serde(default)]
     index: u32,
     delta: Option<WireDelta>,
-    /// Some servers put a whole `message` in the last chunk instead of a delta.
+    /// What `/completions` streams instead of a delta.
+    text: Option<String>,
     finish_reason: Option<String>,
 }
 
@@ -347,6 +442,9 @@ impl DecodeState {
             return Err(stream_error(backend, error));
         }
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            if let Some(text) = choice.text.filter(|t| !t.is_empty()) {
+                out.push(Event::Text(text));
+            }
             if let Some(delta) = choice.delta {
                 if let Some(thinking) = delta.reasoning_content.or(delta.reasoning) {
                     if !thinking.is_empty() {

@@ -22,8 +22,8 @@ use crate::error::{parse_upstream_error, GatewayError};
 
 /// The most of an upstream's error body that is read to find its message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
-/// The most of a non-streamed upstream answer (model lists) that is read.
-const JSON_BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// The most of a non-streamed upstream answer (model lists, embeddings) that is read.
+const JSON_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// One upstream server, as seen from one worker.
 pub struct Upstream {
@@ -110,6 +110,31 @@ impl Upstream {
         let response = self
             .send(self.request(awc::http::Method::GET, path).send())
             .await?;
+        self.read_json(path, response).await
+    }
+
+    /// POSTs JSON and decodes a JSON answer (embeddings, model details).
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, GatewayError> {
+        let request = self
+            .request(awc::http::Method::POST, path)
+            .content_type("application/json");
+        let response = self.send(request.send_body(body)).await?;
+        self.read_json(path, response).await
+    }
+
+    async fn read_json<T, S>(
+        &self,
+        path: &str,
+        response: awc::ClientResponse<S>,
+    ) -> Result<T, GatewayError>
+    where
+        T: DeserializeOwned,
+        S: Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+    {
         let mut response = self.check_status(response).await?;
         let body = tokio::time::timeout(
             self.config.idle_timeout,

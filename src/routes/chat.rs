@@ -2,8 +2,10 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::chat::{peek_first, ChatRequest, Completion, EventStream};
-use crate::dialect::ollama::{self, NdjsonRenderer, Timing};
+use futures::StreamExt;
+
+use crate::chat::{peek_first, ChatRequest, Completion, Event, EventStream};
+use crate::dialect::ollama::{self, NdjsonRenderer, Shape, Timing};
 use crate::dialect::openai::{self, SseRenderer};
 use crate::dialect::{render_stream, Dialect};
 use crate::error::GatewayError;
@@ -56,31 +58,58 @@ pub async fn ollama_chat(
     router: web::Data<Router>,
     limit: web::Data<BodyLimit>,
 ) -> HttpResponse {
-    let timing = Timing::start();
+    ollama_answer(Shape::Chat, http, payload, router, limit).await
+}
+
+pub async fn ollama_generate(
+    http: HttpRequest,
+    payload: web::Payload,
+    router: web::Data<Router>,
+    limit: web::Data<BodyLimit>,
+) -> HttpResponse {
+    ollama_answer(Shape::Generate, http, payload, router, limit).await
+}
+
+/// `/api/chat` and `/api/generate`: one pipeline, two answer shapes.
+async fn ollama_answer(
+    shape: Shape,
+    http: HttpRequest,
+    payload: web::Payload,
+    router: web::Data<Router>,
+    limit: web::Data<BodyLimit>,
+) -> HttpResponse {
+    let mut timing = Timing::start();
     let answer = async {
         let body = read_body(&http, payload, **limit).await?;
-        let parsed = ollama::parse_chat(&body)?;
+        let parsed = match shape {
+            Shape::Chat => ollama::parse_chat(&body)?,
+            Shape::Generate => ollama::parse_generate(&body)?,
+        };
         if parsed.request.messages.is_empty() {
             // Ollama only loads the model; make sure the name routes, then say loaded.
             router.route(&parsed.model)?;
-            return Ok(json_utf8(&ollama::load_response(&parsed.model)));
+            return Ok(json_utf8(&ollama::load_response(shape, &parsed.model)));
         }
-        let events = start_chat(&router, parsed.request).await?;
+        let mut events = start_chat(&router, parsed.request).await?;
         if parsed.stream {
-            let renderer = NdjsonRenderer::new(parsed.model, timing);
-            Ok(HttpResponse::Ok()
+            let renderer = NdjsonRenderer::new(shape, parsed.model, timing);
+            return Ok(HttpResponse::Ok()
                 .content_type("application/x-ndjson")
-                .streaming(render_stream(events, renderer)))
-        } else {
-            let completion = Completion::collect(events).await?;
-            let mut timing = timing;
-            timing.first_token = None;
-            Ok(json_utf8(&ollama::render_completion(
-                &parsed.model,
-                &completion,
-                &timing,
-            )?))
+                .streaming(render_stream(events, renderer)));
         }
+        let mut completion = Completion::default();
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if matches!(
+                event,
+                Event::Text(_) | Event::Thinking(_) | Event::ToolCall(_)
+            ) {
+                timing.saw_token();
+            }
+            completion.apply(event);
+        }
+        let value = ollama::render_completion(shape, &parsed.model, &completion, &timing)?;
+        Ok(json_utf8(&value))
     };
     answer
         .await
@@ -88,7 +117,7 @@ pub async fn ollama_chat(
 }
 
 /// One Ollama JSON answer, written with the line separators escaped like the streams.
-fn json_utf8(value: &serde_json::Value) -> HttpResponse {
+pub fn json_utf8(value: &serde_json::Value) -> HttpResponse {
     let mut body = bytes::BytesMut::new();
     crate::framing::write_ollama_json(&mut body, value);
     HttpResponse::Ok()

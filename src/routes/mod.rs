@@ -2,12 +2,15 @@
 //! routes the model, calls the backend and lets its dialect render the answer.
 
 mod chat;
+mod embeddings;
 mod models;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures::StreamExt;
+
+pub use models::ListingCache;
 
 use crate::error::GatewayError;
 use crate::server::BodyLimit;
@@ -19,7 +22,20 @@ pub const OLLAMA_COMPAT_VERSION: &str = "0.13.0";
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat::openai_chat))
         .route("/v1/models", web::get().to(models::openai_models))
+        .route("/v1/models/{model:.+}", web::get().to(models::openai_model))
+        .route(
+            "/v1/embeddings",
+            web::post().to(embeddings::openai_embeddings),
+        )
         .route("/api/chat", web::post().to(chat::ollama_chat))
+        .route("/api/generate", web::post().to(chat::ollama_generate))
+        .route("/api/embed", web::post().to(embeddings::ollama_embed))
+        .route(
+            "/api/embeddings",
+            web::post().to(embeddings::ollama_embeddings_legacy),
+        )
+        .route("/api/show", web::post().to(models::ollama_show))
+        .route("/api/ps", web::get().to(models::ollama_ps))
         .route("/api/tags", web::get().to(models::ollama_tags))
         .route("/api/tags", web::head().to(HttpResponse::Ok))
         .route("/api/version", web::get().to(version))

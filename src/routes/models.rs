@@ -2,7 +2,9 @@
 //! once with a short limit; one that is down is logged and left out, never failing the
 //! whole list.
 
-use std::time::Duration;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
@@ -12,13 +14,40 @@ use crate::backend::ModelEntry;
 use crate::dialect::ollama::timestamp;
 use crate::dialect::openai::model_object;
 use crate::dialect::unix_now;
+use crate::dialect::Dialect;
+use crate::error::GatewayError;
 use crate::router::Router;
+
+use super::chat::json_utf8;
 
 /// How long a listing waits for any one backend.
 const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a listing is reused: front-ends refresh their model list often, and
+/// asking every upstream each time would put their latency on every refresh.
+const LISTING_TTL: Duration = Duration::from_secs(10);
+
+/// Every backend's models, each named `backend/model`.
+type Listing = Rc<Vec<(String, ModelEntry)>>;
+
+/// The last listing of this worker, reused for [`LISTING_TTL`].
+#[derive(Default)]
+pub struct ListingCache(RefCell<Option<(Instant, Listing)>>);
+
+/// Every backend's models, named `backend/model`, from the cache when it is fresh.
+async fn all_models(router: &Router, cache: &ListingCache) -> Listing {
+    if let Some((at, models)) = cache.0.borrow().as_ref() {
+        if at.elapsed() < LISTING_TTL {
+            return models.clone();
+        }
+    }
+    let models = Rc::new(fetch_models(router).await);
+    *cache.0.borrow_mut() = Some((Instant::now(), models.clone()));
+    models
+}
+
 /// Every backend's models, named `backend/model`, in configuration order.
-async fn all_models(router: &Router) -> Vec<(String, ModelEntry)> {
+async fn fetch_models(router: &Router) -> Vec<(String, ModelEntry)> {
     let listings = router.backends().map(|(name, backend)| async move {
         match tokio::time::timeout(LISTING_TIMEOUT, backend.models()).await {
             Ok(Ok(models)) => models
@@ -45,28 +74,50 @@ async fn all_models(router: &Router) -> Vec<(String, ModelEntry)> {
         .collect()
 }
 
-pub async fn openai_models(router: web::Data<Router>) -> HttpResponse {
+fn openai_entry(id: &str, model: &ModelEntry, now: u64) -> Value {
+    model_object(
+        id,
+        model.created.unwrap_or(now),
+        model.owned_by.as_deref().unwrap_or("switchyard"),
+    )
+}
+
+pub async fn openai_models(
+    router: web::Data<Router>,
+    cache: web::Data<ListingCache>,
+) -> HttpResponse {
     let now = unix_now();
-    let data: Vec<Value> = all_models(&router)
+    let data: Vec<Value> = all_models(&router, &cache)
         .await
-        .into_iter()
-        .map(|(id, model)| {
-            model_object(
-                &id,
-                model.created.unwrap_or(now),
-                model.owned_by.as_deref().unwrap_or("switchyard"),
-            )
-        })
+        .iter()
+        .map(|(id, model)| openai_entry(id, model, now))
         .collect();
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }
 
-pub async fn ollama_tags(router: web::Data<Router>) -> HttpResponse {
+/// `GET /v1/models/{id}`: one listed model.
+pub async fn openai_model(
+    id: web::Path<String>,
+    router: web::Data<Router>,
+    cache: web::Data<ListingCache>,
+) -> HttpResponse {
+    let models = all_models(&router, &cache).await;
+    match models.iter().find(|(name, _)| *name == *id) {
+        Some((name, model)) => HttpResponse::Ok().json(openai_entry(name, model, unix_now())),
+        None => GatewayError::ModelNotFound(id.into_inner()).response(Dialect::OpenAi),
+    }
+}
+
+pub async fn ollama_tags(
+    router: web::Data<Router>,
+    cache: web::Data<ListingCache>,
+) -> HttpResponse {
     let now = timestamp();
-    let models: Vec<Value> = all_models(&router)
+    let models: Vec<Value> = all_models(&router, &cache)
         .await
-        .into_iter()
+        .iter()
         .map(|(id, model)| {
+            let model = model.clone();
             // Clients group models by digest, so each name gets its own.
             let digest: String = Sha256::digest(id.as_bytes())
                 .iter()
@@ -84,6 +135,71 @@ pub async fn ollama_tags(router: web::Data<Router>) -> HttpResponse {
                 })),
             })
         })
+        .collect();
+    HttpResponse::Ok().json(json!({ "models": models }))
+}
+
+#[derive(serde::Deserialize)]
+pub struct ShowRequest {
+    model: Option<String>,
+    /// The legacy key for the model.
+    name: Option<String>,
+}
+
+/// `POST /api/show`: Ollama's own description where the backend is Ollama, what the
+/// gateway knows otherwise.
+pub async fn ollama_show(body: web::Bytes, router: web::Data<Router>) -> HttpResponse {
+    let answer = async {
+        let request: ShowRequest = serde_json::from_slice(&body)
+            .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+        let model = request
+            .model
+            .or(request.name)
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| GatewayError::bad_field("model", "model is required"))?;
+        let (backend, upstream_model) = router.route(&model)?;
+        let mut shown = backend.show(upstream_model).await?;
+        if let Some(object) = shown.as_object_mut() {
+            object
+                .entry("modified_at")
+                .or_insert_with(|| Value::from(timestamp()));
+        }
+        Ok(json_utf8(&shown))
+    };
+    answer
+        .await
+        .unwrap_or_else(|error: GatewayError| error.response(Dialect::Ollama))
+}
+
+/// `GET /api/ps`: the models Ollama backends have loaded, named `backend/model`.
+pub async fn ollama_ps(router: web::Data<Router>) -> HttpResponse {
+    let lists = router.backends().map(|(name, backend)| async move {
+        match tokio::time::timeout(LISTING_TIMEOUT, backend.running()).await {
+            Ok(Ok(models)) => models
+                .into_iter()
+                .map(|mut model| {
+                    for key in ["name", "model"] {
+                        if let Some(id) = model.get(key).and_then(Value::as_str) {
+                            model[key] = Value::from(format!("{name}/{id}"));
+                        }
+                    }
+                    model
+                })
+                .collect(),
+            Ok(Err(error)) => {
+                log::warn!("listing running models: backend '{name}' left out: {error}");
+                Vec::new()
+            }
+            Err(_) => {
+                log::warn!("listing running models: backend '{name}' left out: no answer in time");
+                Vec::new()
+            }
+        }
+    });
+    let models: Vec<Value> = futures::future::join_all(lists)
+        .await
+        .into_iter()
+        .flatten()
         .collect();
     HttpResponse::Ok().json(json!({ "models": models }))
 }

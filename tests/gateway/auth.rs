@@ -27,17 +27,38 @@ fn chat() -> String {
 async fn both_headers_are_accepted() {
     let (gateway, _) = with_keys("both").await;
     let url = format!("{}/v1/chat/completions", gateway.base);
-    let answer = send(client().post(&url).insert_header(("X-API-Key", "sk-abc123")), Some(&chat())).await;
+    let answer = send(
+        client()
+            .post(&url)
+            .insert_header(("X-API-Key", "sk-abc123")),
+        Some(&chat()),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let answer = send(client().post(&url).insert_header(("Authorization", "Bearer sk-xyz789")), Some(&chat())).await;
+    let answer = send(
+        client()
+            .post(&url)
+            .insert_header(("Authorization", "Bearer sk-xyz789")),
+        Some(&chat()),
+    )
+    .await;
     assert_eq!(answer.status, 200);
     let url = format!("{}/api/chat", gateway.base);
-    let answer = send(client().post(&url).insert_header(("authorization", "bearer sk-xyz789")), Some(&chat())).await;
+    let answer = send(
+        client()
+            .post(&url)
+            .insert_header(("authorization", "bearer sk-xyz789")),
+        Some(&chat()),
+    )
+    .await;
     assert_eq!(answer.status, 200);
     // Neither the gateway key nor the client's other headers went upstream.
     for request in gateway.mock.requests_for("mock-model") {
         assert!(!request.headers.contains_key("x-api-key"));
-        assert!(!request.headers.contains_key("authorization"), "no upstream key configured, none sent");
+        assert!(
+            !request.headers.contains_key("authorization"),
+            "no upstream key configured, none sent"
+        );
         assert!(!format!("{:?}", request.headers).contains("sk-"));
     }
 }
@@ -51,8 +72,17 @@ async fn missing_or_wrong_keys_are_401_in_the_callers_dialect() {
     assert_eq!(answer.status, 401);
     let body = answer.json();
     assert_eq!(body["error"]["code"], "invalid_api_key");
-    assert!(body["error"]["message"].as_str().unwrap().contains("X-API-Key"));
-    let answer = send(client().post(&openai).insert_header(("X-API-Key", "sk-abc12")), Some(&chat())).await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("X-API-Key"));
+    let answer = send(
+        client()
+            .post(&openai)
+            .insert_header(("X-API-Key", "sk-abc12")),
+        Some(&chat()),
+    )
+    .await;
     assert_eq!(answer.status, 401);
     assert_eq!(answer.json()["error"]["type"], "invalid_request_error");
     let answer = send(client().post(&ollama).bearer_auth("nope"), Some(&chat())).await;
@@ -62,7 +92,10 @@ async fn missing_or_wrong_keys_are_401_in_the_callers_dialect() {
     assert_eq!(answer.status, 401);
     let answer = send(client().get(format!("{}/v1/models", gateway.base)), None).await;
     assert_eq!(answer.status, 401);
-    assert!(gateway.mock.requests_for("mock-model").is_empty(), "nothing reached the upstream");
+    assert!(
+        gateway.mock.requests_for("mock-model").is_empty(),
+        "nothing reached the upstream"
+    );
 }
 
 #[actix_web::test]
@@ -84,7 +117,11 @@ async fn an_edited_keys_file_takes_effect_and_a_broken_one_is_ignored() {
     // The file is looked at once a second.
     actix_web::rt::time::sleep(std::time::Duration::from_millis(1300)).await;
     assert_eq!(with("sk-new").await.status, 200);
-    assert_eq!(with("sk-abc123").await.status, 401, "removed keys stop working");
+    assert_eq!(
+        with("sk-abc123").await.status,
+        401,
+        "removed keys stop working"
+    );
     std::fs::write(&path, "{ broken").unwrap();
     actix_web::rt::time::sleep(std::time::Duration::from_millis(1300)).await;
     assert_eq!(with("sk-new").await.status, 200, "the last good keys stay");
@@ -102,7 +139,9 @@ async fn the_upstream_key_comes_from_the_environment_only() {
         .await;
         (gateway, path)
     };
-    let body = json!({"model": "keyed/mock-keyed", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let body =
+        json!({"model": "keyed/mock-keyed", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
     let answer = send(
         client()
             .post(format!("{}/v1/chat/completions", gateway.base))
@@ -114,7 +153,10 @@ async fn the_upstream_key_comes_from_the_environment_only() {
     .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let seen = gateway.mock.requests_for("mock-keyed");
-    assert_eq!(seen[0].headers.get("authorization").map(String::as_str), Some("Bearer sk-upstream-secret"));
+    assert_eq!(
+        seen[0].headers.get("authorization").map(String::as_str),
+        Some("Bearer sk-upstream-secret")
+    );
     assert!(!seen[0].headers.contains_key("cookie"));
     assert!(!seen[0].headers.contains_key("x-forwarded-for"));
 }

@@ -6,11 +6,18 @@ use serde_json::{json, Value};
 use crate::harness::{self, Answer};
 
 fn openai_error(answer: &Answer) -> Value {
-    assert!(answer.content_type.starts_with("application/json"), "{}", answer.content_type);
+    assert!(
+        answer.content_type.starts_with("application/json"),
+        "{}",
+        answer.content_type
+    );
     let body = answer.json();
     let error = body["error"].clone();
     for key in ["message", "type", "param", "code"] {
-        assert!(error.get(key).is_some(), "OpenAI errors carry {key}: {body}");
+        assert!(
+            error.get(key).is_some(),
+            "OpenAI errors carry {key}: {body}"
+        );
     }
     assert!(error["message"].is_string() && error["type"].is_string());
     error
@@ -18,7 +25,10 @@ fn openai_error(answer: &Answer) -> Value {
 
 fn ollama_error(answer: &Answer) -> String {
     assert!(answer.content_type.starts_with("application/json"));
-    answer.json()["error"].as_str().expect("Ollama errors are a string").to_owned()
+    answer.json()["error"]
+        .as_str()
+        .expect("Ollama errors are a string")
+        .to_owned()
 }
 
 fn chat(model: &str) -> Value {
@@ -28,13 +38,25 @@ fn chat(model: &str) -> Value {
 #[actix_web::test]
 async fn malformed_json_and_missing_fields_are_400_naming_the_problem() {
     let gateway = harness::start("").await;
-    let answer = gateway.post_raw("/v1/chat/completions", "{\"model\": ").await;
+    let answer = gateway
+        .post_raw("/v1/chat/completions", "{\"model\": ")
+        .await;
     assert_eq!(answer.status, 400);
     assert_eq!(openai_error(&answer)["type"], "invalid_request_error");
-    let answer = gateway.post("/v1/chat/completions", &json!({"model": "echo"})).await;
+    let answer = gateway
+        .post("/v1/chat/completions", &json!({"model": "echo"}))
+        .await;
     assert_eq!(answer.status, 400);
-    assert!(openai_error(&answer)["message"].as_str().unwrap().contains("messages"));
-    let answer = gateway.post("/v1/chat/completions", &json!({"model": "echo", "messages": []})).await;
+    assert!(openai_error(&answer)["message"]
+        .as_str()
+        .unwrap()
+        .contains("messages"));
+    let answer = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "echo", "messages": []}),
+        )
+        .await;
     assert_eq!(answer.status, 400);
     assert_eq!(openai_error(&answer)["param"], "messages");
     let answer = gateway.post("/api/chat", &json!({"messages": []})).await;
@@ -44,7 +66,10 @@ async fn malformed_json_and_missing_fields_are_400_naming_the_problem() {
     assert_eq!(answer.status, 400);
     assert!(ollama_error(&answer).contains("invalid request body"));
     let answer = gateway
-        .post("/api/chat", &json!({"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}))
+        .post(
+            "/api/chat",
+            &json!({"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}),
+        )
         .await;
     assert_eq!(answer.status, 400);
     assert!(ollama_error(&answer).contains("messages[0].role"));
@@ -120,12 +145,20 @@ async fn upstream_that_hangs_before_headers_is_504() {
 #[actix_web::test]
 async fn upstream_error_status_is_passed_on_translated() {
     let gateway = harness::start("").await;
-    for (model, status) in [("oa/mock-status429", 429), ("ol/mock-status429", 429), ("oa/mock-status500", 500), ("ol/mock-status404", 404)] {
+    for (model, status) in [
+        ("oa/mock-status429", 429),
+        ("ol/mock-status429", 429),
+        ("oa/mock-status500", 500),
+        ("ol/mock-status404", 404),
+    ] {
         let answer = gateway.post("/v1/chat/completions", &chat(model)).await;
         assert_eq!(answer.status, status, "{model}");
         let error = openai_error(&answer);
         assert_eq!(error["message"], format!("mock refused with {status}"));
-        assert!(!error["code"].is_number(), "llama-server's integer code is not copied");
+        assert!(
+            !error["code"].is_number(),
+            "llama-server's integer code is not copied"
+        );
         let answer = gateway.post("/api/chat", &chat(model)).await;
         assert_eq!(answer.status, status);
         assert_eq!(ollama_error(&answer), format!("mock refused with {status}"));
@@ -138,7 +171,10 @@ async fn garbage_from_upstream_is_502() {
     for model in ["oa/mock-garbage", "ol/mock-garbage"] {
         let answer = gateway.post("/v1/chat/completions", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
         assert_eq!(answer.status, 502, "{model}: {}", answer.body);
-        assert!(openai_error(&answer)["message"].as_str().unwrap().contains("invalid response"));
+        assert!(openai_error(&answer)["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid response"));
         let answer = gateway.post("/api/chat", &chat(model)).await;
         assert_eq!(answer.status, 502);
     }
@@ -148,11 +184,21 @@ async fn garbage_from_upstream_is_502() {
 fn assert_sse_ends_in_error(answer: &Answer) -> Value {
     assert_eq!(answer.status, 200, "the stream had started");
     let events = answer.sse();
-    assert!(!events.iter().any(|e| e == "[DONE]"), "no [DONE] after an error: {events:?}");
+    assert!(
+        !events.iter().any(|e| e == "[DONE]"),
+        "no [DONE] after an error: {events:?}"
+    );
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert!(last["error"]["message"].is_string(), "{last}");
-    let texts: Vec<&String> = events.iter().filter(|e| e.contains("\"content\":\"Hello\"")).collect();
-    assert_eq!(texts.len(), 1, "what came before the error was relayed: {events:?}");
+    let texts: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("\"content\":\"Hello\""))
+        .collect();
+    assert_eq!(
+        texts.len(),
+        1,
+        "what came before the error was relayed: {events:?}"
+    );
     last
 }
 
@@ -160,7 +206,10 @@ fn assert_sse_ends_in_error(answer: &Answer) -> Value {
 fn assert_ndjson_ends_in_error(answer: &Answer) -> String {
     assert_eq!(answer.status, 200);
     let lines = answer.ndjson();
-    assert!(!lines.iter().any(|l| l["done"] == true), "no done line after an error: {lines:?}");
+    assert!(
+        !lines.iter().any(|l| l["done"] == true),
+        "no done line after an error: {lines:?}"
+    );
     assert_eq!(lines[0]["message"]["content"], "Hello");
     let last = lines.last().unwrap();
     assert_eq!(last.as_object().unwrap().len(), 1, "only the error: {last}");
@@ -171,14 +220,26 @@ fn assert_ndjson_ends_in_error(answer: &Answer) -> String {
 async fn failures_mid_stream_end_with_one_error_event() {
     let gateway = harness::start_with("", "idle_timeout_secs = 0.5").await;
     for backend in ["oa", "ol"] {
-        for (case, expect) in [("errstream", "mock failed mid-stream"), ("truncate", "ended"), ("stall", "stalled")] {
+        for (case, expect) in [
+            ("errstream", "mock failed mid-stream"),
+            ("truncate", "ended"),
+            ("stall", "stalled"),
+        ] {
             let model = format!("{backend}/mock-{case}");
             let sse = gateway
                 .post("/v1/chat/completions", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]}))
                 .await;
             let error = assert_sse_ends_in_error(&sse);
-            assert!(error["error"]["message"].as_str().unwrap().contains(expect), "{model}: {error}");
-            let ndjson = gateway.post("/api/chat", &json!({"model": model, "messages": [{"role": "user", "content": "x"}]})).await;
+            assert!(
+                error["error"]["message"].as_str().unwrap().contains(expect),
+                "{model}: {error}"
+            );
+            let ndjson = gateway
+                .post(
+                    "/api/chat",
+                    &json!({"model": model, "messages": [{"role": "user", "content": "x"}]}),
+                )
+                .await;
             let message = assert_ndjson_ends_in_error(&ndjson);
             assert!(message.contains(expect), "{model}: {message}");
         }
@@ -188,8 +249,13 @@ async fn failures_mid_stream_end_with_one_error_event() {
 #[actix_web::test]
 async fn failures_mid_answer_fail_a_non_streamed_request() {
     let gateway = harness::start("").await;
-    let answer = gateway.post("/v1/chat/completions", &chat("oa/mock-truncate")).await;
-    assert_eq!(answer.status, 502, "a cut-off answer is not passed off as complete");
+    let answer = gateway
+        .post("/v1/chat/completions", &chat("oa/mock-truncate"))
+        .await;
+    assert_eq!(
+        answer.status, 502,
+        "a cut-off answer is not passed off as complete"
+    );
     let answer = gateway.post("/api/chat", &json!({"model": "ol/mock-errstream", "stream": false, "messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!(answer.status, 502);
     assert_eq!(ollama_error(&answer), "mock failed mid-stream");

@@ -101,11 +101,17 @@ impl Answer {
 
     /// The lines of an NDJSON body, parsed.
     pub fn ndjson(&self) -> Vec<Value> {
-        assert!(self.body.ends_with('\n'), "NDJSON ends with a newline: {:?}", self.body);
+        assert!(
+            self.body.ends_with('\n'),
+            "NDJSON ends with a newline: {:?}",
+            self.body
+        );
         self.body
             .split('\n')
             .filter(|line| !line.is_empty())
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("line not JSON ({e}): {line}")))
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("line not JSON ({e}): {line}"))
+            })
             .collect()
     }
 }
@@ -119,11 +125,20 @@ pub fn client() -> awc::Client {
 /// Sends a request and reads the whole answer.
 pub async fn send(request: awc::ClientRequest, body: Option<&str>) -> Answer {
     let sent = match body {
-        Some(body) => request.insert_header(("content-type", "application/json")).send_body(body.to_owned()).await,
+        Some(body) => {
+            request
+                .insert_header(("content-type", "application/json"))
+                .send_body(body.to_owned())
+                .await
+        }
         None => request.send().await,
     };
     let mut response = sent.expect("the gateway answers");
-    let bytes = response.body().limit(64 * 1024 * 1024).await.expect("the body is read");
+    let bytes = response
+        .body()
+        .limit(64 * 1024 * 1024)
+        .await
+        .expect("the body is read");
     Answer {
         status: response.status().as_u16(),
         content_type: response
@@ -139,7 +154,11 @@ pub async fn send(request: awc::ClientRequest, body: Option<&str>) -> Answer {
 
 impl Harness {
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
-        send(client().post(format!("{}{path}", self.base)), Some(&body.to_string())).await
+        send(
+            client().post(format!("{}{path}", self.base)),
+            Some(&body.to_string()),
+        )
+        .await
     }
 
     pub async fn post_raw(&self, path: &str, body: &str) -> Answer {

@@ -27,7 +27,10 @@ async fn openai_client_non_stream_every_backend() {
     let gateway = harness::start("").await;
     for (model, upstream, prompt_tokens, completion_tokens) in backends() {
         let answer = gateway
-            .post("/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": PROMPT}]}))
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": model, "messages": [{"role": "user", "content": PROMPT}]}),
+            )
             .await;
         assert_eq!(answer.status, 200, "{model}: {}", answer.body);
         assert!(answer.content_type.starts_with("application/json"));
@@ -41,7 +44,10 @@ async fn openai_client_non_stream_every_backend() {
         assert_eq!(choice["finish_reason"], "stop");
         assert_eq!(body["usage"]["prompt_tokens"], prompt_tokens, "{model}");
         assert_eq!(body["usage"]["completion_tokens"], completion_tokens);
-        assert_eq!(body["usage"]["total_tokens"], prompt_tokens + completion_tokens);
+        assert_eq!(
+            body["usage"]["total_tokens"],
+            prompt_tokens + completion_tokens
+        );
         if let Some(upstream) = upstream {
             let seen = gateway.mock.requests_for(upstream);
             let last = seen.last().expect("the upstream was called");
@@ -51,8 +57,16 @@ async fn openai_client_non_stream_every_backend() {
 }
 
 /// Checks an OpenAI SSE stream the way the SDK stream helpers read it.
-fn check_openai_stream(events: &[String], model: &str, include_usage: bool) -> (String, Option<Value>) {
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "ends with [DONE]");
+fn check_openai_stream(
+    events: &[String],
+    model: &str,
+    include_usage: bool,
+) -> (String, Option<Value>) {
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "ends with [DONE]"
+    );
     let chunks: Vec<Value> = events[..events.len() - 1]
         .iter()
         .map(|e| serde_json::from_str(e).unwrap())
@@ -75,7 +89,11 @@ fn check_openai_stream(events: &[String], model: &str, include_usage: bool) -> (
             continue;
         }
         let delta = &choices[0]["delta"];
-        assert_eq!(delta.get("role").is_some(), index == 0, "role only in the first chunk");
+        assert_eq!(
+            delta.get("role").is_some(),
+            index == 0,
+            "role only in the first chunk"
+        );
         if let Some(reason) = choices[0]["finish_reason"].as_str() {
             assert_eq!(delta, &json!({}), "finish_reason comes in its own chunk");
             finish = Some(reason.to_owned());
@@ -121,8 +139,16 @@ fn check_done_line(line: &Value, model: &str, prompt_tokens: u64, completion_tok
     assert_eq!(line["done_reason"], "stop");
     assert_eq!(line["prompt_eval_count"], prompt_tokens, "{model}");
     assert_eq!(line["eval_count"], completion_tokens, "{model}");
-    for key in ["total_duration", "load_duration", "prompt_eval_duration", "eval_duration"] {
-        assert!(line[key].is_u64(), "{key} is a number of nanoseconds in {line}");
+    for key in [
+        "total_duration",
+        "load_duration",
+        "prompt_eval_duration",
+        "eval_duration",
+    ] {
+        assert!(
+            line[key].is_u64(),
+            "{key} is a number of nanoseconds in {line}"
+        );
     }
     assert!(line["created_at"].as_str().unwrap().ends_with('Z'));
 }
@@ -133,7 +159,10 @@ async fn ollama_client_stream_by_default_every_backend() {
     for (model, _, prompt_tokens, completion_tokens) in backends() {
         // No "stream" key: Ollama streams by default.
         let answer = gateway
-            .post("/api/chat", &json!({"model": model, "messages": [{"role": "user", "content": PROMPT}]}))
+            .post(
+                "/api/chat",
+                &json!({"model": model, "messages": [{"role": "user", "content": PROMPT}]}),
+            )
             .await;
         assert_eq!(answer.status, 200, "{model}: {}", answer.body);
         assert_eq!(answer.content_type, "application/x-ndjson");
@@ -152,7 +181,10 @@ async fn ollama_client_stream_by_default_every_backend() {
         check_done_line(last, model, prompt_tokens, completion_tokens);
         // The mock reports 1.5 ms of prompt evaluation; echo and OpenAI paths measure.
         if model == "oa/mock-model" {
-            assert_eq!(last["prompt_eval_duration"], 1_500_000, "llama-server timings carried");
+            assert_eq!(
+                last["prompt_eval_duration"], 1_500_000,
+                "llama-server timings carried"
+            );
         }
     }
 }
@@ -188,11 +220,18 @@ async fn routing_strips_the_prefix_and_keeps_the_rest() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.json()["model"], "ol/hf.co/x/mock-y:q4");
     let seen = gateway.mock.requests_for("hf.co/x/mock-y:q4");
-    assert_eq!(seen.len(), 1, "the upstream got the name without the prefix");
+    assert_eq!(
+        seen.len(),
+        1,
+        "the upstream got the name without the prefix"
+    );
     assert_eq!(seen[0].path, "/api/chat");
     // Unprefixed names go whole to the default backend (echo here).
     let answer = gateway
-        .post("/v1/chat/completions", &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
         .await;
     assert_eq!(answer.json()["model"], "gpt-4o-mini");
     assert_eq!(answer.json()["choices"][0]["message"]["content"], "hi");
@@ -202,8 +241,16 @@ async fn routing_strips_the_prefix_and_keeps_the_rest() {
 async fn model_listings_name_backend_slash_model() {
     let gateway = harness::start("").await;
     let models = gateway.get("/v1/models").await.json();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["oa/mock-model", "ol/mock-model:latest", "echo/echo"]);
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["oa/mock-model", "ol/mock-model:latest", "echo/echo"]
+    );
     for model in models["data"].as_array().unwrap() {
         assert_eq!(model["object"], "model");
         assert!(model["created"].is_u64() && model["owned_by"].is_string());
@@ -212,11 +259,17 @@ async fn model_listings_name_backend_slash_model() {
     let entries = tags["models"].as_array().unwrap();
     assert_eq!(entries.len(), 3);
     for entry in entries {
-        assert_eq!(entry["name"], entry["model"], "both name and model, for every client");
+        assert_eq!(
+            entry["name"], entry["model"],
+            "both name and model, for every client"
+        );
         assert_eq!(entry["digest"].as_str().unwrap().len(), 64);
         assert!(entry["modified_at"].is_string() && entry["details"].is_object());
     }
-    assert_eq!(entries[1]["details"]["family"], "llama", "Ollama's details kept");
+    assert_eq!(
+        entries[1]["details"]["family"], "llama",
+        "Ollama's details kept"
+    );
     // Every listed name routes back to its backend.
     let answer = gateway
         .post("/api/chat", &json!({"model": "ol/mock-model:latest", "stream": false, "messages": [{"role": "user", "content": "x"}]}))
@@ -229,7 +282,10 @@ async fn model_listings_name_backend_slash_model() {
 async fn ollama_probes_and_version() {
     let gateway = harness::start("").await;
     let root = gateway.get("/").await;
-    assert_eq!((root.status, root.body.as_str()), (200, "Ollama is running"));
+    assert_eq!(
+        (root.status, root.body.as_str()),
+        (200, "Ollama is running")
+    );
     let head = harness::send(harness::client().head(format!("{}/", gateway.base)), None).await;
     assert_eq!(head.status, 200);
     let version = gateway.get("/api/version").await.json();
@@ -242,8 +298,16 @@ async fn ollama_probes_and_version() {
 #[actix_web::test]
 async fn empty_messages_only_load_the_model() {
     let gateway = harness::start("").await;
-    let answer = gateway.post("/api/chat", &json!({"model": "ol/mock-model", "messages": []})).await;
+    let answer = gateway
+        .post(
+            "/api/chat",
+            &json!({"model": "ol/mock-model", "messages": []}),
+        )
+        .await;
     assert_eq!(answer.status, 200);
     let body = answer.json();
-    assert_eq!((body["done"].clone(), body["done_reason"].clone()), (json!(true), json!("load")));
+    assert_eq!(
+        (body["done"].clone(), body["done_reason"].clone()),
+        (json!(true), json!("load"))
+    );
 }

@@ -19,7 +19,10 @@ fn tools_request(model: &str, stream: bool) -> Value {
 async fn openai_client_gets_tool_calls_from_every_backend() {
     let gateway = harness::start("").await;
     for model in ["oa/mock-tool", "ol/mock-tool"] {
-        let body = gateway.post("/v1/chat/completions", &tools_request(model, false)).await.json();
+        let body = gateway
+            .post("/v1/chat/completions", &tools_request(model, false))
+            .await
+            .json();
         let choice = &body["choices"][0];
         assert_eq!(choice["finish_reason"], "tool_calls", "{model}");
         assert_eq!(choice["message"]["content"], Value::Null);
@@ -27,10 +30,14 @@ async fn openai_client_gets_tool_calls_from_every_backend() {
         assert_eq!(call["type"], "function");
         assert_eq!(call["id"], "call_mock1");
         assert_eq!(call["function"]["name"], "get_weather");
-        let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        let arguments: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(arguments, json!({"city": "Tokyo"}));
 
-        let events = gateway.post("/v1/chat/completions", &tools_request(model, true)).await.sse();
+        let events = gateway
+            .post("/v1/chat/completions", &tools_request(model, true))
+            .await
+            .sse();
         let mut arguments = String::new();
         let mut firsts = 0;
         let mut finish = None;
@@ -40,21 +47,34 @@ async fn openai_client_gets_tool_calls_from_every_backend() {
             if let Some(reason) = choice["finish_reason"].as_str() {
                 finish = Some(reason.to_owned());
             }
-            for fragment in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            for fragment in choice["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 assert_eq!(fragment["index"], 0, "contiguous indices from 0");
-                assert!(fragment["function"].is_object(), "every fragment has a function object");
+                assert!(
+                    fragment["function"].is_object(),
+                    "every fragment has a function object"
+                );
                 if fragment.get("id").is_some() {
                     firsts += 1;
                     assert_eq!(fragment["type"], "function");
                     assert_eq!(fragment["function"]["name"], "get_weather");
                 } else {
-                    assert!(fragment["function"].get("name").is_none(), "the name is sent once");
+                    assert!(
+                        fragment["function"].get("name").is_none(),
+                        "the name is sent once"
+                    );
                 }
                 arguments.push_str(fragment["function"]["arguments"].as_str().unwrap());
             }
         }
         assert_eq!(firsts, 1, "{model}: id, type and name once per call");
-        assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"city": "Tokyo"}));
+        assert_eq!(
+            serde_json::from_str::<Value>(&arguments).unwrap(),
+            json!({"city": "Tokyo"})
+        );
         assert_eq!(finish.as_deref(), Some("tool_calls"));
     }
 }
@@ -63,18 +83,41 @@ async fn openai_client_gets_tool_calls_from_every_backend() {
 async fn ollama_client_gets_whole_tool_calls_from_every_backend() {
     let gateway = harness::start("").await;
     for model in ["oa/mock-tool", "ol/mock-tool"] {
-        let lines = gateway.post("/api/chat", &tools_request(model, true)).await.ndjson();
-        let with_calls: Vec<&Value> = lines.iter().filter(|l| l["message"].get("tool_calls").is_some()).collect();
-        assert_eq!(with_calls.len(), 1, "{model}: all calls of a turn in one line: {lines:?}");
+        let lines = gateway
+            .post("/api/chat", &tools_request(model, true))
+            .await
+            .ndjson();
+        let with_calls: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["message"].get("tool_calls").is_some())
+            .collect();
+        assert_eq!(
+            with_calls.len(),
+            1,
+            "{model}: all calls of a turn in one line: {lines:?}"
+        );
         let call = &with_calls[0]["message"]["tool_calls"][0];
         assert_eq!(call["function"]["name"], "get_weather");
-        assert_eq!(call["function"]["arguments"], json!({"city": "Tokyo"}), "arguments are an object");
+        assert_eq!(
+            call["function"]["arguments"],
+            json!({"city": "Tokyo"}),
+            "arguments are an object"
+        );
         assert_eq!(call["function"]["index"], 0);
         let last = lines.last().unwrap();
-        assert_eq!((last["done"].clone(), last["done_reason"].clone()), (json!(true), json!("stop")));
+        assert_eq!(
+            (last["done"].clone(), last["done_reason"].clone()),
+            (json!(true), json!("stop"))
+        );
 
-        let body = gateway.post("/api/chat", &tools_request(model, false)).await.json();
-        assert_eq!(body["message"]["tool_calls"][0]["function"]["arguments"], json!({"city": "Tokyo"}));
+        let body = gateway
+            .post("/api/chat", &tools_request(model, false))
+            .await
+            .json();
+        assert_eq!(
+            body["message"]["tool_calls"][0]["function"]["arguments"],
+            json!({"city": "Tokyo"})
+        );
         assert_eq!(body["done_reason"], "stop");
     }
 }
@@ -84,20 +127,38 @@ async fn reasoning_crosses_both_ways() {
     let gateway = harness::start("").await;
     for model in ["oa/mock-think", "ol/mock-think"] {
         let lines = gateway
-            .post("/api/chat", &json!({"model": model, "messages": [{"role": "user", "content": "x"}]}))
+            .post(
+                "/api/chat",
+                &json!({"model": model, "messages": [{"role": "user", "content": "x"}]}),
+            )
             .await
             .ndjson();
-        let thinking: String = lines.iter().filter_map(|l| l["message"]["thinking"].as_str()).collect();
+        let thinking: String = lines
+            .iter()
+            .filter_map(|l| l["message"]["thinking"].as_str())
+            .collect();
         assert_eq!(thinking, "Let me think.", "{model}");
-        let first_content = lines.iter().position(|l| l["message"]["content"] != "").unwrap();
-        let last_thinking = lines.iter().rposition(|l| l["message"].get("thinking").is_some()).unwrap();
+        let first_content = lines
+            .iter()
+            .position(|l| l["message"]["content"] != "")
+            .unwrap();
+        let last_thinking = lines
+            .iter()
+            .rposition(|l| l["message"].get("thinking").is_some())
+            .unwrap();
         assert!(last_thinking < first_content, "thinking precedes content");
 
         let body = gateway
-            .post("/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "x"}]}))
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": model, "messages": [{"role": "user", "content": "x"}]}),
+            )
             .await
             .json();
-        assert_eq!(body["choices"][0]["message"]["reasoning_content"], "Let me think.");
+        assert_eq!(
+            body["choices"][0]["message"]["reasoning_content"],
+            "Let me think."
+        );
         let events = gateway
             .post("/v1/chat/completions", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]}))
             .await
@@ -105,7 +166,12 @@ async fn reasoning_crosses_both_ways() {
         let reasoning: String = events
             .iter()
             .filter(|e| *e != "[DONE]")
-            .filter_map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["reasoning_content"].as_str().map(str::to_owned))
+            .filter_map(|e| {
+                serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]
+                    ["reasoning_content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect();
         assert_eq!(reasoning, "Let me think.");
     }
@@ -121,7 +187,8 @@ async fn a_client_that_hangs_up_cancels_the_upstream() {
         ("/api/chat", "oa/mock-slow"),
     ];
     for (number, (path, model)) in cases.into_iter().enumerate() {
-        let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]});
+        let body =
+            json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]});
         let mut response = client()
             .post(format!("{}{path}", gateway.base))
             .insert_header(("content-type", "application/json"))
@@ -133,7 +200,9 @@ async fn a_client_that_hangs_up_cancels_the_upstream() {
         assert!(!first.is_empty());
         drop(response);
         let mut waited = Duration::ZERO;
-        while gateway.mock.cancelled.load(Ordering::SeqCst) <= number && waited < Duration::from_secs(4) {
+        while gateway.mock.cancelled.load(Ordering::SeqCst) <= number
+            && waited < Duration::from_secs(4)
+        {
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
             waited += Duration::from_millis(50);
         }

@@ -7,7 +7,13 @@ use crate::harness;
 
 /// The body the mock received for `model`, after sending `request` to `path`.
 async fn upstream_body(gateway: &harness::Harness, path: &str, request: Value) -> Value {
-    let model = request["model"].as_str().unwrap().split_once('/').unwrap().1.to_owned();
+    let model = request["model"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap()
+        .1
+        .to_owned();
     let answer = gateway.post(path, &request).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let seen = gateway.mock.requests_for(&model);
@@ -35,21 +41,40 @@ async fn ollama_request_to_openai_backend() {
     .await;
     assert_eq!(sent["model"], "mock-a");
     assert_eq!(sent["stream"], true);
-    assert_eq!(sent["stream_options"], json!({"include_usage": true}), "usage asked for so the done line has counts");
+    assert_eq!(
+        sent["stream_options"],
+        json!({"include_usage": true}),
+        "usage asked for so the done line has counts"
+    );
     assert_eq!(sent["max_completion_tokens"], 64);
     assert_eq!(sent["temperature"], 0.2);
     assert_eq!(sent["top_p"], 0.9);
     assert_eq!(sent["seed"], 7);
     assert_eq!(sent["stop"], json!(["</end>"]));
-    assert_eq!(sent["top_k"], 40, "llama-server's extra knobs are passed on");
-    assert!(sent.get("num_ctx").is_none() && sent.get("options").is_none(), "runtime options dropped");
+    assert_eq!(
+        sent["top_k"], 40,
+        "llama-server's extra knobs are passed on"
+    );
+    assert!(
+        sent.get("num_ctx").is_none() && sent.get("options").is_none(),
+        "runtime options dropped"
+    );
     assert_eq!(sent["response_format"]["type"], "json_schema");
     assert_eq!(sent["response_format"]["json_schema"]["name"], "response");
-    assert_eq!(sent["response_format"]["json_schema"]["schema"]["properties"]["answer"]["type"], "string");
+    assert_eq!(
+        sent["response_format"]["json_schema"]["schema"]["properties"]["answer"]["type"],
+        "string"
+    );
     assert_eq!(sent["reasoning_effort"], "none");
     let messages = sent["messages"].as_array().unwrap();
-    assert_eq!(messages[0], json!({"role": "system", "content": "Be brief."}));
-    assert_eq!(messages[1]["content"][0], json!({"type": "text", "text": "What is this?"}));
+    assert_eq!(
+        messages[0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(
+        messages[1]["content"][0],
+        json!({"type": "text", "text": "What is this?"})
+    );
     assert_eq!(
         messages[1]["content"][1],
         json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUg=="}})
@@ -57,9 +82,15 @@ async fn ollama_request_to_openai_backend() {
     let call = &messages[2]["tool_calls"][0];
     assert_eq!(messages[2]["content"], Value::Null);
     assert_eq!(call["type"], "function");
-    assert_eq!(call["function"]["arguments"], "{\"city\":\"Tokyo\"}", "arguments become a JSON string");
+    assert_eq!(
+        call["function"]["arguments"], "{\"city\":\"Tokyo\"}",
+        "arguments become a JSON string"
+    );
     let id = call["id"].as_str().unwrap();
-    assert_eq!(messages[3]["tool_call_id"], id, "the tool result answers the synthesized id");
+    assert_eq!(
+        messages[3]["tool_call_id"], id,
+        "the tool result answers the synthesized id"
+    );
 }
 
 #[actix_web::test]
@@ -89,16 +120,32 @@ async fn openai_request_to_ollama_backend() {
         sent["options"],
         json!({"num_predict": 32, "temperature": 0.5, "stop": ["END"], "frequency_penalty": 0.1, "presence_penalty": 0.2, "seed": 3})
     );
-    assert!(sent["options"].get("top_p").is_none(), "absent fields stay absent");
+    assert!(
+        sent["options"].get("top_p").is_none(),
+        "absent fields stay absent"
+    );
     assert_eq!(sent["format"], "json");
     assert_eq!(sent["think"], "low");
-    assert!(sent.get("user").is_none(), "fields with no Ollama counterpart are dropped");
+    assert!(
+        sent.get("user").is_none(),
+        "fields with no Ollama counterpart are dropped"
+    );
     let messages = sent["messages"].as_array().unwrap();
     assert_eq!(messages[0]["role"], "system", "developer reads as system");
     assert_eq!(messages[1]["content"], "Look");
-    assert_eq!(messages[1]["images"], json!(["/9j/4AAQ"]), "raw base64, no data: prefix");
-    assert_eq!(messages[2]["tool_calls"][0]["function"]["arguments"], json!({"city": "Paris"}));
-    assert_eq!(messages[3]["tool_name"], "get_weather", "named from the call it answers");
+    assert_eq!(
+        messages[1]["images"],
+        json!(["/9j/4AAQ"]),
+        "raw base64, no data: prefix"
+    );
+    assert_eq!(
+        messages[2]["tool_calls"][0]["function"]["arguments"],
+        json!({"city": "Paris"})
+    );
+    assert_eq!(
+        messages[3]["tool_name"], "get_weather",
+        "named from the call it answers"
+    );
     assert_eq!(messages[3]["tool_call_id"], "call_9");
 }
 
@@ -113,8 +160,14 @@ async fn remote_image_urls_are_refused_for_ollama_backends() {
         )
         .await;
     assert_eq!(answer.status, 400);
-    assert!(answer.json()["error"]["message"].as_str().unwrap().contains("data: URL"));
-    assert!(gateway.mock.requests_for("mock-c").is_empty(), "nothing was fetched or sent");
+    assert!(answer.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("data: URL"));
+    assert!(
+        gateway.mock.requests_for("mock-c").is_empty(),
+        "nothing was fetched or sent"
+    );
 }
 
 #[actix_web::test]

@@ -66,7 +66,9 @@ impl MockState {
 }
 
 /// Starts the mock on `listen` with one worker; returns the server, its address and state.
-pub fn start(listen: &str) -> std::io::Result<(actix_web::dev::Server, SocketAddr, Arc<MockState>)> {
+pub fn start(
+    listen: &str,
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr, Arc<MockState>)> {
     let state = Arc::new(MockState::default());
     let data = web::Data::from(state.clone());
     let server = HttpServer::new(move || {
@@ -77,6 +79,12 @@ pub fn start(listen: &str) -> std::io::Result<(actix_web::dev::Server, SocketAdd
             .route("/v1/models", web::get().to(openai_models))
             .route("/api/chat", web::post().to(ollama_chat))
             .route("/api/tags", web::get().to(ollama_tags))
+            .route("/v1/completions", web::post().to(openai_chat))
+            .route("/api/generate", web::post().to(ollama_chat))
+            .route("/v1/embeddings", web::post().to(openai_embeddings))
+            .route("/api/embed", web::post().to(ollama_embed))
+            .route("/api/show", web::post().to(ollama_show))
+            .route("/api/ps", web::get().to(ollama_ps))
             .route("/_requests", web::get().to(recorded))
     })
     .workers(1)
@@ -90,7 +98,12 @@ fn record(state: &MockState, request: &HttpRequest, body: &Value) {
     let headers = request
         .headers()
         .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or("").to_owned()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect();
     if let Ok(mut requests) = state.requests.lock() {
         requests.push(Recorded {
@@ -102,7 +115,10 @@ fn record(state: &MockState, request: &HttpRequest, body: &Value) {
 }
 
 /// `GET /_requests[?model=NAME]`: what was received, optionally for one model.
-async fn recorded(query: web::Query<BTreeMap<String, String>>, state: web::Data<MockState>) -> HttpResponse {
+async fn recorded(
+    query: web::Query<BTreeMap<String, String>>,
+    state: web::Data<MockState>,
+) -> HttpResponse {
     let requests = match query.get("model") {
         Some(model) => state.requests_for(model),
         None => state.requests.lock().map(|r| r.clone()).unwrap_or_default(),
@@ -127,10 +143,13 @@ struct Script {
 
 impl Script {
     fn of(model: &str) -> Script {
-        let count = model
-            .split("chunks")
-            .nth(1)
-            .and_then(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok());
+        let count = model.split("chunks").nth(1).and_then(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        });
         let slow = model.contains("slow");
         let pieces: Vec<String> = match count {
             Some(n) => (0..n).map(|i| format!("w{i} ")).collect(),
@@ -144,9 +163,17 @@ impl Script {
             .and_then(|code| code.parse().ok());
         Script {
             pieces,
-            thinking: if model.contains("think") { vec!["Let me", " think."] } else { vec![] },
+            thinking: if model.contains("think") {
+                vec!["Let me", " think."]
+            } else {
+                vec![]
+            },
             tool: model.contains("tool"),
-            finish: if model.contains("length") { "length" } else { "stop" },
+            finish: if model.contains("length") {
+                "length"
+            } else {
+                "stop"
+            },
             status,
             errstream: model.contains("errstream"),
             truncate: model.contains("truncate"),
@@ -172,7 +199,11 @@ impl Drop for CancelWatch {
     }
 }
 
-async fn openai_chat(request: HttpRequest, body: web::Bytes, state: web::Data<MockState>) -> HttpResponse {
+async fn openai_chat(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     record(&state, &request, &body);
     let model = body["model"].as_str().unwrap_or("").to_owned();
@@ -186,10 +217,14 @@ async fn openai_chat(request: HttpRequest, body: web::Bytes, state: web::Data<Mo
         }));
     }
     if script.garbage {
-        return HttpResponse::Ok().content_type("text/event-stream").body("this is not SSE at all {{{\n\n");
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .body("this is not SSE at all {{{\n\n");
     }
     let stream = body["stream"].as_bool().unwrap_or(false);
-    let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let completion_tokens = script.pieces.len() as u64;
     let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens});
     let tool_call = |index_only: bool, args: &str| {
@@ -213,9 +248,15 @@ async fn openai_chat(request: HttpRequest, body: web::Bytes, state: web::Data<Mo
             "usage": usage,
         }));
     }
+    let legacy = request.path() == "/v1/completions";
     let chunk = |delta: Value, finish: Option<&str>| {
+        let choice = if legacy {
+            json!({"index": 0, "text": delta.get("content").and_then(Value::as_str).unwrap_or(""), "finish_reason": finish})
+        } else {
+            json!({"index": 0, "delta": delta, "finish_reason": finish})
+        };
         let value = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            "choices": [choice]});
         Bytes::from(format!("data: {value}\n\n"))
     };
     let mut events: Vec<Bytes> = vec![chunk(json!({"role": "assistant", "content": null}), None)];
@@ -224,8 +265,14 @@ async fn openai_chat(request: HttpRequest, body: web::Bytes, state: web::Data<Mo
     }
     if script.tool {
         events.push(chunk(json!({"tool_calls": [tool_call(false, "")]}), None));
-        events.push(chunk(json!({"tool_calls": [tool_call(true, "{\"city\":")]}), None));
-        events.push(chunk(json!({"tool_calls": [tool_call(true, "\"Tokyo\"}")]}), None));
+        events.push(chunk(
+            json!({"tool_calls": [tool_call(true, "{\"city\":")]}),
+            None,
+        ));
+        events.push(chunk(
+            json!({"tool_calls": [tool_call(true, "\"Tokyo\"}")]}),
+            None,
+        ));
     } else {
         for piece in &script.pieces {
             events.push(chunk(json!({"content": piece}), None));
@@ -238,7 +285,14 @@ async fn openai_chat(request: HttpRequest, body: web::Bytes, state: web::Data<Mo
         events.truncate(2);
         vec![]
     } else {
-        let mut tail = vec![chunk(json!({}), Some(if script.tool { "tool_calls" } else { script.finish }))];
+        let mut tail = vec![chunk(
+            json!({}),
+            Some(if script.tool {
+                "tool_calls"
+            } else {
+                script.finish
+            }),
+        )];
         if include_usage {
             let value = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage,
                 "timings": {"prompt_n": PROMPT_TOKENS, "prompt_ms": 1.5, "predicted_n": completion_tokens, "predicted_ms": 2.5}});
@@ -251,7 +305,12 @@ async fn openai_chat(request: HttpRequest, body: web::Bytes, state: web::Data<Mo
     stream_response(state.into_inner(), "text/event-stream", events, &script)
 }
 
-fn stream_response(state: Arc<MockState>, content_type: &str, events: Vec<Bytes>, script: &Script) -> HttpResponse {
+fn stream_response(
+    state: Arc<MockState>,
+    content_type: &str,
+    events: Vec<Bytes>,
+    script: &Script,
+) -> HttpResponse {
     let gap = script.gap;
     let stall = script.stall;
     let body = async_stream::stream! {
@@ -267,10 +326,16 @@ fn stream_response(state: Arc<MockState>, content_type: &str, events: Vec<Bytes>
         }
         watch.finished = true;
     };
-    HttpResponse::Ok().content_type(content_type.to_owned()).streaming(body)
+    HttpResponse::Ok()
+        .content_type(content_type.to_owned())
+        .streaming(body)
 }
 
-async fn ollama_chat(request: HttpRequest, body: web::Bytes, state: web::Data<MockState>) -> HttpResponse {
+async fn ollama_chat(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     record(&state, &request, &body);
     let model = body["model"].as_str().unwrap_or("").to_owned();
@@ -279,16 +344,29 @@ async fn ollama_chat(request: HttpRequest, body: web::Bytes, state: web::Data<Mo
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
     if let Some(status) = script.status {
-        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default())
-            .json(json!({"error": format!("mock refused with {status}")}));
+        return HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(status).unwrap_or_default(),
+        )
+        .json(json!({"error": format!("mock refused with {status}")}));
     }
     if script.garbage {
-        return HttpResponse::Ok().content_type("application/x-ndjson").body("<html>not json</html>\n");
+        return HttpResponse::Ok()
+            .content_type("application/x-ndjson")
+            .body("<html>not json</html>\n");
     }
     let stream = body["stream"].as_bool().unwrap_or(true);
     let completion_tokens = script.pieces.len() as u64;
+    let generate = request.path() == "/api/generate";
     let line = |message: Value, done: bool| {
-        let mut value = json!({"model": model, "created_at": "2025-07-07T20:22:19.101Z", "message": message, "done": done});
+        let mut value = if generate {
+            let mut value = json!({"model": model, "created_at": "2025-07-07T20:22:19.101Z", "response": message["content"], "done": done});
+            if let Some(thinking) = message.get("thinking") {
+                value["thinking"] = thinking.clone();
+            }
+            value
+        } else {
+            json!({"model": model, "created_at": "2025-07-07T20:22:19.101Z", "message": message, "done": done})
+        };
         if done {
             let extra = json!({"done_reason": script.finish, "total_duration": 5_000_000u64, "load_duration": 1_000_000u64,
                 "prompt_eval_count": PROMPT_TOKENS, "prompt_eval_duration": 1_500_000u64, "eval_count": completion_tokens, "eval_duration": 2_500_000u64});
@@ -312,22 +390,36 @@ async fn ollama_chat(request: HttpRequest, body: web::Bytes, state: web::Data<Mo
     let to_bytes = |value: Value| Bytes::from(format!("{value}\n"));
     let mut events = Vec::new();
     for piece in &script.thinking {
-        events.push(to_bytes(line(json!({"role": "assistant", "content": "", "thinking": piece}), false)));
+        events.push(to_bytes(line(
+            json!({"role": "assistant", "content": "", "thinking": piece}),
+            false,
+        )));
     }
     if script.tool {
-        events.push(to_bytes(line(json!({"role": "assistant", "content": "", "tool_calls": tool_calls}), false)));
+        events.push(to_bytes(line(
+            json!({"role": "assistant", "content": "", "tool_calls": tool_calls}),
+            false,
+        )));
     } else {
         for piece in &script.pieces {
-            events.push(to_bytes(line(json!({"role": "assistant", "content": piece}), false)));
+            events.push(to_bytes(line(
+                json!({"role": "assistant", "content": piece}),
+                false,
+            )));
         }
     }
     if script.errstream {
         events.truncate(1);
-        events.push(Bytes::from_static(b"{\"error\":\"mock failed mid-stream\"}\n"));
+        events.push(Bytes::from_static(
+            b"{\"error\":\"mock failed mid-stream\"}\n",
+        ));
     } else if script.truncate {
         events.truncate(1);
     } else {
-        events.push(to_bytes(line(json!({"role": "assistant", "content": ""}), true)));
+        events.push(to_bytes(line(
+            json!({"role": "assistant", "content": ""}),
+            true,
+        )));
     }
     stream_response(state.into_inner(), "application/x-ndjson", events, &script)
 }
@@ -345,5 +437,93 @@ async fn ollama_tags() -> HttpResponse {
         "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
         "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
                     "parameter_size": "3.2B", "quantization_level": "Q4_K_M"}
+    }]}))
+}
+
+/// A vector per input: its length, its first byte and 1, so tests can tell them apart.
+fn mock_vector(input: &str) -> Vec<f64> {
+    vec![
+        input.len() as f64,
+        f64::from(input.bytes().next().unwrap_or(0)),
+        1.0,
+    ]
+}
+
+fn inputs(body: &Value) -> Vec<String> {
+    match &body["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().unwrap_or("").to_owned())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+async fn openai_embeddings(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&state, &request, &body);
+    let inputs = inputs(&body);
+    // Answer out of order: clients must sort by index.
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(index, input)| json!({"object": "embedding", "index": index, "embedding": mock_vector(input)}))
+        .collect();
+    HttpResponse::Ok().json(
+        json!({"object": "list", "data": data, "model": body["model"],
+        "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}),
+    )
+}
+
+async fn ollama_embed(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&state, &request, &body);
+    let inputs = inputs(&body);
+    let embeddings: Vec<Vec<f64>> = inputs.iter().map(|i| mock_vector(i)).collect();
+    HttpResponse::Ok().json(json!({"model": body["model"], "embeddings": embeddings,
+        "total_duration": 1000, "load_duration": 10, "prompt_eval_count": inputs.len()}))
+}
+
+async fn ollama_show(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&state, &request, &body);
+    if body["model"]
+        .as_str()
+        .is_some_and(|m| m.contains("status404"))
+    {
+        return HttpResponse::NotFound().json(
+            json!({"error": format!("model '{}' not found", body["model"].as_str().unwrap_or(""))}),
+        );
+    }
+    HttpResponse::Ok().json(json!({
+        "modelfile": "FROM mock", "parameters": "temperature 0.7", "template": "{{ .Prompt }}",
+        "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+                    "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
+        "model_info": {"general.architecture": "llama", "llama.context_length": 8192},
+        "capabilities": ["completion", "tools"],
+        "modified_at": "2025-05-04T17:37:44.706015396-07:00"
+    }))
+}
+
+async fn ollama_ps() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"models": [{
+        "name": "mock-model:latest", "model": "mock-model:latest", "size": 5_137_025_024u64,
+        "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
+        "details": {"format": "gguf", "family": "llama"},
+        "expires_at": "2026-12-01T20:00:00Z", "size_vram": 5_137_025_024u64, "context_length": 4096
     }]}))
 }

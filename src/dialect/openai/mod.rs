@@ -1,6 +1,8 @@
 //! The OpenAI Chat Completions dialect: `chat.completion` bodies and
 //! `chat.completion.chunk` SSE streams, parsed into and rendered from the canonical model.
 
+pub mod embeddings;
+
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -172,6 +174,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat, GatewayError> {
         think: effort.map(Think::Effort),
         keep_alive: None,
         passthrough,
+        generation: None,
     };
     Ok(ParsedChat {
         model: wire.model,

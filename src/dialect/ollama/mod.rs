@@ -1,0 +1,306 @@
+//! The Ollama dialect: `/api/chat` requests, NDJSON streams and single JSON answers,
+//! parsed into and rendered from the canonical model.
+
+pub mod embeddings;
+mod render;
+
+pub use render::{load_response, render_completion, timestamp, NdjsonRenderer, Shape, Timing};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::chat::{
+    ChatRequest, Generation, Image, Message, OutputFormat, Part, Role, Sampling, Think, Tool,
+    ToolCall,
+};
+use crate::error::GatewayError;
+
+/// A parsed `/api/chat` request.
+#[derive(Debug)]
+pub struct ParsedChat {
+    /// The model as the client named it.
+    pub model: String,
+    pub stream: bool,
+    pub request: ChatRequest,
+}
+
+#[derive(Deserialize)]
+struct WireRequest {
+    model: String,
+    #[serde(default)]
+    messages: Vec<WireMessage>,
+    stream: Option<bool>,
+    format: Option<Value>,
+    options: Option<Map<String, Value>>,
+    tools: Option<Vec<Tool>>,
+    think: Option<Value>,
+    keep_alive: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    images: Vec<String>,
+    thinking: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
+    tool_name: Option<String>,
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCall {
+    id: Option<String>,
+    function: WireFunction,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+/// Parses an `/api/chat` body. An empty `messages` asks Ollama only to load the model;
+/// the caller answers that without an upstream call.
+pub fn parse_chat(body: &[u8]) -> Result<ParsedChat, GatewayError> {
+    let wire: WireRequest = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+    if wire.model.is_empty() {
+        return Err(GatewayError::bad_field("model", "model is required"));
+    }
+    let messages = wire
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(index, message)| parse_message(index, message))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut request = ChatRequest::new(wire.model.clone(), messages);
+    request.sampling = parse_options(wire.options.unwrap_or_default())?;
+    request.format = parse_format(wire.format)?;
+    request.tools = wire.tools.unwrap_or_default();
+    request.think = parse_think(wire.think)?;
+    request.keep_alive = wire.keep_alive;
+    Ok(ParsedChat {
+        model: wire.model,
+        stream: wire.stream.unwrap_or(true),
+        request,
+    })
+}
+
+#[derive(Deserialize)]
+struct WireGenerate {
+    model: String,
+    #[serde(default)]
+    prompt: String,
+    suffix: Option<String>,
+    system: Option<String>,
+    template: Option<String>,
+    #[serde(default)]
+    raw: bool,
+    context: Option<Value>,
+    #[serde(default)]
+    images: Vec<String>,
+    stream: Option<bool>,
+    format: Option<Value>,
+    options: Option<Map<String, Value>>,
+    think: Option<Value>,
+    keep_alive: Option<Value>,
+}
+
+/// Parses an `/api/generate` body into a chat of an optional system message and the
+/// prompt, with what only completions have kept beside it. An empty prompt asks Ollama
+/// only to load the model.
+pub fn parse_generate(body: &[u8]) -> Result<ParsedChat, GatewayError> {
+    let wire: WireGenerate = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+    if wire.model.is_empty() {
+        return Err(GatewayError::bad_field("model", "model is required"));
+    }
+    if wire.raw && (wire.template.is_some() || wire.system.is_some() || wire.context.is_some()) {
+        return Err(GatewayError::bad_field(
+            "raw",
+            "raw mode does not support template, system, or context",
+        ));
+    }
+    let mut messages = Vec::with_capacity(2);
+    if let Some(system) = wire.system.filter(|s| !s.is_empty()) {
+        messages.push(Message::text(Role::System, system));
+    }
+    if !wire.prompt.is_empty() || !wire.images.is_empty() {
+        messages.push(parse_message(
+            0,
+            WireMessage {
+                role: "user".to_owned(),
+                content: Some(wire.prompt),
+                images: wire.images,
+                thinking: None,
+                tool_calls: Vec::new(),
+                tool_name: None,
+                tool_call_id: None,
+            },
+        )?);
+    } else {
+        messages.clear();
+    }
+    let mut request = ChatRequest::new(wire.model.clone(), messages);
+    request.sampling = parse_options(wire.options.unwrap_or_default())?;
+    request.format = parse_format(wire.format)?;
+    request.think = parse_think(wire.think)?;
+    request.keep_alive = wire.keep_alive;
+    request.generation = Some(Generation {
+        suffix: wire.suffix.filter(|s| !s.is_empty()),
+        raw: wire.raw,
+        template: wire.template,
+        context: wire.context,
+    });
+    Ok(ParsedChat {
+        model: wire.model,
+        stream: wire.stream.unwrap_or(true),
+        request,
+    })
+}
+
+fn parse_message(index: usize, wire: WireMessage) -> Result<Message, GatewayError> {
+    let role = Role::parse(&wire.role).ok_or_else(|| {
+        GatewayError::bad_field(
+            "messages",
+            format!(
+                "messages[{index}].role \"{}\" is not system, user, assistant or tool",
+                wire.role
+            ),
+        )
+    })?;
+    let mut parts = Vec::with_capacity(1 + wire.images.len());
+    if let Some(content) = wire.content.filter(|c| !c.is_empty()) {
+        parts.push(Part::Text(content));
+    }
+    for image in wire.images {
+        // Clients sometimes send a data: URL where raw base64 belongs; take both.
+        let data = match image.split_once(";base64,") {
+            Some((prefix, data)) if prefix.starts_with("data:") => data.to_owned(),
+            _ => image,
+        };
+        parts.push(Part::Image(Image::Base64 { mime: None, data }));
+    }
+    let tool_calls = wire
+        .tool_calls
+        .into_iter()
+        .map(|call| ToolCall {
+            id: call.id,
+            name: call.function.name,
+            arguments: match call.function.arguments {
+                Value::Null => "{}".to_owned(),
+                Value::String(text) => text,
+                other => other.to_string(),
+            },
+        })
+        .collect();
+    Ok(Message {
+        role,
+        parts,
+        thinking: wire.thinking,
+        tool_calls,
+        tool_call_id: wire.tool_call_id,
+        tool_name: wire.tool_name,
+    })
+}
+
+/// Splits Ollama `options` into the shared sampling settings and Ollama-only runtime
+/// options; a wrong type is a 400, as Ollama itself answers.
+pub fn parse_options(options: Map<String, Value>) -> Result<Sampling, GatewayError> {
+    let mut sampling = Sampling::default();
+    let number = |key: &str, value: &Value| {
+        value.as_f64().ok_or_else(|| {
+            GatewayError::bad_field("options", format!("options.{key} must be a number"))
+        })
+    };
+    let integer = |key: &str, value: &Value| {
+        value
+            .as_i64()
+            .or_else(|| {
+                value
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| {
+                GatewayError::bad_field("options", format!("options.{key} must be an integer"))
+            })
+    };
+    for (key, value) in options {
+        if value.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            // -1 (no limit) and -2 (fill the context) mean "no cap" to OpenAI servers.
+            "num_predict" => sampling.max_tokens = u64::try_from(integer(&key, &value)?).ok(),
+            "temperature" => sampling.temperature = Some(number(&key, &value)?),
+            "top_p" => sampling.top_p = Some(number(&key, &value)?),
+            "seed" => sampling.seed = Some(integer(&key, &value)?).filter(|&seed| seed >= 0),
+            "frequency_penalty" => sampling.frequency_penalty = Some(number(&key, &value)?),
+            "presence_penalty" => sampling.presence_penalty = Some(number(&key, &value)?),
+            "top_k" => sampling.top_k = Some(integer(&key, &value)?),
+            "min_p" => sampling.min_p = Some(number(&key, &value)?),
+            "typical_p" => sampling.typical_p = Some(number(&key, &value)?),
+            "repeat_penalty" => sampling.repeat_penalty = Some(number(&key, &value)?),
+            "repeat_last_n" => sampling.repeat_last_n = Some(integer(&key, &value)?),
+            "stop" => {
+                sampling.stop = value
+                    .as_array()
+                    .and_then(|items| {
+                        items
+                            .iter()
+                            .map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .ok_or_else(|| {
+                        GatewayError::bad_field(
+                            "options",
+                            "options.stop must be an array of strings",
+                        )
+                    })?;
+            }
+            _ => {
+                sampling.ollama_runtime.insert(key, value);
+            }
+        }
+    }
+    Ok(sampling)
+}
+
+/// Reads `format`: `"json"` or a JSON schema object.
+pub fn parse_format(format: Option<Value>) -> Result<Option<OutputFormat>, GatewayError> {
+    match format {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(OutputFormat::Json)),
+        Some(schema @ Value::Object(_)) => Ok(Some(OutputFormat::Schema {
+            name: None,
+            schema,
+            strict: None,
+        })),
+        Some(_) => Err(GatewayError::bad_field(
+            "format",
+            "format must be \"json\" or a JSON schema object",
+        )),
+    }
+}
+
+/// Reads `think`: a bool or an effort level.
+pub fn parse_think(think: Option<Value>) -> Result<Option<Think>, GatewayError> {
+    match think {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(on)) => Ok(Some(Think::Enabled(on))),
+        Some(Value::String(level)) if matches!(level.as_str(), "low" | "medium" | "high" | "max") => {
+            Ok(Some(Think::Effort(level)))
+        }
+        Some(other) => Err(GatewayError::bad_field(
+            "think",
+            format!("invalid think value {other}: use true, false, \"low\", \"medium\", \"high\" or \"max\""),
+        )),
+    }
+}

@@ -1,0 +1,96 @@
+//! `POST /v1/embeddings`, `POST /api/embed` and the legacy `POST /api/embeddings`.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::dialect::ollama::embeddings as ollama;
+use crate::dialect::openai::embeddings as openai;
+use crate::dialect::Dialect;
+use crate::embed::{EmbedRequest, Embeddings};
+use crate::error::GatewayError;
+use crate::router::Router;
+use crate::server::BodyLimit;
+
+use super::chat::json_utf8;
+use super::read_body;
+
+/// Routes and embeds; no inputs means the client only wanted the model loaded, which
+/// needs no upstream call.
+async fn embed(router: &Router, mut request: EmbedRequest) -> Result<Embeddings, GatewayError> {
+    let (backend, upstream_model) = router.route(&request.model)?;
+    if request.inputs.is_empty() {
+        return Ok(Embeddings::default());
+    }
+    let upstream_model = upstream_model.to_owned();
+    request.model = upstream_model.clone();
+    let expected = request.inputs.len();
+    let embeddings = backend.embed(request).await?;
+    if embeddings.vectors.len() != expected {
+        return Err(GatewayError::UpstreamProtocol {
+            backend: upstream_model,
+            detail: format!(
+                "asked for {expected} vectors, got {}",
+                embeddings.vectors.len()
+            ),
+        });
+    }
+    Ok(embeddings)
+}
+
+pub async fn openai_embeddings(
+    http: HttpRequest,
+    payload: web::Payload,
+    router: web::Data<Router>,
+    limit: web::Data<BodyLimit>,
+) -> HttpResponse {
+    let answer = async {
+        let body = read_body(&http, payload, **limit).await?;
+        let parsed = openai::parse(&body)?;
+        let embeddings = embed(&router, parsed.request).await?;
+        Ok(HttpResponse::Ok().json(openai::render(&parsed.model, &embeddings, parsed.base64)))
+    };
+    answer
+        .await
+        .unwrap_or_else(|error: GatewayError| error.response(Dialect::OpenAi))
+}
+
+pub async fn ollama_embed(
+    http: HttpRequest,
+    payload: web::Payload,
+    router: web::Data<Router>,
+    limit: web::Data<BodyLimit>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let answer = async {
+        let body = read_body(&http, payload, **limit).await?;
+        let parsed = ollama::parse_embed(&body)?;
+        let embeddings = embed(&router, parsed.request).await?;
+        let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Ok(json_utf8(&ollama::render_embed(
+            &parsed.model,
+            &embeddings,
+            total_ns,
+        )))
+    };
+    answer
+        .await
+        .unwrap_or_else(|error: GatewayError| error.response(Dialect::Ollama))
+}
+
+pub async fn ollama_embeddings_legacy(
+    http: HttpRequest,
+    payload: web::Payload,
+    router: web::Data<Router>,
+    limit: web::Data<BodyLimit>,
+) -> HttpResponse {
+    let answer = async {
+        let body = read_body(&http, payload, **limit).await?;
+        let parsed = ollama::parse_legacy(&body)?;
+        let embeddings = embed(&router, parsed.request).await?;
+        Ok(json_utf8(&ollama::render_legacy(&embeddings)))
+    };
+    answer
+        .await
+        .unwrap_or_else(|error: GatewayError| error.response(Dialect::Ollama))
+}
