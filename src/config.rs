@@ -223,27 +223,15 @@ impl Config {
                     .required(true),
             );
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("SWITCHYARD")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-        let raw: RawConfig = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError(e.to_string()))?;
-        raw.check()
+        builder = apply_environment(builder)?;
+        deserialize(builder)?.check()
     }
 
     /// Parses TOML text (no environment), for tests and `check`.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError(e.to_string()))?;
-        raw.check()
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
+        deserialize(builder)?.check()
     }
 
     /// The built-in defaults: loopback, one `echo` backend as the default.
@@ -359,6 +347,62 @@ impl RawConfig {
             backends,
         })
     }
+}
+
+/// Applies `SWITCHYARD__A__B=value` overrides. They are set as paths rather than added
+/// as a source so that a number names an entry of a list: `SWITCHYARD__BACKENDS__0__URL`
+/// changes the first backend's `url`.
+fn apply_environment(
+    mut builder: config::ConfigBuilder<config::builder::DefaultState>,
+) -> Result<config::ConfigBuilder<config::builder::DefaultState>, ConfigError> {
+    use config::Source;
+    let overrides = config::Environment::with_prefix("SWITCHYARD")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .collect()
+        .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+    for (key, value) in overrides {
+        let path = key
+            .split('.')
+            .map(|segment| match segment.parse::<usize>() {
+                Ok(index) => format!("[{index}]"),
+                Err(_) => format!(".{segment}"),
+            })
+            .collect::<String>();
+        let path = path.trim_start_matches('.').to_owned();
+        builder = builder.set_override(path.as_str(), value).map_err(|e| {
+            ConfigError(format!(
+                "environment override {path}: {}",
+                one_line(&e.to_string())
+            ))
+        })?;
+    }
+    Ok(builder)
+}
+
+/// Reads the merged sources into [`RawConfig`], naming the full path of any key at fault
+/// (`backends[1].timeout`, not just `timeout`).
+fn deserialize(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+) -> Result<RawConfig, ConfigError> {
+    let merged = builder
+        .build()
+        .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+    serde_path_to_error::deserialize(merged).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = one_line(&e.into_inner().to_string());
+        if path == "." || path.is_empty() {
+            ConfigError(inner)
+        } else {
+            ConfigError(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// Folds a multi-line message (TOML syntax errors draw the line) into one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn parse_listen(listen: &str) -> Result<SocketAddr, ConfigError> {
@@ -516,6 +560,11 @@ mod tests {
             "[[backends]]\nname = \"a\"\nkind = \"openai\"\nurl = \"http://h/v1\"\napi_key_env = \"SWITCHYARD_TEST_SURELY_UNSET\""
         )
         .contains("backends[0].api_key_env"));
-        assert!(error_of("[server]\nlisten = \"127.0.0.1:1\"\nport = 3").contains("port"));
+        let unknown = error_of("[server]\nlisten = \"127.0.0.1:1\"\nport = 3");
+        assert!(unknown.contains("server.port"), "{unknown}");
+        let nested = error_of("[[backends]]\nname = \"a\"\nkind = \"echo\"\ntimeout = 3");
+        assert!(nested.contains("backends[0].timeout"), "{nested}");
+        let syntax = error_of("[server\nlisten = 1");
+        assert_eq!(syntax.lines().count(), 1, "{syntax}");
     }
 }

@@ -135,6 +135,42 @@ fn check_prints_the_routing_of_a_valid_config() {
 }
 
 #[test]
+fn environment_overrides_reach_list_entries() {
+    let dir = scratch("env");
+    let path = dir.join("env.toml");
+    std::fs::write(
+        &path,
+        "[[backends]]\nname = \"ollama\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:11434\"\n",
+    )
+    .unwrap();
+    let output = gateway(&dir)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("SWITCHYARD__BACKENDS__0__URL", "http://127.0.0.1:22222")
+        .env("SWITCHYARD__SERVER__LISTEN", "127.0.0.1:9999")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("http://127.0.0.1:22222"), "{text}");
+    assert!(text.contains("listen: http://127.0.0.1:9999"), "{text}");
+    let output = gateway(&dir)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("SWITCHYARD__BACKENDS__0__URLL", "x")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8(output.stderr)
+        .unwrap()
+        .contains("backends[0].urll"));
+}
+
+#[test]
 fn check_names_the_offending_key_and_fails() {
     let dir = scratch("bad");
     let path = dir.join("bad.toml");

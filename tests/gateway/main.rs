@@ -6,5 +6,6 @@ mod harness;
 mod auth;
 mod errors;
 mod matrix;
+mod routes;
 mod streams;
 mod translation;
