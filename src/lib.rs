@@ -12,6 +12,7 @@ pub mod dialect;
 pub mod embed;
 pub mod error;
 pub mod framing;
+pub mod metrics;
 pub mod router;
 mod routes;
 pub mod server;

@@ -5,6 +5,15 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::GatewayError;
 
+/// Where a model name leads.
+pub struct Route<'r, 'm> {
+    /// The backend's configured name.
+    pub name: &'r str,
+    pub backend: &'r Backend,
+    /// The model as the upstream knows it.
+    pub model: &'m str,
+}
+
 /// The running backends of one worker, and how names reach them.
 pub struct Router {
     backends: Vec<(String, Backend)>,
@@ -27,17 +36,22 @@ impl Router {
     }
 
     /// The backend for a model name, and the name the upstream knows the model by.
-    pub fn route<'a>(&self, model: &'a str) -> Result<(&Backend, &'a str), GatewayError> {
+    pub fn route<'r, 'm>(&'r self, model: &'m str) -> Result<Route<'r, 'm>, GatewayError> {
+        let route = |(name, backend): &'r (String, Backend), model: &'m str| Route {
+            name: name.as_str(),
+            backend,
+            model,
+        };
         if let Some((prefix, rest)) = model.split_once('/') {
-            if let Some((_, backend)) = self.backends.iter().find(|(name, _)| name == prefix) {
+            if let Some(entry) = self.backends.iter().find(|(name, _)| name == prefix) {
                 if rest.is_empty() {
                     return Err(GatewayError::ModelNotFound(model.to_owned()));
                 }
-                return Ok((backend, rest));
+                return Ok(route(entry, rest));
             }
         }
         match self.default {
-            Some(index) => Ok((&self.backends[index].1, model)),
+            Some(index) => Ok(route(&self.backends[index], model)),
             None => Err(GatewayError::ModelNotFound(model.to_owned())),
         }
     }
@@ -69,15 +83,17 @@ mod tests {
     #[test]
     fn prefix_picks_the_backend_and_is_removed() {
         let router = router(Some("local"));
-        let (backend, model) = router.route("ollama/hf.co/x/y:q4").unwrap();
-        assert_eq!(backend.kind_name(), "ollama");
-        assert_eq!(model, "hf.co/x/y:q4");
-        let (backend, model) = router.route("gpt-4o-mini").unwrap();
-        assert_eq!(backend.kind_name(), "echo");
-        assert_eq!(model, "gpt-4o-mini");
+        let route = router.route("ollama/hf.co/x/y:q4").unwrap();
+        assert_eq!(
+            (route.name, route.backend.kind_name()),
+            ("ollama", "ollama")
+        );
+        assert_eq!(route.model, "hf.co/x/y:q4");
+        let route = router.route("gpt-4o-mini").unwrap();
+        assert_eq!((route.name, route.backend.kind_name()), ("local", "echo"));
+        assert_eq!(route.model, "gpt-4o-mini");
         // An unknown prefix is part of the name.
-        let (_, model) = router.route("hf.co/x/y").unwrap();
-        assert_eq!(model, "hf.co/x/y");
+        assert_eq!(router.route("hf.co/x/y").unwrap().model, "hf.co/x/y");
     }
 
     #[test]

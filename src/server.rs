@@ -4,13 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::middleware::{from_fn, Logger};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Logger, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 use crate::auth::{self, KeyStore};
 use crate::config::Config;
 use crate::dialect::Dialect;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::routes;
 
@@ -18,6 +21,7 @@ use crate::routes;
 pub struct Shared {
     pub config: Arc<Config>,
     pub keys: Arc<KeyStore>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -33,6 +37,7 @@ impl Shared {
         Ok(Shared {
             config: Arc::new(config),
             keys: Arc::new(keys),
+            metrics: Arc::new(Metrics::new()),
         })
     }
 }
@@ -45,17 +50,20 @@ pub struct BodyLimit(pub usize);
 pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let config = shared.config.clone();
     let keys = web::Data::from(shared.keys.clone());
+    let metrics = web::Data::from(shared.metrics.clone());
     let factory_config = config.clone();
     let server = HttpServer::new(move || {
         let config = factory_config.clone();
         App::new()
             .app_data(keys.clone())
+            .app_data(metrics.clone())
             .app_data(web::Data::new(Router::new(&config)))
             .app_data(web::Data::new(BodyLimit(config.body_limit)))
             .app_data(web::Data::new(routes::ListingCache::default()))
             .configure(routes::configure)
             .default_service(web::to(not_found))
             .wrap(from_fn(auth::guard))
+            .wrap(from_fn(count_request))
             // Method, path, status, size and time only: no headers, so no keys.
             .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
     })
@@ -70,6 +78,23 @@ pub async fn serve(shared: Shared) -> std::io::Result<()> {
     let (server, address) = start(shared)?;
     log::info!("listening on http://{address}");
     server.await
+}
+
+/// Counts every answered request by route pattern and status.
+async fn count_request(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let metrics = request.app_data::<web::Data<Metrics>>().cloned();
+    let response = next.call(request).await?;
+    if let Some(metrics) = metrics {
+        let route = response.request().match_pattern();
+        metrics.request(
+            route.as_deref().unwrap_or("unmatched"),
+            response.status().as_u16(),
+        );
+    }
+    Ok(response)
 }
 
 async fn not_found(request: HttpRequest) -> HttpResponse {

@@ -12,17 +12,26 @@ use crate::error::GatewayError;
 use crate::router::Router;
 use crate::server::BodyLimit;
 
-use super::read_body;
+use super::{read_body, Caller};
 
 /// Routes the request and starts the backend's answer, holding the response until the
-/// first event so that an early upstream failure keeps its real status.
+/// first event so that an early upstream failure keeps its real status. The tokens the
+/// answer reports are counted for the caller as they pass.
 async fn start_chat(
     router: &Router,
+    caller: &Caller,
     mut request: ChatRequest,
 ) -> Result<EventStream, GatewayError> {
-    let (backend, upstream_model) = router.route(&request.model)?;
-    request.model = upstream_model.to_owned();
-    peek_first(backend.chat(request).await?).await
+    let route = router.route(&request.model)?;
+    let (name, backend) = (route.name.to_owned(), route.backend);
+    request.model = route.model.to_owned();
+    let events = peek_first(backend.chat(request).await?).await?;
+    let (metrics, user) = (caller.metrics.clone(), caller.user.clone());
+    Ok(Box::pin(events.inspect(move |item| {
+        if let Ok(Event::Usage(usage)) = item {
+            metrics.tokens(&user, &name, usage.prompt_tokens, usage.completion_tokens);
+        }
+    })))
 }
 
 pub async fn openai_chat(
@@ -30,11 +39,12 @@ pub async fn openai_chat(
     payload: web::Payload,
     router: web::Data<Router>,
     limit: web::Data<BodyLimit>,
+    caller: Caller,
 ) -> HttpResponse {
     let answer = async {
         let body = read_body(&http, payload, **limit).await?;
         let parsed = openai::parse_chat(&body)?;
-        let events = start_chat(&router, parsed.request).await?;
+        let events = start_chat(&router, &caller, parsed.request).await?;
         if parsed.stream {
             let renderer = SseRenderer::new(parsed.model, parsed.include_usage);
             Ok(HttpResponse::Ok()
@@ -57,8 +67,9 @@ pub async fn ollama_chat(
     payload: web::Payload,
     router: web::Data<Router>,
     limit: web::Data<BodyLimit>,
+    caller: Caller,
 ) -> HttpResponse {
-    ollama_answer(Shape::Chat, http, payload, router, limit).await
+    ollama_answer(Shape::Chat, http, payload, router, limit, caller).await
 }
 
 pub async fn ollama_generate(
@@ -66,8 +77,9 @@ pub async fn ollama_generate(
     payload: web::Payload,
     router: web::Data<Router>,
     limit: web::Data<BodyLimit>,
+    caller: Caller,
 ) -> HttpResponse {
-    ollama_answer(Shape::Generate, http, payload, router, limit).await
+    ollama_answer(Shape::Generate, http, payload, router, limit, caller).await
 }
 
 /// `/api/chat` and `/api/generate`: one pipeline, two answer shapes.
@@ -77,6 +89,7 @@ async fn ollama_answer(
     payload: web::Payload,
     router: web::Data<Router>,
     limit: web::Data<BodyLimit>,
+    caller: Caller,
 ) -> HttpResponse {
     let mut timing = Timing::start();
     let answer = async {
@@ -90,7 +103,7 @@ async fn ollama_answer(
             router.route(&parsed.model)?;
             return Ok(json_utf8(&ollama::load_response(shape, &parsed.model)));
         }
-        let mut events = start_chat(&router, parsed.request).await?;
+        let mut events = start_chat(&router, &caller, parsed.request).await?;
         if parsed.stream {
             let renderer = NdjsonRenderer::new(shape, parsed.model, timing);
             return Ok(HttpResponse::Ok()

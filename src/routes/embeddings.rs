@@ -13,22 +13,29 @@ use crate::router::Router;
 use crate::server::BodyLimit;
 
 use super::chat::json_utf8;
-use super::read_body;
+use super::{read_body, Caller};
 
 /// Routes and embeds; no inputs means the client only wanted the model loaded, which
 /// needs no upstream call.
-async fn embed(router: &Router, mut request: EmbedRequest) -> Result<Embeddings, GatewayError> {
-    let (backend, upstream_model) = router.route(&request.model)?;
+async fn embed(
+    router: &Router,
+    caller: &Caller,
+    mut request: EmbedRequest,
+) -> Result<Embeddings, GatewayError> {
+    let route = router.route(&request.model)?;
     if request.inputs.is_empty() {
         return Ok(Embeddings::default());
     }
-    let upstream_model = upstream_model.to_owned();
-    request.model = upstream_model.clone();
+    let (name, backend) = (route.name.to_owned(), route.backend);
+    request.model = route.model.to_owned();
     let expected = request.inputs.len();
     let embeddings = backend.embed(request).await?;
+    caller
+        .metrics
+        .tokens(&caller.user, &name, embeddings.prompt_tokens, 0);
     if embeddings.vectors.len() != expected {
         return Err(GatewayError::UpstreamProtocol {
-            backend: upstream_model,
+            backend: name,
             detail: format!(
                 "asked for {expected} vectors, got {}",
                 embeddings.vectors.len()
@@ -43,11 +50,12 @@ pub async fn openai_embeddings(
     payload: web::Payload,
     router: web::Data<Router>,
     limit: web::Data<BodyLimit>,
+    caller: Caller,
 ) -> HttpResponse {
     let answer = async {
         let body = read_body(&http, payload, **limit).await?;
         let parsed = openai::parse(&body)?;
-        let embeddings = embed(&router, parsed.request).await?;
+        let embeddings = embed(&router, &caller, parsed.request).await?;
         Ok(HttpResponse::Ok().json(openai::render(&parsed.model, &embeddings, parsed.base64)))
     };
     answer
@@ -60,12 +68,13 @@ pub async fn ollama_embed(
     payload: web::Payload,
     router: web::Data<Router>,
     limit: web::Data<BodyLimit>,
+    caller: Caller,
 ) -> HttpResponse {
     let started = Instant::now();
     let answer = async {
         let body = read_body(&http, payload, **limit).await?;
         let parsed = ollama::parse_embed(&body)?;
-        let embeddings = embed(&router, parsed.request).await?;
+        let embeddings = embed(&router, &caller, parsed.request).await?;
         let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Ok(json_utf8(&ollama::render_embed(
             &parsed.model,
@@ -83,11 +92,12 @@ pub async fn ollama_embeddings_legacy(
     payload: web::Payload,
     router: web::Data<Router>,
     limit: web::Data<BodyLimit>,
+    caller: Caller,
 ) -> HttpResponse {
     let answer = async {
         let body = read_body(&http, payload, **limit).await?;
         let parsed = ollama::parse_legacy(&body)?;
-        let embeddings = embed(&router, parsed.request).await?;
+        let embeddings = embed(&router, &caller, parsed.request).await?;
         Ok(json_utf8(&ollama::render_legacy(&embeddings)))
     };
     answer

@@ -5,14 +5,18 @@ mod chat;
 mod embeddings;
 mod models;
 
+use std::sync::Arc;
+
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures::StreamExt;
 
 pub use models::ListingCache;
 
+use crate::auth::User;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::server::BodyLimit;
 
 /// The Ollama version reported to clients that gate features on it.
@@ -41,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/version", web::get().to(version))
         .route("/api/version", web::head().to(HttpResponse::Ok))
         .route("/health", web::get().to(models::health))
+        .route("/metrics", web::get().to(metrics))
         .route("/", web::get().to(root))
         .route("/", web::head().to(root));
 }
@@ -49,6 +54,36 @@ async fn root() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .body("Ollama is running")
+}
+
+async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics.render())
+}
+
+/// Who is asking, for counting what they spend.
+pub struct Caller {
+    pub user: Arc<str>,
+    pub metrics: web::Data<Metrics>,
+}
+
+impl FromRequest for Caller {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Caller, actix_web::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let user = request
+            .extensions()
+            .get::<User>()
+            .map(|user| user.0.clone())
+            .unwrap_or_else(|| Arc::from("anonymous"));
+        let metrics = request
+            .app_data::<web::Data<Metrics>>()
+            .cloned()
+            .unwrap_or_else(|| web::Data::new(Metrics::new()));
+        std::future::ready(Ok(Caller { user, metrics }))
+    }
 }
 
 async fn version() -> HttpResponse {

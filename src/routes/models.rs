@@ -157,8 +157,8 @@ pub async fn ollama_show(body: web::Bytes, router: web::Data<Router>) -> HttpRes
             .or(request.name)
             .filter(|m| !m.is_empty())
             .ok_or_else(|| GatewayError::bad_field("model", "model is required"))?;
-        let (backend, upstream_model) = router.route(&model)?;
-        let mut shown = backend.show(upstream_model).await?;
+        let route = router.route(&model)?;
+        let mut shown = route.backend.show(route.model).await?;
         if let Some(object) = shown.as_object_mut() {
             object
                 .entry("modified_at")

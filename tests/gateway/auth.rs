@@ -160,3 +160,57 @@ async fn the_upstream_key_comes_from_the_environment_only() {
     assert!(!seen[0].headers.contains_key("cookie"));
     assert!(!seen[0].headers.contains_key("x-forwarded-for"));
 }
+
+#[actix_web::test]
+async fn metrics_count_what_each_user_spends() {
+    let (gateway, _) = with_keys("metrics").await;
+    let url = format!("{}/v1/chat/completions", gateway.base);
+    for stream in [false, true] {
+        let body = json!({"model": "oa/mock-model", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+        let answer = send(
+            client()
+                .post(&url)
+                .insert_header(("X-API-Key", "sk-abc123")),
+            Some(&body.to_string()),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+    }
+    let answer = send(
+        client()
+            .post(format!("{}/api/chat", gateway.base))
+            .bearer_auth("sk-xyz789"),
+        Some(&chat()),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    // /metrics is open, like /health.
+    let metrics = gateway.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.content_type.starts_with("text/plain"));
+    let value = |user: &str, kind: &str| -> u64 {
+        metrics
+            .body
+            .lines()
+            .find(|line| {
+                line.starts_with("switchyard_tokens_total{")
+                    && line.contains(&format!("user=\"{user}\""))
+                    && line.contains(&format!("kind=\"{kind}\""))
+                    && line.contains("backend=\"oa\"")
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {user} {kind} line in {}", metrics.body))
+    };
+    assert_eq!(value("alice", "prompt"), 2 * harness::mock::PROMPT_TOKENS);
+    assert_eq!(value("alice", "completion"), 10);
+    assert_eq!(value("bob", "completion"), 5);
+    assert!(
+        metrics
+            .body
+            .contains("switchyard_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"),
+        "{}",
+        metrics.body
+    );
+    assert!(!metrics.body.contains("sk-"), "keys never appear");
+}

@@ -184,3 +184,83 @@ async fn openai_to_openai_carries_unknown_fields() {
     assert_eq!(sent["cache_prompt"], true);
     assert_eq!(sent["tool_choice"], "auto");
 }
+
+#[actix_web::test]
+async fn structured_output_and_tool_definitions_cross_both_ways() {
+    let gateway = harness::start("").await;
+    let tool = json!({"type": "function", "function": {"name": "get_weather", "description": "Weather by city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}});
+    let sent = upstream_body(
+        &gateway,
+        "/api/chat",
+        json!({"model": "oa/mock-s1", "stream": false, "format": "json", "tools": [tool],
+               "messages": [{"role": "user", "content": "JSON please"}]}),
+    )
+    .await;
+    assert_eq!(sent["response_format"], json!({"type": "json_object"}));
+    assert_eq!(
+        sent["tools"],
+        json!([tool]),
+        "tool definitions are copied whole"
+    );
+
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]});
+    let sent = upstream_body(
+        &gateway,
+        "/v1/chat/completions",
+        json!({"model": "ol/mock-s2", "tools": [tool], "tool_choice": "auto",
+               "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "strict": true, "schema": schema}},
+               "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(sent["format"], schema, "Ollama takes the bare schema");
+    assert_eq!(sent["tools"], json!([tool]));
+    assert!(
+        sent.get("tool_choice").is_none(),
+        "no Ollama counterpart: dropped, not an error"
+    );
+
+    let sent = upstream_body(
+        &gateway,
+        "/v1/chat/completions",
+        json!({"model": "oa/mock-s3", "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "strict": true, "schema": schema}},
+               "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(
+        sent["response_format"]["json_schema"],
+        json!({"name": "answer", "strict": true, "schema": schema})
+    );
+}
+
+#[actix_web::test]
+async fn reasoning_history_and_think_levels_reach_the_upstream() {
+    let gateway = harness::start("").await;
+    let sent = upstream_body(
+        &gateway,
+        "/api/chat",
+        json!({"model": "oa/mock-r1", "stream": false, "think": "high",
+               "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "thinking": "because"},
+                            {"role": "user", "content": "c"}]}),
+    )
+    .await;
+    assert_eq!(sent["reasoning_effort"], "high");
+    assert_eq!(sent["messages"][1]["reasoning_content"], "because");
+    let sent = upstream_body(
+        &gateway,
+        "/v1/chat/completions",
+        json!({"model": "ol/mock-r2", "reasoning_effort": "xhigh",
+               "messages": [{"role": "assistant", "content": "b", "reasoning": "because"}, {"role": "user", "content": "c"}]}),
+    )
+    .await;
+    assert_eq!(sent["think"], "max");
+    assert_eq!(sent["messages"][0]["thinking"], "because");
+    let answer = gateway
+        .post("/api/chat", &json!({"model": "echo", "think": "very", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("invalid think value"));
+}
