@@ -50,6 +50,9 @@ pub enum GatewayError {
         /// OpenAI-style string `code`, when the upstream gave one.
         code: Option<String>,
     },
+    /// The client hung up before the answer started; nobody reads this.
+    #[error("the client closed the connection before the answer started")]
+    ClientGone,
     /// The upstream answered with something that is not its protocol, or stopped early.
     #[error("backend '{backend}' sent an invalid response: {detail}")]
     UpstreamProtocol { backend: String, detail: String },
@@ -85,6 +88,10 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            // nginx's "client closed request": for logs and metrics only.
+            GatewayError::ClientGone => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             GatewayError::UpstreamStatus { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
             }
@@ -96,7 +103,8 @@ impl GatewayError {
         let (kind, code): (&str, Option<&str>) = match self {
             GatewayError::BadRequest { .. }
             | GatewayError::RouteNotFound { .. }
-            | GatewayError::PayloadTooLarge { .. } => ("invalid_request_error", None),
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::ClientGone => ("invalid_request_error", None),
             GatewayError::Unauthorized { .. } => ("invalid_request_error", Some("invalid_api_key")),
             GatewayError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
             GatewayError::UpstreamTimeout { .. } => ("server_error", Some("timeout")),

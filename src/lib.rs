@@ -12,6 +12,7 @@ pub mod dialect;
 pub mod embed;
 pub mod error;
 pub mod framing;
+mod hangup;
 pub mod metrics;
 pub mod router;
 mod routes;

@@ -67,6 +67,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             // Method, path, status, size and time only: no headers, so no keys.
             .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
     })
+    .on_connect(crate::hangup::remember_socket)
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     .bind(config.listen)?;
     let address = server.addrs().first().copied().unwrap_or(config.listen);

@@ -2,6 +2,9 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use std::pin::pin;
+
+use futures::future::{select, Either};
 use futures::StreamExt;
 
 use crate::chat::{peek_first, ChatRequest, Completion, Event, EventStream};
@@ -9,6 +12,7 @@ use crate::dialect::ollama::{self, NdjsonRenderer, Shape, Timing};
 use crate::dialect::openai::{self, SseRenderer};
 use crate::dialect::{render_stream, Dialect};
 use crate::error::GatewayError;
+use crate::hangup::client_gone;
 use crate::router::Router;
 use crate::server::BodyLimit;
 
@@ -25,7 +29,15 @@ async fn start_chat(
     let route = router.route(&request.model)?;
     let (name, backend) = (route.name.to_owned(), route.backend);
     request.model = route.model.to_owned();
-    let events = peek_first(backend.chat(request).await?).await?;
+    let first = async { peek_first(backend.chat(request).await?).await };
+    // Dropping `first` when the client leaves drops the upstream request with it.
+    let events = match select(pin!(first), pin!(client_gone(caller.socket))).await {
+        Either::Left((events, _)) => events?,
+        Either::Right(_) => {
+            log::info!("client left before backend {name} answered; upstream request cancelled");
+            return Err(GatewayError::ClientGone);
+        }
+    };
     let (metrics, user) = (caller.metrics.clone(), caller.user.clone());
     Ok(Box::pin(events.inspect(move |item| {
         if let Ok(Event::Usage(usage)) = item {

@@ -16,6 +16,7 @@ pub use models::ListingCache;
 
 use crate::auth::User;
 use crate::error::GatewayError;
+use crate::hangup::ClientSocket;
 use crate::metrics::Metrics;
 use crate::server::BodyLimit;
 
@@ -66,6 +67,8 @@ async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
 pub struct Caller {
     pub user: Arc<str>,
     pub metrics: web::Data<Metrics>,
+    /// The client's socket, to notice it hanging up before the answer starts.
+    pub socket: Option<ClientSocket>,
 }
 
 impl FromRequest for Caller {
@@ -82,7 +85,12 @@ impl FromRequest for Caller {
             .app_data::<web::Data<Metrics>>()
             .cloned()
             .unwrap_or_else(|| web::Data::new(Metrics::new()));
-        std::future::ready(Ok(Caller { user, metrics }))
+        let socket = request.conn_data::<ClientSocket>().copied();
+        std::future::ready(Ok(Caller {
+            user,
+            metrics,
+            socket,
+        }))
     }
 }
 

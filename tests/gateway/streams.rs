@@ -1,7 +1,8 @@
 //! Streams across the crossings: tool calls reassembled or split, reasoning carried,
 //! chunks relayed as they arrive, and a client that hangs up cancelling the upstream.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -210,6 +211,77 @@ async fn a_client_that_hangs_up_cancels_the_upstream() {
             gateway.mock.cancelled.load(Ordering::SeqCst),
             number + 1,
             "{path} {model}: the upstream stream was dropped when the client left"
+        );
+    }
+}
+
+/// An upstream that reads a request, never answers, and notes when the gateway closes
+/// the connection. (An HTTP framework would not tell: it keeps a handler running.)
+async fn silent_upstream() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let seen = closed.clone();
+    actix_web::rt::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            actix_web::rt::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                // Read until the peer closes; the request itself arrives first.
+                loop {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (format!("http://{address}"), closed)
+}
+
+#[actix_web::test]
+async fn a_client_that_hangs_up_before_the_upstream_answered_cancels_it() {
+    let (silent, closed) = silent_upstream().await;
+    let gateway = harness::start(&format!(
+        "[[backends]]\nname = \"so\"\nkind = \"openai\"\nurl = \"{silent}/v1\"\n[[backends]]\nname = \"sl\"\nkind = \"ollama\"\nurl = \"{silent}\"\n"
+    ))
+    .await;
+    for (number, (path, model)) in [
+        ("/v1/chat/completions", "so/m"),
+        ("/api/chat", "sl/m"),
+        ("/v1/chat/completions", "sl/m"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body =
+            json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]});
+        let gave_up = awc::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .finish()
+            .post(format!("{}{path}", gateway.base))
+            .insert_header(("content-type", "application/json"))
+            .send_body(body.to_string())
+            .await;
+        assert!(
+            gave_up.is_err(),
+            "the upstream never answers, so the client gives up"
+        );
+        let mut waited = Duration::ZERO;
+        while closed.load(Ordering::SeqCst) <= number && waited < Duration::from_secs(4) {
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        }
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            number + 1,
+            "{path} {model}: the upstream connection was closed"
         );
     }
 }
