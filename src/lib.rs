@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod router;
 mod routes;
 pub mod server;
+pub mod timing;
 
 pub use config::Config;
 pub use server::{serve, start, Shared};

@@ -64,6 +64,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .default_service(web::to(not_found))
             .wrap(from_fn(auth::guard))
             .wrap(from_fn(count_request))
+            .wrap(from_fn(crate::timing::server_timing))
             // Method, path, status, size and time only: no headers, so no keys.
             .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
     })

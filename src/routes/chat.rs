@@ -29,7 +29,16 @@ async fn start_chat(
     let route = router.route(&request.model)?;
     let (name, backend) = (route.name.to_owned(), route.backend);
     request.model = route.model.to_owned();
-    let first = async { peek_first(backend.chat(request).await?).await };
+    if let Some(stopwatch) = &caller.stopwatch {
+        stopwatch.upstream_called();
+    }
+    let first = async {
+        let events = backend.chat(request).await;
+        if let Some(stopwatch) = &caller.stopwatch {
+            stopwatch.upstream_answered();
+        }
+        peek_first(events?).await
+    };
     // Dropping `first` when the client leaves drops the upstream request with it.
     let events = match select(pin!(first), pin!(client_gone(caller.socket))).await {
         Either::Left((events, _)) => events?,

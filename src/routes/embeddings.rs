@@ -29,7 +29,14 @@ async fn embed(
     let (name, backend) = (route.name.to_owned(), route.backend);
     request.model = route.model.to_owned();
     let expected = request.inputs.len();
-    let embeddings = backend.embed(request).await?;
+    if let Some(stopwatch) = &caller.stopwatch {
+        stopwatch.upstream_called();
+    }
+    let embeddings = backend.embed(request).await;
+    if let Some(stopwatch) = &caller.stopwatch {
+        stopwatch.upstream_answered();
+    }
+    let embeddings = embeddings?;
     caller
         .metrics
         .tokens(&caller.user, &name, embeddings.prompt_tokens, 0);

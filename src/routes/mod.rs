@@ -19,6 +19,7 @@ use crate::error::GatewayError;
 use crate::hangup::ClientSocket;
 use crate::metrics::Metrics;
 use crate::server::BodyLimit;
+use crate::timing::Stopwatch;
 
 /// The Ollama version reported to clients that gate features on it.
 pub const OLLAMA_COMPAT_VERSION: &str = "0.13.0";
@@ -69,6 +70,8 @@ pub struct Caller {
     pub metrics: web::Data<Metrics>,
     /// The client's socket, to notice it hanging up before the answer starts.
     pub socket: Option<ClientSocket>,
+    /// Where the upstream call's start and answer are noted for `Server-Timing`.
+    pub stopwatch: Option<Stopwatch>,
 }
 
 impl FromRequest for Caller {
@@ -86,10 +89,12 @@ impl FromRequest for Caller {
             .cloned()
             .unwrap_or_else(|| web::Data::new(Metrics::new()));
         let socket = request.conn_data::<ClientSocket>().copied();
+        let stopwatch = request.extensions().get::<Stopwatch>().cloned();
         std::future::ready(Ok(Caller {
             user,
             metrics,
             socket,
+            stopwatch,
         }))
     }
 }

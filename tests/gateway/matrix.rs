@@ -311,3 +311,76 @@ async fn empty_messages_only_load_the_model() {
         (json!(true), json!("load"))
     );
 }
+
+/// `gateway;dur=X, upstream;dur=Y` in milliseconds.
+fn server_timing(answer: &crate::harness::Answer) -> (f64, Option<f64>) {
+    let header = answer
+        .headers
+        .get("server-timing")
+        .expect("Server-Timing on every answer")
+        .to_str()
+        .unwrap();
+    let mut gateway = None;
+    let mut upstream = None;
+    for metric in header.split(',') {
+        let (name, duration) = metric
+            .trim()
+            .split_once(";dur=")
+            .unwrap_or_else(|| panic!("{header}"));
+        let duration: f64 = duration.parse().unwrap();
+        match name {
+            "gateway" => gateway = Some(duration),
+            "upstream" => upstream = Some(duration),
+            other => panic!("unexpected metric {other} in {header}"),
+        }
+    }
+    (gateway.expect("gateway time"), upstream)
+}
+
+#[actix_web::test]
+async fn server_timing_on_every_dialect_and_backend() {
+    let gateway = harness::start("").await;
+    for (model, _, _, _) in backends() {
+        for stream in [false, true] {
+            let chat = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": PROMPT}]});
+            for path in ["/v1/chat/completions", "/api/chat"] {
+                let answer = gateway.post(path, &chat).await;
+                let (own, upstream) = server_timing(&answer);
+                assert!(
+                    own >= 0.0 && upstream.expect("the backend was called") >= 0.0,
+                    "{path} {model}"
+                );
+            }
+        }
+    }
+    // A slow upstream shows as upstream time, not gateway time.
+    for path in ["/v1/chat/completions", "/api/chat"] {
+        let slow = gateway
+            .post(
+                path,
+                &json!({"model": "oa/mock-delay", "messages": [{"role": "user", "content": "x"}]}),
+            )
+            .await;
+        let (own, upstream) = server_timing(&slow);
+        assert!(upstream.unwrap() >= 200.0, "{path}: {upstream:?}");
+        assert!(own < 200.0, "{path}: {own}");
+    }
+    // Routes that call no backend report the gateway's time alone.
+    let (_, upstream) = server_timing(&gateway.get("/api/version").await);
+    assert_eq!(upstream, None);
+    let (_, upstream) = server_timing(
+        &gateway
+            .post("/v1/chat/completions", &json!({"model": "echo"}))
+            .await,
+    );
+    assert_eq!(upstream, None, "a 400 never reached a backend");
+    let (_, upstream) = server_timing(
+        &gateway
+            .post(
+                "/api/embed",
+                &json!({"model": "ol/mock-model", "input": "x"}),
+            )
+            .await,
+    );
+    assert!(upstream.is_some());
+}

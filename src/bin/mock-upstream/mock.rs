@@ -12,6 +12,7 @@
 //! | `truncate`    | one piece, then the body ends with no finish |
 //! | `garbage`     | 200 with bytes that are not the protocol |
 //! | `hang`        | waits 60 s before any header |
+//! | `delay`       | waits 200 ms before any header |
 //! | `stall`       | one piece, then 60 s of silence |
 //! | `slow`        | 50 pieces, 100 ms apart (for cancellation) |
 //! | `chunksN`     | N pieces of text instead of the default 5 |
@@ -137,6 +138,7 @@ struct Script {
     truncate: bool,
     garbage: bool,
     hang: bool,
+    delay: bool,
     stall: bool,
     gap: Option<Duration>,
 }
@@ -179,6 +181,7 @@ impl Script {
             truncate: model.contains("truncate"),
             garbage: model.contains("garbage"),
             hang: model.contains("hang"),
+            delay: model.contains("delay"),
             stall: model.contains("stall"),
             gap: slow.then(|| Duration::from_millis(100)),
         }
@@ -210,6 +213,9 @@ async fn openai_chat(
     let script = Script::of(&model);
     if script.hang {
         tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    if script.delay {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if let Some(status) = script.status {
         return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default()).json(json!({
@@ -342,6 +348,9 @@ async fn ollama_chat(
     let script = Script::of(&model);
     if script.hang {
         tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    if script.delay {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if let Some(status) = script.status {
         return HttpResponse::build(

@@ -1,0 +1,96 @@
+//! The gateway's cost, visible per request: a `Server-Timing` header on every answer
+//! with the gateway's own time before the upstream call and the upstream's time to its
+//! response headers, and the same two figures on a debug log line, so a user can tell a
+//! slow model from a slow gateway.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::HttpMessage;
+
+/// When a request arrived and when its upstream call went out and came back.
+#[derive(Debug, Clone)]
+pub struct Stopwatch(Rc<Marks>);
+
+#[derive(Debug)]
+struct Marks {
+    arrived: Instant,
+    upstream_called: Cell<Option<Instant>>,
+    upstream_answered: Cell<Option<Instant>>,
+}
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch(Rc::new(Marks {
+            arrived: Instant::now(),
+            upstream_called: Cell::new(None),
+            upstream_answered: Cell::new(None),
+        }))
+    }
+
+    /// Notes that the request is being handed to a backend (the last one tried counts).
+    pub fn upstream_called(&self) {
+        self.0.upstream_called.set(Some(Instant::now()));
+        self.0.upstream_answered.set(None);
+    }
+
+    /// Notes that the backend's response headers (or first event) arrived.
+    pub fn upstream_answered(&self) {
+        self.0.upstream_answered.set(Some(Instant::now()));
+    }
+
+    /// (gateway, upstream): the time before the upstream call (all of it when there was
+    /// none), and the upstream's time to answer, if it was called.
+    fn spans(&self) -> (Duration, Option<Duration>) {
+        let now = Instant::now();
+        match (self.0.upstream_called.get(), self.0.upstream_answered.get()) {
+            (Some(called), answered) => (
+                called - self.0.arrived,
+                Some(answered.unwrap_or(now) - called),
+            ),
+            (None, _) => (now - self.0.arrived, None),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Middleware: starts the stopwatch and writes `Server-Timing` on the answer.
+pub async fn server_timing(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let stopwatch = Stopwatch::start();
+    request.extensions_mut().insert(stopwatch.clone());
+    let mut response = next.call(request).await?;
+    let (gateway, upstream) = stopwatch.spans();
+    let value = match upstream {
+        Some(upstream) => format!(
+            "gateway;dur={:.3}, upstream;dur={:.3}",
+            millis(gateway),
+            millis(upstream)
+        ),
+        None => format!("gateway;dur={:.3}", millis(gateway)),
+    };
+    log::debug!(
+        "{} {} {}: gateway {:.3} ms, upstream {}",
+        response.request().method(),
+        response.request().path(),
+        response.status().as_u16(),
+        millis(gateway),
+        upstream.map_or("not called".to_owned(), |u| format!("{:.3} ms", millis(u)))
+    );
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("server-timing"), value);
+    }
+    Ok(response)
+}
