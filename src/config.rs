@@ -99,6 +99,14 @@ struct RawBackend {
     kind: String,
     /// Upstream base URL (`.../v1` for `openai`, the server root for `ollama`).
     url: Option<String>,
+    /// Several upstream servers serving the same models, instead of `url`.
+    urls: Option<Vec<String>>,
+    /// Failures in a row (refused, reset, 5xx, timeout) that take a server out.
+    #[serde(default = "default_max_failures")]
+    max_failures: u32,
+    /// How long a failed server stays out before it is probed.
+    #[serde(default = "default_cooldown_secs")]
+    cooldown_secs: f64,
     /// Environment variable holding the upstream key, sent as `Authorization: Bearer`.
     api_key_env: Option<String>,
     /// TCP and TLS connect limit.
@@ -120,6 +128,12 @@ fn default_response_secs() -> f64 {
 }
 fn default_idle_secs() -> f64 {
     300.0
+}
+fn default_max_failures() -> u32 {
+    3
+}
+fn default_cooldown_secs() -> f64 {
+    10.0
 }
 
 /// The checked configuration.
@@ -155,24 +169,28 @@ pub enum BackendKind {
 /// How to reach one upstream.
 #[derive(Clone, PartialEq)]
 pub struct UpstreamConfig {
-    /// Base URL without a trailing slash.
-    pub base_url: String,
+    /// Base URLs without a trailing slash: one per upstream server.
+    pub base_urls: Vec<String>,
     /// The upstream key, read from the environment at start.
     pub api_key: Option<String>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
+    pub max_failures: u32,
+    pub cooldown: Duration,
 }
 
 impl fmt::Debug for UpstreamConfig {
     // Hand-written so that the upstream key never reaches a log or a panic message.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamConfig")
-            .field("base_url", &self.base_url)
+            .field("base_urls", &self.base_urls)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("max_failures", &self.max_failures)
+            .field("cooldown", &self.cooldown)
             .finish()
     }
 }
@@ -263,7 +281,7 @@ impl Config {
                         "  {:<12} {:<7} {}{}",
                         backend.name,
                         backend.kind.name(),
-                        upstream.base_url,
+                        upstream.base_urls.join(" "),
                         if upstream.api_key.is_some() {
                             " (with key)"
                         } else {
@@ -433,7 +451,7 @@ impl RawBackend {
         }
         let kind = match self.kind.as_str() {
             "echo" => {
-                if self.url.is_some() {
+                if self.url.is_some() || self.urls.is_some() {
                     return err(format!("{key}.url: an echo backend has no upstream; remove the url"));
                 }
                 if self.api_key_env.is_some() {
@@ -458,22 +476,34 @@ impl RawBackend {
     }
 
     fn upstream(&self, key: &str) -> Result<UpstreamConfig, ConfigError> {
-        let Some(url) = &self.url else {
-            return err(format!(
-                "{key}.url is missing: a {} backend needs the upstream's address",
-                self.kind
-            ));
-        };
-        let parsed = url::Url::parse(url);
-        match parsed {
-            Ok(parsed)
-                if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
-            _ => {
+        let urls: Vec<(String, &String)> = match (&self.url, &self.urls) {
+            (Some(url), None) => vec![(format!("{key}.url"), url)],
+            (None, Some(urls)) if !urls.is_empty() => urls
+                .iter()
+                .enumerate()
+                .map(|(index, url)| (format!("{key}.urls[{index}]"), url))
+                .collect(),
+            (None, _) => {
                 return err(format!(
-                "{key}.url \"{url}\" is not an http:// or https:// URL; write e.g. \"http://{}\"",
-                url.trim_start_matches("//")
-            ))
+                    "{key}.url is missing: a {} backend needs the upstream's address (url, or urls for several)",
+                    self.kind
+                ))
             }
+            (Some(_), Some(_)) => {
+                return err(format!("{key}.urls: give url or urls, not both"))
+            }
+        };
+        let mut base_urls = Vec::with_capacity(urls.len());
+        for (field, url) in urls {
+            match url::Url::parse(url) {
+                Ok(parsed)
+                    if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+                _ => return err(format!(
+                    "{field} \"{url}\" is not an http:// or https:// URL; write e.g. \"http://{}\"",
+                    url.trim_start_matches("//")
+                )),
+            }
+            base_urls.push(url.trim_end_matches('/').to_owned());
         }
         let api_key = match &self.api_key_env {
             None => None,
@@ -495,12 +525,17 @@ impl RawBackend {
                 ))
             }
         };
+        if self.max_failures == 0 {
+            return err(format!("{key}.max_failures must be at least 1"));
+        }
         Ok(UpstreamConfig {
-            base_url: url.trim_end_matches('/').to_owned(),
+            base_urls,
             api_key,
             connect_timeout: duration("connect_timeout_secs", self.connect_timeout_secs)?,
             response_timeout: duration("response_timeout_secs", self.response_timeout_secs)?,
             idle_timeout: duration("idle_timeout_secs", self.idle_timeout_secs)?,
+            max_failures: self.max_failures,
+            cooldown: duration("cooldown_secs", self.cooldown_secs)?,
         })
     }
 }
@@ -524,7 +559,10 @@ mod tests {
         )
         .unwrap();
         let upstream = config.backends[0].kind.upstream().unwrap();
-        assert_eq!(upstream.base_url, "http://127.0.0.1:11434");
+        assert_eq!(
+            upstream.base_urls,
+            vec!["http://127.0.0.1:11434".to_owned()]
+        );
         assert_eq!(upstream.connect_timeout, Duration::from_secs(10));
         assert_eq!(upstream.response_timeout, Duration::from_secs(600));
         assert_eq!(upstream.idle_timeout, Duration::from_secs(300));

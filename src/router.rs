@@ -1,7 +1,9 @@
 //! Model name to backend: `P/REST` goes to backend `P` as model `REST`; any other name
 //! goes whole to the default backend, if one is configured.
 
-use crate::backend::Backend;
+use std::sync::Arc;
+
+use crate::backend::{Backend, Pool, Pools};
 use crate::config::Config;
 use crate::error::GatewayError;
 
@@ -17,22 +19,35 @@ pub struct Route<'r, 'm> {
 /// The running backends of one worker, and how names reach them.
 pub struct Router {
     backends: Vec<(String, Backend)>,
+    /// Each backend's server pool (shared by workers), for `/health`.
+    pools: Vec<Option<Arc<Pool>>>,
     default: Option<usize>,
 }
 
 impl Router {
-    /// Builds every backend once; called once per worker.
-    pub fn new(config: &Config) -> Router {
+    /// Builds every backend once; called once per worker, with the pools all workers
+    /// share.
+    pub fn new(config: &Config, pools: &Pools) -> Router {
+        let pools: Vec<Option<Arc<Pool>>> = config
+            .backends
+            .iter()
+            .map(|backend| pools.get(&backend.name))
+            .collect();
         let backends: Vec<(String, Backend)> = config
             .backends
             .iter()
-            .map(|backend| (backend.name.clone(), Backend::new(backend)))
+            .zip(&pools)
+            .map(|(backend, pool)| (backend.name.clone(), Backend::new(backend, pool.clone())))
             .collect();
         let default = config
             .default_backend
             .as_ref()
             .and_then(|name| backends.iter().position(|(n, _)| n == name));
-        Router { backends, default }
+        Router {
+            backends,
+            pools,
+            default,
+        }
     }
 
     /// The backend for a model name, and the name the upstream knows the model by.
@@ -56,6 +71,22 @@ impl Router {
         }
     }
 
+    /// Each backend's name, kind and upstream servers' states, for `/health`.
+    pub fn health(&self) -> Vec<serde_json::Value> {
+        self.backends
+            .iter()
+            .zip(&self.pools)
+            .map(|((name, backend), pool)| {
+                let mut entry = serde_json::json!({"name": name, "kind": backend.kind_name()});
+                if let Some(pool) = pool {
+                    entry["upstreams"] = serde_json::Value::from(pool.report());
+                    entry["available"] = serde_json::Value::from(pool.any_healthy());
+                }
+                entry
+            })
+            .collect()
+    }
+
     /// Every backend with its name, in configuration order.
     pub fn backends(&self) -> impl Iterator<Item = (&str, &Backend)> {
         self.backends
@@ -77,7 +108,8 @@ mod tests {
             "[[backends]]\nname = \"ollama\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:1\"\n",
         );
         toml.push_str("[[backends]]\nname = \"local\"\nkind = \"echo\"\n");
-        Router::new(&Config::from_toml(&toml).unwrap())
+        let config = Config::from_toml(&toml).unwrap();
+        Router::new(&config, &Pools::for_config(&config))
     }
 
     #[test]

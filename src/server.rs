@@ -10,6 +10,7 @@ use actix_web::middleware::{from_fn, Logger, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 use crate::auth::{self, KeyStore};
+use crate::backend::Pools;
 use crate::config::Config;
 use crate::dialect::Dialect;
 use crate::error::GatewayError;
@@ -22,6 +23,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
+    /// Upstream servers' health and load, shared by every worker.
+    pub pools: Arc<Pools>,
 }
 
 impl Shared {
@@ -35,6 +38,7 @@ impl Shared {
             ));
         }
         Ok(Shared {
+            pools: Arc::new(Pools::for_config(&config)),
             config: Arc::new(config),
             keys: Arc::new(keys),
             metrics: Arc::new(Metrics::new()),
@@ -52,12 +56,13 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
     let keys = web::Data::from(shared.keys.clone());
     let metrics = web::Data::from(shared.metrics.clone());
     let factory_config = config.clone();
+    let pools = shared.pools.clone();
     let server = HttpServer::new(move || {
         let config = factory_config.clone();
         App::new()
             .app_data(keys.clone())
             .app_data(metrics.clone())
-            .app_data(web::Data::new(Router::new(&config)))
+            .app_data(web::Data::new(Router::new(&config, &pools)))
             .app_data(web::Data::new(BodyLimit(config.body_limit)))
             .app_data(web::Data::new(routes::ListingCache::default()))
             .configure(routes::configure)

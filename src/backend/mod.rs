@@ -7,9 +7,13 @@
 pub mod echo;
 pub mod ollama;
 pub mod openai;
+pub mod pool;
 mod upstream;
 
+pub use pool::{Pool, Pools};
 pub use upstream::Upstream;
+
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -41,14 +45,19 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Builds the running backend from its checked configuration.
-    pub fn new(config: &BackendConfig) -> Backend {
+    /// Builds the running backend from its checked configuration and its servers'
+    /// pool, which all workers share (a fresh one when none is given).
+    pub fn new(config: &BackendConfig, pool: Option<Arc<Pool>>) -> Backend {
+        let pool = |upstream: &crate::config::UpstreamConfig| {
+            pool.clone()
+                .unwrap_or_else(|| Arc::new(Pool::for_config(upstream)))
+        };
         match &config.kind {
             BackendKind::OpenAi(upstream) => Backend::OpenAi(openai::OpenAiBackend::new(
-                Upstream::new(&config.name, upstream),
+                Upstream::new(&config.name, upstream, pool(upstream), "/models"),
             )),
             BackendKind::Ollama(upstream) => Backend::Ollama(ollama::OllamaBackend::new(
-                Upstream::new(&config.name, upstream),
+                Upstream::new(&config.name, upstream, pool(upstream), "/api/version"),
             )),
             BackendKind::Echo => Backend::Echo(echo::EchoBackend),
         }

@@ -27,7 +27,7 @@ pub struct OpenAiBackend {
 impl OpenAiBackend {
     /// Wraps the upstream.
     pub fn new(upstream: Upstream) -> OpenAiBackend {
-        let strict_parameters = url::Url::parse(&upstream.config.base_url)
+        let strict_parameters = url::Url::parse(upstream.first_url())
             .ok()
             .and_then(|url| url.host_str().map(|h| h.ends_with("api.openai.com")))
             .unwrap_or(false);

@@ -17,6 +17,7 @@ use futures::Stream;
 use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 
+use super::pool::{InFlight, Pool};
 use crate::config::UpstreamConfig;
 use crate::error::{parse_upstream_error, GatewayError};
 
@@ -25,15 +26,21 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// The most of a non-streamed upstream answer (model lists, embeddings) that is read.
 const JSON_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
-/// One upstream server, as seen from one worker.
+/// One backend's upstream servers, as seen from one worker.
 pub struct Upstream {
     pub backend: String,
     pub config: UpstreamConfig,
+    pool: Arc<Pool>,
+    /// A cheap GET that tells a server is up again after a cool-down.
+    probe_path: &'static str,
     client: awc::Client,
 }
 
 /// An upstream response whose status was a success, ready to be streamed.
 pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>>>>;
+
+/// A response and its place in the chosen server's in-flight count.
+type Placed = (awc::ClientResponse, InFlight);
 
 fn tls_config() -> Arc<rustls::ClientConfig> {
     static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
@@ -53,8 +60,14 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
 }
 
 impl Upstream {
-    /// Builds the client for one backend; called once per worker.
-    pub fn new(backend: &str, config: &UpstreamConfig) -> Upstream {
+    /// Builds the client for one backend; called once per worker. The pool is shared
+    /// by all workers.
+    pub fn new(
+        backend: &str,
+        config: &UpstreamConfig,
+        pool: Arc<Pool>,
+        probe_path: &'static str,
+    ) -> Upstream {
         let connector = awc::Connector::new()
             .timeout(config.connect_timeout)
             .handshake_timeout(config.connect_timeout)
@@ -71,18 +84,94 @@ impl Upstream {
         Upstream {
             backend: backend.to_owned(),
             config: config.clone(),
+            pool,
+            probe_path,
             client,
         }
     }
 
-    fn request(&self, method: awc::http::Method, path: &str) -> awc::ClientRequest {
-        let mut request = self
-            .client
-            .request(method, format!("{}{}", self.config.base_url, path));
+    /// The first server's base URL (they all serve the same API).
+    pub fn first_url(&self) -> &str {
+        self.pool.url(0)
+    }
+
+    fn request(&self, method: awc::http::Method, base: &str, path: &str) -> awc::ClientRequest {
+        let mut request = self.client.request(method, format!("{base}{path}"));
         if let Some(key) = &self.config.api_key {
             request = request.bearer_auth(key);
         }
         request
+    }
+
+    /// Sends to the least busy healthy server. A server that cannot be connected to has
+    /// seen nothing of the request, so the next one is tried; any other failure is
+    /// final. Each outcome counts towards the server's health.
+    async fn dispatch(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Placed, GatewayError> {
+        let mut tried = Vec::new();
+        let mut last_error = None;
+        loop {
+            let (place, due) = self.pool.pick(&tried);
+            self.probe(due);
+            let Some(place) = place else {
+                return Err(last_error.unwrap_or_else(|| {
+                    self.unreachable("no upstream server is configured".to_owned())
+                }));
+            };
+            tried.push(place.index());
+            let request = self.request(method.clone(), self.pool.url(place.index()), path);
+            let sent = match &body {
+                Some(body) => {
+                    let request = request.content_type("application/json");
+                    self.send(request.send_body(body.clone())).await
+                }
+                None => self.send(request.send()).await,
+            };
+            match sent {
+                Ok(response) => {
+                    if response.status().is_server_error() {
+                        place.failed();
+                    } else {
+                        place.succeeded();
+                    }
+                    return Ok((response, place));
+                }
+                Err((error, nothing_sent)) => {
+                    place.failed();
+                    if !nothing_sent || tried.len() >= self.pool.len() {
+                        return Err(error);
+                    }
+                    log::warn!("backend {}: {error}; trying another server", self.backend);
+                    last_error = Some(error);
+                }
+            }
+        }
+    }
+
+    /// Starts a probe of each server whose cool-down is over.
+    fn probe(&self, due: Vec<usize>) {
+        for index in due {
+            let url = format!("{}{}", self.pool.url(index), self.probe_path);
+            let request = self.request(
+                awc::http::Method::GET,
+                self.pool.url(index),
+                self.probe_path,
+            );
+            let pool = self.pool.clone();
+            let limit = self.config.connect_timeout + Duration::from_secs(5);
+            actix_web::rt::spawn(async move {
+                let ok = matches!(
+                    tokio::time::timeout(limit, request.send()).await,
+                    Ok(Ok(response)) if !response.status().is_server_error()
+                );
+                log::debug!("probe of {url}: {}", if ok { "up" } else { "still down" });
+                pool.probed(index, ok);
+            });
+        }
     }
 
     /// POSTs a JSON body and returns the response body as a stream, once the status says
@@ -93,23 +182,21 @@ impl Upstream {
         path: &str,
         body: Vec<u8>,
     ) -> Result<UpstreamBody, GatewayError> {
-        let request = self
-            .request(awc::http::Method::POST, path)
-            .content_type("application/json");
-        let response = self.send(request.send_body(body)).await?;
+        let (response, place) = self
+            .dispatch(awc::http::Method::POST, path, Some(Bytes::from(body)))
+            .await?;
         let response = self.check_status(response).await?;
         Ok(Box::pin(IdleTimeout::new(
             response,
             self.config.idle_timeout,
             self.backend.clone(),
+            place,
         )))
     }
 
     /// GETs and decodes a JSON answer (model listings).
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, GatewayError> {
-        let response = self
-            .send(self.request(awc::http::Method::GET, path).send())
-            .await?;
+        let (response, _place) = self.dispatch(awc::http::Method::GET, path, None).await?;
         self.read_json(path, response).await
     }
 
@@ -119,10 +206,9 @@ impl Upstream {
         path: &str,
         body: Vec<u8>,
     ) -> Result<T, GatewayError> {
-        let request = self
-            .request(awc::http::Method::POST, path)
-            .content_type("application/json");
-        let response = self.send(request.send_body(body)).await?;
+        let (response, _place) = self
+            .dispatch(awc::http::Method::POST, path, Some(Bytes::from(body)))
+            .await?;
         self.read_json(path, response).await
     }
 
@@ -149,23 +235,30 @@ impl Upstream {
         })
     }
 
-    async fn send<F, R>(&self, sending: F) -> Result<R, GatewayError>
+    /// Sends with the response timeout; on failure, also says whether nothing reached
+    /// the server (a connect failure), which makes trying another server safe.
+    async fn send<F, R>(&self, sending: F) -> Result<R, (GatewayError, bool)>
     where
         F: Future<Output = Result<R, SendRequestError>>,
     {
         match tokio::time::timeout(self.config.response_timeout, sending).await {
-            Err(_) => Err(self.timeout(&format!(
-                "no response within {}s",
-                self.config.response_timeout.as_secs_f64()
-            ))),
-            Ok(Err(SendRequestError::Connect(ConnectError::Timeout))) => {
-                Err(self.timeout(&format!(
+            Err(_) => Err((
+                self.timeout(&format!(
+                    "no response within {}s",
+                    self.config.response_timeout.as_secs_f64()
+                )),
+                false,
+            )),
+            Ok(Err(SendRequestError::Connect(ConnectError::Timeout))) => Err((
+                self.timeout(&format!(
                     "could not connect within {}s",
                     self.config.connect_timeout.as_secs_f64()
-                )))
-            }
-            Ok(Err(SendRequestError::Timeout)) => Err(self.timeout("no response in time")),
-            Ok(Err(e)) => Err(self.unreachable(e.to_string())),
+                )),
+                true,
+            )),
+            Ok(Err(SendRequestError::Connect(e))) => Err((self.unreachable(e.to_string()), true)),
+            Ok(Err(SendRequestError::Timeout)) => Err((self.timeout("no response in time"), false)),
+            Ok(Err(e)) => Err((self.unreachable(e.to_string()), false)),
             Ok(Ok(response)) => Ok(response),
         }
     }
@@ -231,17 +324,20 @@ pin_project! {
         deadline: tokio::time::Sleep,
         idle: Duration,
         backend: String,
+        // Keeps the request counted as in flight at its server until the body ends.
+        place: InFlight,
         finished: bool,
     }
 }
 
 impl<S> IdleTimeout<S> {
-    fn new(inner: S, idle: Duration, backend: String) -> Self {
+    fn new(inner: S, idle: Duration, backend: String, place: InFlight) -> Self {
         IdleTimeout {
             inner,
             deadline: tokio::time::sleep(idle),
             idle,
             backend,
+            place,
             finished: false,
         }
     }
@@ -266,6 +362,7 @@ where
             }
             Poll::Ready(Some(Err(e))) => {
                 *this.finished = true;
+                this.place.failed();
                 Poll::Ready(Some(Err(GatewayError::UpstreamUnreachable {
                     backend: this.backend.clone(),
                     detail: format!("the connection broke mid-answer: {e}"),
@@ -278,6 +375,7 @@ where
             Poll::Pending => match this.deadline.poll(cx) {
                 Poll::Ready(()) => {
                     *this.finished = true;
+                    this.place.failed();
                     Poll::Ready(Some(Err(GatewayError::UpstreamTimeout {
                         backend: this.backend.clone(),
                         detail: format!(

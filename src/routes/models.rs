@@ -205,9 +205,10 @@ pub async fn ollama_ps(router: web::Data<Router>) -> HttpResponse {
 }
 
 pub async fn health(router: web::Data<Router>) -> HttpResponse {
-    let backends: Vec<Value> = router
-        .backends()
-        .map(|(name, backend)| json!({"name": name, "kind": backend.kind_name()}))
-        .collect();
-    HttpResponse::Ok().json(json!({"status": "ok", "backends": backends}))
+    let backends = router.health();
+    let degraded = backends.iter().any(|b| b["available"] == false);
+    HttpResponse::Ok().json(json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "backends": backends,
+    }))
 }

@@ -5,6 +5,7 @@ mod harness;
 
 mod auth;
 mod errors;
+mod failover;
 mod matrix;
 mod routes;
 mod streams;

@@ -1,0 +1,123 @@
+//! Several servers behind one backend: load spread by requests in flight, a failing
+//! server taken out and probed back in, and `/health` telling which is which.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{self, mock};
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "x"}]})
+}
+
+fn upstream_states(health: &Value, backend: &str) -> Vec<(String, String)> {
+    health["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == backend)
+        .unwrap()["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["url"].as_str().unwrap().to_owned(),
+                u["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn requests_spread_over_servers_and_skip_a_dead_one() {
+    let (second, second_address, second_state) = mock::start("127.0.0.1:0").unwrap();
+    actix_web::rt::spawn(second);
+    let gateway = harness::start(&format!(
+        "[[backends]]\nname = \"pool\"\nkind = \"openai\"\nurls = [\"{{mock}}/v1\", \"http://127.0.0.1:9/v1\", \"http://{second_address}/v1\"]\nmax_failures = 2\ncooldown_secs = 30\n"
+    ))
+    .await;
+    for _ in 0..9 {
+        let answer = gateway
+            .post("/v1/chat/completions", &chat("pool/mock-spread"))
+            .await;
+        assert_eq!(
+            answer.status, 200,
+            "a refused server is skipped within the request: {}",
+            answer.body
+        );
+    }
+    let first = gateway.mock.requests_for("mock-spread").len();
+    let second = second_state.requests_for("mock-spread").len();
+    assert_eq!(first + second, 9);
+    assert!(
+        first >= 3 && second >= 3,
+        "load is spread: {first} and {second}"
+    );
+    let health = gateway.get("/health").await.json();
+    let states = upstream_states(&health, "pool");
+    assert_eq!(
+        states[1],
+        ("http://127.0.0.1:9/v1".to_owned(), "ejected".to_owned()),
+        "{health}"
+    );
+    assert_eq!(states[0].1, "healthy");
+    assert_eq!(health["status"], "ok", "the backend still has servers");
+}
+
+#[actix_web::test]
+async fn a_failing_server_is_ejected_then_probed_back_in() {
+    let (spare, spare_address, _) = mock::start("127.0.0.1:0").unwrap();
+    let spare_handle = spare.handle();
+    actix_web::rt::spawn(spare);
+    let gateway = harness::start(&format!(
+        "[[backends]]\nname = \"solo\"\nkind = \"ollama\"\nurls = [\"http://{spare_address}\"]\nmax_failures = 2\ncooldown_secs = 0.3\n"
+    ))
+    .await;
+    assert_eq!(
+        gateway.post("/api/chat", &chat("solo/mock-a")).await.status,
+        200
+    );
+    // 5xx answers count as failures too.
+    for _ in 0..2 {
+        assert_eq!(
+            gateway
+                .post("/api/chat", &chat("solo/mock-status503"))
+                .await
+                .status,
+            503
+        );
+    }
+    let health = gateway.get("/health").await.json();
+    assert_eq!(upstream_states(&health, "solo")[0].1, "ejected");
+    assert_eq!(health["status"], "degraded");
+    // The server goes away entirely: a wholly ejected backend is still tried, and fails.
+    spare_handle.stop(false).await;
+    assert_eq!(
+        gateway.post("/api/chat", &chat("solo/mock-b")).await.status,
+        502
+    );
+    // It comes back on the same address; after the cool-down a probe lets it back in.
+    let (back, _, back_state) = mock::start(&spare_address.to_string()).unwrap();
+    actix_web::rt::spawn(back);
+    actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+    // This request finds the cool-down over and starts the probe.
+    let _ = gateway.post("/api/chat", &chat("solo/mock-c")).await;
+    let mut state = String::new();
+    for _ in 0..40 {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        state = upstream_states(&gateway.get("/health").await.json(), "solo")[0]
+            .1
+            .clone();
+        if state == "healthy" {
+            break;
+        }
+    }
+    assert_eq!(state, "healthy", "the probe found it up");
+    assert_eq!(
+        gateway.post("/api/chat", &chat("solo/mock-d")).await.status,
+        200
+    );
+    assert_eq!(back_state.requests_for("mock-d").len(), 1);
+}
