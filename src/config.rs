@@ -37,6 +37,18 @@ struct RawConfig {
     routing: RawRouting,
     /// Absent means the built-in `echo` backend alone.
     backends: Option<Vec<RawBackend>>,
+    /// Model aliases with fallback targets.
+    #[serde(default)]
+    models: Vec<RawAlias>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlias {
+    /// The name clients use.
+    name: String,
+    /// Model names tried in order until one answers.
+    targets: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +158,15 @@ pub struct Config {
     pub allow_anonymous: bool,
     pub default_backend: Option<String>,
     pub backends: Vec<BackendConfig>,
+    pub aliases: Vec<Alias>,
+}
+
+/// A model name that stands for several targets, tried in order: the first that answers
+/// serves the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alias {
+    pub name: String,
+    pub targets: Vec<String>,
 }
 
 /// One checked backend.
@@ -302,6 +323,14 @@ impl Config {
                 backend.name, backend.name
             );
         }
+        for alias in &self.aliases {
+            let _ = writeln!(
+                out,
+                "  {} -> first to answer of: {}",
+                alias.name,
+                alias.targets.join(", ")
+            );
+        }
         let _ = match &self.default_backend {
             Some(name) => writeln!(out, "  any other name -> backend {name}, name unchanged"),
             None => writeln!(out, "  any other name -> 404 (no default_backend)"),
@@ -355,7 +384,9 @@ impl RawConfig {
                 ));
             }
         }
+        let aliases = check_aliases(self.models, &backends, default_backend.is_some())?;
         Ok(Config {
+            aliases,
             listen,
             body_limit: self.server.body_limit_bytes,
             shutdown_timeout: Duration::from_secs(self.server.shutdown_timeout_secs),
@@ -421,6 +452,54 @@ fn deserialize(
 /// Folds a multi-line message (TOML syntax errors draw the line) into one line.
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Checks that alias names are unique and not a backend's prefix, and that every
+/// target routes somewhere.
+fn check_aliases(
+    raw: Vec<RawAlias>,
+    backends: &[BackendConfig],
+    has_default: bool,
+) -> Result<Vec<Alias>, ConfigError> {
+    let mut aliases: Vec<Alias> = Vec::with_capacity(raw.len());
+    for (index, alias) in raw.into_iter().enumerate() {
+        let key = format!("models[{index}]");
+        if alias.name.is_empty() {
+            return err(format!("{key}.name must not be empty"));
+        }
+        if let Some((prefix, _)) = alias.name.split_once('/') {
+            if backends.iter().any(|b| b.name == prefix) {
+                return err(format!(
+                    "{key}.name \"{}\" starts with backend {prefix}'s prefix; an alias needs a name of its own",
+                    alias.name
+                ));
+            }
+        }
+        if aliases.iter().any(|a| a.name == alias.name) {
+            return err(format!(
+                "{key}.name \"{}\" is used by an earlier alias",
+                alias.name
+            ));
+        }
+        if alias.targets.is_empty() {
+            return err(format!("{key}.targets must name at least one model"));
+        }
+        for (at, target) in alias.targets.iter().enumerate() {
+            let routed = target.split_once('/').is_some_and(|(prefix, rest)| {
+                !rest.is_empty() && backends.iter().any(|b| b.name == prefix)
+            });
+            if !routed && !has_default {
+                return err(format!(
+                    "{key}.targets[{at}] \"{target}\" names no backend (write BACKEND/MODEL) and there is no routing.default_backend"
+                ));
+            }
+        }
+        aliases.push(Alias {
+            name: alias.name,
+            targets: alias.targets,
+        });
+    }
+    Ok(aliases)
 }
 
 fn parse_listen(listen: &str) -> Result<SocketAddr, ConfigError> {
@@ -498,10 +577,12 @@ impl RawBackend {
             match url::Url::parse(url) {
                 Ok(parsed)
                     if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
-                _ => return err(format!(
+                _ => {
+                    return err(format!(
                     "{field} \"{url}\" is not an http:// or https:// URL; write e.g. \"http://{}\"",
                     url.trim_start_matches("//")
-                )),
+                ))
+                }
             }
             base_urls.push(url.trim_end_matches('/').to_owned());
         }
@@ -602,6 +683,10 @@ mod tests {
         assert!(unknown.contains("server.port"), "{unknown}");
         let nested = error_of("[[backends]]\nname = \"a\"\nkind = \"echo\"\ntimeout = 3");
         assert!(nested.contains("backends[0].timeout"), "{nested}");
+        let prefixed = error_of("[[models]]\nname = \"a/x\"\ntargets = [\"a/y\"]\n[[backends]]\nname = \"a\"\nkind = \"echo\"");
+        assert!(prefixed.contains("models[0].name"), "{prefixed}");
+        let nowhere = error_of("[[models]]\nname = \"m\"\ntargets = [\"y\"]\n[[backends]]\nname = \"a\"\nkind = \"echo\"");
+        assert!(nowhere.contains("models[0].targets[0]"), "{nowhere}");
         let syntax = error_of("[server\nlisten = 1");
         assert_eq!(syntax.lines().count(), 1, "{syntax}");
     }

@@ -75,6 +75,18 @@ impl GatewayError {
         }
     }
 
+    /// Whether a fallback target should be tried after this error: the upstream could
+    /// not be reached, was too slow, refused for load (429) or failed (5xx).
+    pub fn worth_another_target(&self) -> bool {
+        match self {
+            GatewayError::UpstreamUnreachable { .. }
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::UpstreamProtocol { .. } => true,
+            GatewayError::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {

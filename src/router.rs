@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::backend::{Backend, Pool, Pools};
-use crate::config::Config;
+use crate::config::{Alias, Config};
 use crate::error::GatewayError;
 
 /// Where a model name leads.
@@ -22,6 +22,7 @@ pub struct Router {
     /// Each backend's server pool (shared by workers), for `/health`.
     pools: Vec<Option<Arc<Pool>>>,
     default: Option<usize>,
+    aliases: Vec<Alias>,
 }
 
 impl Router {
@@ -47,6 +48,7 @@ impl Router {
             backends,
             pools,
             default,
+            aliases: config.aliases.clone(),
         }
     }
 
@@ -69,6 +71,26 @@ impl Router {
             Some(index) => Ok(route(&self.backends[index], model)),
             None => Err(GatewayError::ModelNotFound(model.to_owned())),
         }
+    }
+
+    /// Where a model name leads: an alias's targets in order, or the one route.
+    pub fn resolve<'r, 'm>(&'r self, model: &'m str) -> Result<Vec<Route<'r, 'm>>, GatewayError>
+    where
+        'r: 'm,
+    {
+        match self.aliases.iter().find(|alias| alias.name == model) {
+            Some(alias) => alias
+                .targets
+                .iter()
+                .map(|target| self.route(target))
+                .collect(),
+            None => Ok(vec![self.route(model)?]),
+        }
+    }
+
+    /// The configured aliases, for the model listings.
+    pub fn aliases(&self) -> &[Alias] {
+        &self.aliases
     }
 
     /// Each backend's name, kind and upstream servers' states, for `/health`.
@@ -126,6 +148,17 @@ mod tests {
         assert_eq!(route.model, "gpt-4o-mini");
         // An unknown prefix is part of the name.
         assert_eq!(router.route("hf.co/x/y").unwrap().model, "hf.co/x/y");
+    }
+
+    #[test]
+    fn an_alias_resolves_to_its_targets_in_order() {
+        let toml = "[[models]]\nname = \"chat\"\ntargets = [\"local/a\", \"ollama/b\"]\n[[backends]]\nname = \"ollama\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:1\"\n[[backends]]\nname = \"local\"\nkind = \"echo\"\n";
+        let config = Config::from_toml(toml).unwrap();
+        let router = Router::new(&config, &Pools::for_config(&config));
+        let routes = router.resolve("chat").unwrap();
+        let names: Vec<(&str, &str)> = routes.iter().map(|r| (r.name, r.model)).collect();
+        assert_eq!(names, vec![("local", "a"), ("ollama", "b")]);
+        assert_eq!(router.resolve("local/x").unwrap().len(), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::pin::pin;
 use futures::future::{select, Either};
 use futures::StreamExt;
 
+use crate::backend::Backend;
 use crate::chat::{peek_first, ChatRequest, Completion, Event, EventStream};
 use crate::dialect::ollama::{self, NdjsonRenderer, Shape, Timing};
 use crate::dialect::openai::{self, SseRenderer};
@@ -19,16 +20,50 @@ use crate::server::BodyLimit;
 use super::{read_body, Caller};
 
 /// Routes the request and starts the backend's answer, holding the response until the
-/// first event so that an early upstream failure keeps its real status. The tokens the
-/// answer reports are counted for the caller as they pass.
+/// first event so that an early upstream failure keeps its real status. For an alias,
+/// each target is tried in turn while the failure is one another server might not have.
+/// The tokens the answer reports are counted for the caller as they pass.
 async fn start_chat(
     router: &Router,
     caller: &Caller,
-    mut request: ChatRequest,
+    request: ChatRequest,
 ) -> Result<EventStream, GatewayError> {
-    let route = router.route(&request.model)?;
-    let (name, backend) = (route.name.to_owned(), route.backend);
-    request.model = route.model.to_owned();
+    let asked = request.model.clone();
+    let routes = router.resolve(&asked)?;
+    let mut request = Some(request);
+    for (attempt, route) in routes.iter().enumerate() {
+        let last = attempt + 1 == routes.len();
+        // Only a request that may be retried elsewhere is copied.
+        let mut this_try = match (last, request.as_ref()) {
+            (false, Some(request)) => request.clone(),
+            _ => match request.take() {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        this_try.model = route.model.to_owned();
+        match start_one(route.name, route.backend, caller, this_try).await {
+            Ok(events) => return Ok(events),
+            Err(error) if !last && error.worth_another_target() => {
+                log::warn!(
+                    "{asked}: target {}/{} failed ({error}); trying the next",
+                    route.name,
+                    route.model
+                );
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(GatewayError::ModelNotFound(asked))
+}
+
+/// Starts one backend's answer, giving up when the client leaves first.
+async fn start_one(
+    name: &str,
+    backend: &Backend,
+    caller: &Caller,
+    request: ChatRequest,
+) -> Result<EventStream, GatewayError> {
     if let Some(stopwatch) = &caller.stopwatch {
         stopwatch.upstream_called();
     }
@@ -47,7 +82,7 @@ async fn start_chat(
             return Err(GatewayError::ClientGone);
         }
     };
-    let (metrics, user) = (caller.metrics.clone(), caller.user.clone());
+    let (metrics, user, name) = (caller.metrics.clone(), caller.user.clone(), name.to_owned());
     Ok(Box::pin(events.inspect(move |item| {
         if let Ok(Event::Usage(usage)) = item {
             metrics.tokens(&user, &name, usage.prompt_tokens, usage.completion_tokens);
@@ -121,7 +156,7 @@ async fn ollama_answer(
         };
         if parsed.request.messages.is_empty() {
             // Ollama only loads the model; make sure the name routes, then say loaded.
-            router.route(&parsed.model)?;
+            router.resolve(&parsed.model)?;
             return Ok(json_utf8(&ollama::load_response(shape, &parsed.model)));
         }
         let mut events = start_chat(&router, &caller, parsed.request).await?;

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::backend::Backend;
 use crate::dialect::ollama::embeddings as ollama;
 use crate::dialect::openai::embeddings as openai;
 use crate::dialect::Dialect;
@@ -15,19 +16,42 @@ use crate::server::BodyLimit;
 use super::chat::json_utf8;
 use super::{read_body, Caller};
 
-/// Routes and embeds; no inputs means the client only wanted the model loaded, which
-/// needs no upstream call.
+/// Routes and embeds, trying an alias's targets in turn; no inputs means the client
+/// only wanted the model loaded, which needs no upstream call.
 async fn embed(
     router: &Router,
     caller: &Caller,
-    mut request: EmbedRequest,
+    request: EmbedRequest,
 ) -> Result<Embeddings, GatewayError> {
-    let route = router.route(&request.model)?;
+    let routes = router.resolve(&request.model)?;
     if request.inputs.is_empty() {
         return Ok(Embeddings::default());
     }
-    let (name, backend) = (route.name.to_owned(), route.backend);
-    request.model = route.model.to_owned();
+    for (attempt, route) in routes.iter().enumerate() {
+        let last = attempt + 1 == routes.len();
+        let mut this_try = request.clone();
+        this_try.model = route.model.to_owned();
+        match embed_one(route.name, route.backend, caller, this_try).await {
+            Err(error) if !last && error.worth_another_target() => {
+                log::warn!(
+                    "{}: target {}/{} failed ({error}); trying the next",
+                    request.model,
+                    route.name,
+                    route.model
+                );
+            }
+            outcome => return outcome,
+        }
+    }
+    Err(GatewayError::ModelNotFound(request.model))
+}
+
+async fn embed_one(
+    name: &str,
+    backend: &Backend,
+    caller: &Caller,
+    request: EmbedRequest,
+) -> Result<Embeddings, GatewayError> {
     let expected = request.inputs.len();
     if let Some(stopwatch) = &caller.stopwatch {
         stopwatch.upstream_called();
@@ -39,10 +63,10 @@ async fn embed(
     let embeddings = embeddings?;
     caller
         .metrics
-        .tokens(&caller.user, &name, embeddings.prompt_tokens, 0);
+        .tokens(&caller.user, name, embeddings.prompt_tokens, 0);
     if embeddings.vectors.len() != expected {
         return Err(GatewayError::UpstreamProtocol {
-            backend: name,
+            backend: name.to_owned(),
             detail: format!(
                 "asked for {expected} vectors, got {}",
                 embeddings.vectors.len()

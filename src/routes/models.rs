@@ -67,11 +67,21 @@ async fn fetch_models(router: &Router) -> Vec<(String, ModelEntry)> {
             }
         }
     });
-    futures::future::join_all(listings)
+    let mut models: Vec<(String, ModelEntry)> = futures::future::join_all(listings)
         .await
         .into_iter()
         .flatten()
-        .collect()
+        .collect();
+    // Aliases are models too, as far as clients can tell.
+    for alias in router.aliases() {
+        let entry = ModelEntry {
+            id: alias.name.clone(),
+            owned_by: Some("switchyard".to_owned()),
+            ..ModelEntry::default()
+        };
+        models.push((alias.name.clone(), entry));
+    }
+    models
 }
 
 fn openai_entry(id: &str, model: &ModelEntry, now: u64) -> Value {
@@ -157,7 +167,11 @@ pub async fn ollama_show(body: web::Bytes, router: web::Data<Router>) -> HttpRes
             .or(request.name)
             .filter(|m| !m.is_empty())
             .ok_or_else(|| GatewayError::bad_field("model", "model is required"))?;
-        let route = router.route(&model)?;
+        // An alias is described by its first target.
+        let routes = router.resolve(&model)?;
+        let Some(route) = routes.first() else {
+            return Err(GatewayError::ModelNotFound(model));
+        };
         let mut shown = route.backend.show(route.model).await?;
         if let Some(object) = shown.as_object_mut() {
             object

@@ -121,3 +121,97 @@ async fn a_failing_server_is_ejected_then_probed_back_in() {
     );
     assert_eq!(back_state.requests_for("mock-d").len(), 1);
 }
+
+const ALIASES: &str = r#"
+[[backends]]
+name = "down"
+kind = "openai"
+url = "http://127.0.0.1:9/v1"
+[[models]]
+name = "chat"
+targets = ["oa/mock-status503", "ol/mock-fine"]
+[[models]]
+name = "busy"
+targets = ["oa/mock-status429", "down/x", "oa/mock-hang", "echo"]
+[[models]]
+name = "picky"
+targets = ["oa/mock-status400", "echo"]
+[[models]]
+name = "midway"
+targets = ["oa/mock-errstream", "echo"]
+"#;
+
+#[actix_web::test]
+async fn an_alias_falls_back_until_a_target_answers() {
+    let gateway = harness::start_with(ALIASES, "response_timeout_secs = 0.5").await;
+    let answer = gateway.post("/v1/chat/completions", &chat("chat")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body = answer.json();
+    assert_eq!(body["model"], "chat", "named as the client asked");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from the mock 🦀"
+    );
+    assert_eq!(gateway.mock.requests_for("mock-status503").len(), 1);
+    assert_eq!(gateway.mock.requests_for("mock-fine").len(), 1);
+    // 429, a refused connection and a timeout are all skipped, streaming too.
+    let lines = gateway
+        .post(
+            "/api/chat",
+            &json!({"model": "busy", "messages": [{"role": "user", "content": "from echo"}]}),
+        )
+        .await
+        .ndjson();
+    let text: String = lines
+        .iter()
+        .filter_map(|l| l["message"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "from echo");
+    assert_eq!(lines.last().unwrap()["model"], "busy");
+    // Embeddings take the same path.
+    let embedded = gateway
+        .post("/api/embed", &json!({"model": "busy", "input": "x"}))
+        .await;
+    assert_eq!(embedded.status, 200, "{}", embedded.body);
+}
+
+#[actix_web::test]
+async fn no_fallback_for_the_clients_own_errors_or_after_the_first_byte() {
+    let gateway = harness::start_with(ALIASES, "").await;
+    let answer = gateway.post("/v1/chat/completions", &chat("picky")).await;
+    assert_eq!(
+        answer.status, 400,
+        "a request the upstream calls bad is bad everywhere"
+    );
+    let answer = gateway
+        .post("/v1/chat/completions", &json!({"model": "midway", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(answer.status, 200);
+    let events = answer.sse();
+    assert!(
+        events.last().unwrap().contains("\"error\""),
+        "text had reached the client: {events:?}"
+    );
+}
+
+#[actix_web::test]
+async fn aliases_are_listed_as_models() {
+    let gateway = harness::start_with(ALIASES, "").await;
+    let ids: Vec<String> = gateway.get("/v1/models").await.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    for alias in ["chat", "busy", "picky", "midway"] {
+        assert!(ids.contains(&alias.to_owned()), "{alias} in {ids:?}");
+    }
+    let tags = gateway.get("/api/tags").await.json();
+    assert!(tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "chat" && m["model"] == "chat"));
+    let shown = gateway.post("/api/show", &json!({"model": "chat"})).await;
+    assert_eq!(shown.status, 200);
+}
