@@ -214,3 +214,44 @@ async fn metrics_count_what_each_user_spends() {
     );
     assert!(!metrics.body.contains("sk-"), "keys never appear");
 }
+
+#[actix_web::test]
+async fn nothing_of_the_clients_headers_goes_upstream() {
+    let gateway = harness::start("").await;
+    let body = json!({"model": "oa/mock-hygiene", "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+    let request = client()
+        .post(format!("{}/v1/chat/completions", gateway.base))
+        .insert_header(("authorization", "Bearer sk-client-secret"))
+        .insert_header(("x-api-key", "sk-client-secret"))
+        .insert_header(("proxy-authorization", "Basic Zm9vOmJhcg=="))
+        .insert_header(("cookie", "session=1"))
+        .insert_header(("forwarded", "for=10.0.0.1"))
+        .insert_header(("x-forwarded-for", "10.0.0.1"))
+        .insert_header(("x-forwarded-host", "evil.example"))
+        .insert_header(("x-forwarded-proto", "https"))
+        .insert_header(("x-real-ip", "10.0.0.1"))
+        .insert_header(("cf-connecting-ip", "10.0.0.1"))
+        .insert_header(("te", "trailers"))
+        .insert_header(("keep-alive", "timeout=5"))
+        .insert_header(("x-custom", "client-only"));
+    let answer = send(request, Some(&body)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = gateway.mock.requests_for("mock-hygiene");
+    let names: Vec<&str> = seen[0].headers.keys().map(String::as_str).collect();
+    for name in &names {
+        assert!(
+            [
+                "host",
+                "content-type",
+                "content-length",
+                "user-agent",
+                "date",
+                "accept-encoding"
+            ]
+            .contains(name),
+            "{name} reached the upstream: {names:?}"
+        );
+    }
+    assert!(seen[0].headers["user-agent"].starts_with("switchyard/"));
+}

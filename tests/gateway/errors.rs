@@ -271,3 +271,111 @@ async fn unknown_routes_answer_in_their_dialect() {
     assert_eq!(answer.status, 404);
     ollama_error(&answer);
 }
+
+/// An upstream that starts a stream in its protocol, then resets the connection.
+async fn resetting_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    actix_web::rt::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            actix_web::rt::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let piece = if text.starts_with("POST /api/") {
+                    "{\"model\":\"m\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"Hello\"},\"done\":false}\n".to_owned()
+                } else {
+                    "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"},\"finish_reason\":null}]}\n\n".to_owned()
+                };
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+                let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+                let _ = socket.write_all(format!("{head}{chunk}").as_bytes()).await;
+                let _ = socket.flush().await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                // Linger zero: closing sends RST, as a crashed server would.
+                let _ = socket.set_linger(Some(std::time::Duration::ZERO));
+                drop(socket);
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+#[actix_web::test]
+async fn a_reset_mid_stream_ends_it_with_one_error_event() {
+    let reset = resetting_upstream().await;
+    let gateway = harness::start(&format!(
+        "[[backends]]\nname = \"ro\"\nkind = \"openai\"\nurl = \"{reset}/v1\"\n[[backends]]\nname = \"rl\"\nkind = \"ollama\"\nurl = \"{reset}\"\n"
+    ))
+    .await;
+    for model in ["ro/m", "rl/m"] {
+        let sse = gateway
+            .post("/v1/chat/completions", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+            .await;
+        let error = assert_sse_ends_in_error(&sse);
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("broke"),
+            "{model}: {error}"
+        );
+        let ndjson = gateway
+            .post(
+                "/api/chat",
+                &json!({"model": model, "messages": [{"role": "user", "content": "x"}]}),
+            )
+            .await;
+        assert!(
+            assert_ndjson_ends_in_error(&ndjson).contains("broke"),
+            "{model}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn an_upstream_that_never_accepts_is_a_connect_timeout_504() {
+    // A listener whose accept queue is full: further connection attempts go
+    // unanswered, like a host that drops packets.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(stream) =
+            std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(200))
+        {
+            fillers.push(stream);
+        }
+    }
+    let gateway = harness::start(&format!(
+        "[[backends]]\nname = \"black\"\nkind = \"openai\"\nurl = \"http://{address}/v1\"\nconnect_timeout_secs = 0.3\n"
+    ))
+    .await;
+    let answer = gateway.post("/v1/chat/completions", &chat("black/m")).await;
+    assert_eq!(answer.status, 504, "{}", answer.body);
+    assert!(
+        openai_error(&answer)["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not connect"),
+        "{}",
+        answer.body
+    );
+    drop(fillers);
+}
