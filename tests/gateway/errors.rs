@@ -300,7 +300,7 @@ async fn resetting_upstream() -> String {
                 let _ = socket.flush().await;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 // Linger zero: closing sends RST, as a crashed server would.
-                let _ = socket.set_linger(Some(std::time::Duration::ZERO));
+                let _ = socket.set_zero_linger();
                 drop(socket);
             });
         }
