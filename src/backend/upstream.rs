@@ -69,6 +69,9 @@ impl Upstream {
         probe_path: &'static str,
     ) -> Upstream {
         let connector = awc::Connector::new()
+            // awc queues requests beyond 100 connections per host by default; a
+            // stream holds its connection for minutes, so that cap would stall users.
+            .limit(0)
             .timeout(config.connect_timeout)
             .handshake_timeout(config.connect_timeout)
             .rustls_0_23(tls_config());

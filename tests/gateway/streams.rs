@@ -285,3 +285,29 @@ async fn a_client_that_hangs_up_before_the_upstream_answered_cancels_it() {
         );
     }
 }
+
+#[actix_web::test]
+async fn hundreds_of_streams_flow_at_once_through_one_backend() {
+    let gateway = harness::start("").await;
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(0))
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let streams = (0..250).map(|index| {
+        let client = client.clone();
+        let url = format!("{}/v1/chat/completions", gateway.base);
+        async move {
+            let body = json!({"model": "oa/mock-chunks3-gap400", "stream": true, "messages": [{"role": "user", "content": index.to_string()}]});
+            let mut response = client.post(url).insert_header(("content-type", "application/json")).send_body(body.to_string()).await.unwrap();
+            let body = response.body().limit(1 << 20).await.unwrap();
+            String::from_utf8(body.to_vec()).unwrap().ends_with("data: [DONE]\n\n")
+        }
+    });
+    let finished = futures::future::join_all(streams).await;
+    assert!(finished.iter().all(|ok| *ok), "every stream completed");
+    let peak = gateway.mock.peak_streaming.load(Ordering::SeqCst);
+    assert_eq!(
+        peak, 250,
+        "no stream waited for another's upstream connection"
+    );
+}

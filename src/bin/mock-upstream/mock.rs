@@ -15,7 +15,8 @@
 //! | `delay`       | waits 200 ms before any header |
 //! | `stall`       | one piece, then 60 s of silence |
 //! | `slow`        | 50 pieces, 100 ms apart (for cancellation) |
-//! | `chunksN`     | N pieces of text instead of the default 5 |
+//! | `chunksN`     | N pieces of text (`w0 `, `w1 ` ...) instead of the default 5 |
+//! | `gapN`        | N ms between pieces |
 //!
 //! Otherwise it streams `Hello from the mock 🦀` in five pieces with usage 7 + 5.
 //! Every request is recorded (path, headers, body) and served at `GET /_requests`.
@@ -49,6 +50,9 @@ pub struct MockState {
     pub requests: Mutex<Vec<Recorded>>,
     /// Streams the client dropped before they ended.
     pub cancelled: AtomicUsize,
+    /// Streams being sent now, and the most there ever were at once.
+    pub streaming: AtomicUsize,
+    pub peak_streaming: AtomicUsize,
 }
 
 impl MockState {
@@ -153,6 +157,17 @@ impl Script {
                 .ok()
         });
         let slow = model.contains("slow");
+        let gap = model
+            .split("gap")
+            .nth(1)
+            .and_then(|rest| {
+                rest.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            })
+            .map(Duration::from_millis);
         let pieces: Vec<String> = match count {
             Some(n) => (0..n).map(|i| format!("w{i} ")).collect(),
             None if slow => (0..50).map(|i| format!("s{i} ")).collect(),
@@ -183,7 +198,7 @@ impl Script {
             hang: model.contains("hang"),
             delay: model.contains("delay"),
             stall: model.contains("stall"),
-            gap: slow.then(|| Duration::from_millis(100)),
+            gap: gap.or(slow.then(|| Duration::from_millis(100))),
         }
     }
 }
@@ -194,8 +209,20 @@ struct CancelWatch {
     finished: bool,
 }
 
+impl CancelWatch {
+    fn new(state: Arc<MockState>) -> CancelWatch {
+        let now = state.streaming.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_streaming.fetch_max(now, Ordering::SeqCst);
+        CancelWatch {
+            state,
+            finished: false,
+        }
+    }
+}
+
 impl Drop for CancelWatch {
     fn drop(&mut self) {
+        self.state.streaming.fetch_sub(1, Ordering::SeqCst);
         if !self.finished {
             self.state.cancelled.fetch_add(1, Ordering::SeqCst);
         }
@@ -320,7 +347,7 @@ fn stream_response(
     let gap = script.gap;
     let stall = script.stall;
     let body = async_stream::stream! {
-        let mut watch = CancelWatch { state, finished: false };
+        let mut watch = CancelWatch::new(state);
         for (index, event) in events.into_iter().enumerate() {
             if stall && index == 2 {
                 tokio::time::sleep(Duration::from_secs(60)).await;
