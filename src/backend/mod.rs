@@ -119,6 +119,18 @@ impl Backend {
     }
 }
 
+/// Reads what is left of a finished answer's body, briefly, so its connection goes back
+/// to the pool: awc closes a connection whose body was not read to the end, and a new
+/// connection per request costs more than the whole rest of the gateway's work. A
+/// server that keeps the body open after its last event is cut off.
+async fn drain<S: futures::Stream + Unpin>(mut rest: S) {
+    use futures::StreamExt;
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(100), async {
+        while rest.next().await.is_some() {}
+    })
+    .await;
+}
+
 /// An `/api/show` answer for a model whose server cannot describe it.
 fn synthesized_show(capabilities: &[&str]) -> Value {
     json!({

@@ -474,6 +474,7 @@ fn decode_stream(backend: String, body: super::upstream::UpstreamBody) -> EventS
                         yield Ok(event);
                     }
                     if last {
+                        super::drain(lines).await;
                         return;
                     }
                 }

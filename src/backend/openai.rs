@@ -539,6 +539,9 @@ fn decode_stream(backend: String, body: super::upstream::UpstreamBody) -> EventS
                 yield Ok(event);
             }
         }
+        if saw_done {
+            super::drain(data).await;
+        }
         if !saw_done && !state.finished {
             yield Err(GatewayError::UpstreamProtocol {
                 backend: backend.clone(),

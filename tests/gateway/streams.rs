@@ -311,3 +311,29 @@ async fn hundreds_of_streams_flow_at_once_through_one_backend() {
         "no stream waited for another's upstream connection"
     );
 }
+
+#[actix_web::test]
+async fn upstream_connections_are_reused_after_a_complete_answer() {
+    let gateway = harness::start("").await;
+    let client = client();
+    for round in 0..12 {
+        for (path, model) in [
+            ("/v1/chat/completions", "oa/mock-model"),
+            ("/api/chat", "ol/mock-model"),
+        ] {
+            let body = json!({"model": model, "stream": round % 2 == 0, "messages": [{"role": "user", "content": "x"}]});
+            let answer = harness::send(
+                client.post(format!("{}{path}", gateway.base)),
+                Some(&body.to_string()),
+            )
+            .await;
+            assert_eq!(answer.status, 200);
+        }
+    }
+    // One connection per backend and gateway worker at most, not one per request.
+    let connections = gateway.mock.connections.load(Ordering::SeqCst);
+    assert!(
+        connections <= 4,
+        "{connections} upstream connections for 24 requests"
+    );
+}

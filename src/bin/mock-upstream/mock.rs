@@ -50,6 +50,8 @@ pub struct MockState {
     pub requests: Mutex<Vec<Recorded>>,
     /// Streams the client dropped before they ended.
     pub cancelled: AtomicUsize,
+    /// TCP connections accepted: tells whether callers reuse their connections.
+    pub connections: AtomicUsize,
     /// Streams being sent now, and the most there ever were at once.
     pub streaming: AtomicUsize,
     pub peak_streaming: AtomicUsize,
@@ -76,6 +78,7 @@ pub fn start(
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr, Arc<MockState>)> {
     let state = Arc::new(MockState::default());
     let data = web::Data::from(state.clone());
+    let counted = state.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -91,6 +94,9 @@ pub fn start(
             .route("/api/show", web::post().to(ollama_show))
             .route("/api/ps", web::get().to(ollama_ps))
             .route("/_requests", web::get().to(recorded))
+    })
+    .on_connect(move |_, _| {
+        counted.connections.fetch_add(1, Ordering::SeqCst);
     })
     .workers(1)
     .disable_signals()
