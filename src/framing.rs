@@ -63,9 +63,7 @@ impl LineSplitter {
     /// The next complete line, if one is buffered.
     pub fn next_line(&mut self) -> Option<Bytes> {
         loop {
-            let newline = self.buffer[self.scanned..]
-                .iter()
-                .position(|&b| b == b'\n')
+            let newline = memchr::memchr(b'\n', &self.buffer[self.scanned..])
                 .map(|offset| self.scanned + offset);
             let Some(newline) = newline else {
                 self.scanned = self.buffer.len();

@@ -26,6 +26,11 @@ pub fn timestamp() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
+/// Writes a time as Ollama does, straight into the output (no string in between).
+fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_nanos(*time))
+}
+
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -33,7 +38,8 @@ fn nanos(duration: Duration) -> u64 {
 #[derive(Serialize)]
 struct Line<'a> {
     model: &'a str,
-    created_at: String,
+    #[serde(serialize_with = "rfc3339")]
+    created_at: SystemTime,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<LineMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,7 +93,7 @@ fn line<'a>(shape: Shape, model: &'a str, piece: Piece<'a>, stats: Option<Stats>
     };
     Line {
         model,
-        created_at: timestamp(),
+        created_at: SystemTime::now(),
         message,
         response,
         thinking,

@@ -373,7 +373,7 @@ struct Chunk<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: Vec<ChunkChoice<'a>>,
+    choices: &'a [ChunkChoice<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<WireUsage>,
 }
@@ -455,7 +455,7 @@ impl SseRenderer {
             object: "chat.completion.chunk",
             created: self.created,
             model: &self.model,
-            choices: vec![ChunkChoice {
+            choices: &[ChunkChoice {
                 index: 0,
                 delta,
                 logprobs: None,
@@ -558,7 +558,7 @@ impl StreamRenderer for SseRenderer {
                 object: "chat.completion.chunk",
                 created: self.created,
                 model: &self.model,
-                choices: Vec::new(),
+                choices: &[],
                 usage: Some(self.usage.unwrap_or_default().into()),
             };
             write_sse(out, &chunk);
