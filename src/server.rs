@@ -74,6 +74,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
     })
     .on_connect(crate::hangup::remember_socket)
+    .disable_signals()
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     .bind(config.listen)?;
     let address = server.addrs().first().copied().unwrap_or(config.listen);
@@ -84,6 +85,24 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
 pub async fn serve(shared: Shared) -> std::io::Result<()> {
     let (server, address) = start(shared)?;
     log::info!("listening on http://{address}");
+    // actix stops at once on Ctrl-C; both signals must let in-flight answers finish.
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    log::error!("cannot listen for SIGTERM: {e}");
+                    return;
+                }
+            };
+        let which = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        log::info!("{which}: no new connections; letting requests in flight finish");
+        handle.stop(true).await;
+    });
     server.await
 }
 

@@ -219,7 +219,16 @@ fn refuses_anonymous_serving_off_loopback() {
 
 #[test]
 fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
-    let dir = scratch("shutdown");
+    graceful_stop("-TERM");
+}
+
+#[test]
+fn ctrl_c_lets_an_in_flight_stream_finish_then_exits_zero() {
+    graceful_stop("-INT");
+}
+
+fn graceful_stop(signal: &str) {
+    let dir = scratch(&format!("shutdown{signal}"));
     let mut mock = Command::new(MOCK).stdout(Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
     BufReader::new(mock.stdout.take().unwrap())

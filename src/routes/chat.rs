@@ -57,6 +57,21 @@ async fn start_chat(
     Err(GatewayError::ModelNotFound(asked))
 }
 
+/// Runs `work` unless the client leaves first; then `work`, and the upstream request it
+/// holds, is dropped.
+async fn until_client_gone<T>(
+    caller: &Caller,
+    work: impl std::future::Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    match select(pin!(work), pin!(client_gone(caller.socket))).await {
+        Either::Left((outcome, _)) => outcome,
+        Either::Right(_) => {
+            log::info!("client left before its answer was complete; upstream request cancelled");
+            Err(GatewayError::ClientGone)
+        }
+    }
+}
+
 /// Starts one backend's answer, giving up when the client leaves first.
 async fn start_one(
     name: &str,
@@ -74,14 +89,7 @@ async fn start_one(
         }
         peek_first(events?).await
     };
-    // Dropping `first` when the client leaves drops the upstream request with it.
-    let events = match select(pin!(first), pin!(client_gone(caller.socket))).await {
-        Either::Left((events, _)) => events?,
-        Either::Right(_) => {
-            log::info!("client left before backend {name} answered; upstream request cancelled");
-            return Err(GatewayError::ClientGone);
-        }
-    };
+    let events = until_client_gone(caller, first).await?;
     let (metrics, user, name) = (caller.metrics.clone(), caller.user.clone(), name.to_owned());
     Ok(Box::pin(events.inspect(move |item| {
         if let Ok(Event::Usage(usage)) = item {
@@ -109,7 +117,7 @@ pub async fn openai_chat(
                 .insert_header(("x-accel-buffering", "no"))
                 .streaming(render_stream(events, renderer)))
         } else {
-            let completion = Completion::collect(events).await?;
+            let completion = until_client_gone(&caller, Completion::collect(events)).await?;
             Ok(HttpResponse::Ok().json(openai::render_completion(&parsed.model, &completion)))
         }
     };
@@ -166,17 +174,21 @@ async fn ollama_answer(
                 .content_type("application/x-ndjson")
                 .streaming(render_stream(events, renderer)));
         }
-        let mut completion = Completion::default();
-        while let Some(event) = events.next().await {
-            let event = event?;
-            if matches!(
-                event,
-                Event::Text(_) | Event::Thinking(_) | Event::ToolCall(_)
-            ) {
-                timing.saw_token();
+        let collecting = async {
+            let mut completion = Completion::default();
+            while let Some(event) = events.next().await {
+                let event = event?;
+                if matches!(
+                    event,
+                    Event::Text(_) | Event::Thinking(_) | Event::ToolCall(_)
+                ) {
+                    timing.saw_token();
+                }
+                completion.apply(event);
             }
-            completion.apply(event);
-        }
+            Ok(completion)
+        };
+        let completion = until_client_gone(&caller, collecting).await?;
         let value = ollama::render_completion(shape, &parsed.model, &completion, &timing)?;
         Ok(json_utf8(&value))
     };
