@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions` and `POST /api/chat`: the same pipeline, two dialects.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 
 use std::pin::pin;
 
@@ -15,9 +15,8 @@ use crate::dialect::{render_stream, Dialect};
 use crate::error::GatewayError;
 use crate::hangup::client_gone;
 use crate::router::Router;
-use crate::server::BodyLimit;
 
-use super::{read_body, Caller};
+use super::{respond, Caller, RequestBody};
 
 /// Routes the request and starts the backend's answer, holding the response until the
 /// first event so that an early upstream failure keeps its real status. For an alias,
@@ -99,15 +98,12 @@ async fn start_one(
 }
 
 pub async fn openai_chat(
-    http: HttpRequest,
-    payload: web::Payload,
+    body: RequestBody,
     router: web::Data<Router>,
-    limit: web::Data<BodyLimit>,
     caller: Caller,
 ) -> HttpResponse {
     let answer = async {
-        let body = read_body(&http, payload, **limit).await?;
-        let parsed = openai::parse_chat(&body)?;
+        let parsed = openai::parse_chat(&body.bytes()?)?;
         let events = start_chat(&router, &caller, parsed.request).await?;
         if parsed.stream {
             let renderer = SseRenderer::new(parsed.model, parsed.include_usage);
@@ -121,80 +117,73 @@ pub async fn openai_chat(
             Ok(HttpResponse::Ok().json(openai::render_completion(&parsed.model, &completion)))
         }
     };
-    answer
-        .await
-        .unwrap_or_else(|error: GatewayError| error.response(Dialect::OpenAi))
+    respond(Dialect::OpenAi, answer.await)
 }
 
 pub async fn ollama_chat(
-    http: HttpRequest,
-    payload: web::Payload,
+    body: RequestBody,
     router: web::Data<Router>,
-    limit: web::Data<BodyLimit>,
     caller: Caller,
 ) -> HttpResponse {
-    ollama_answer(Shape::Chat, http, payload, router, limit, caller).await
+    respond(
+        Dialect::Ollama,
+        ollama_answer(Shape::Chat, body, &router, &caller).await,
+    )
 }
 
 pub async fn ollama_generate(
-    http: HttpRequest,
-    payload: web::Payload,
+    body: RequestBody,
     router: web::Data<Router>,
-    limit: web::Data<BodyLimit>,
     caller: Caller,
 ) -> HttpResponse {
-    ollama_answer(Shape::Generate, http, payload, router, limit, caller).await
+    respond(
+        Dialect::Ollama,
+        ollama_answer(Shape::Generate, body, &router, &caller).await,
+    )
 }
 
 /// `/api/chat` and `/api/generate`: one pipeline, two answer shapes.
 async fn ollama_answer(
     shape: Shape,
-    http: HttpRequest,
-    payload: web::Payload,
-    router: web::Data<Router>,
-    limit: web::Data<BodyLimit>,
-    caller: Caller,
-) -> HttpResponse {
+    body: RequestBody,
+    router: &Router,
+    caller: &Caller,
+) -> Result<HttpResponse, GatewayError> {
     let mut timing = Timing::start();
-    let answer = async {
-        let body = read_body(&http, payload, **limit).await?;
-        let parsed = match shape {
-            Shape::Chat => ollama::parse_chat(&body)?,
-            Shape::Generate => ollama::parse_generate(&body)?,
-        };
-        if parsed.request.messages.is_empty() {
-            // Ollama only loads the model; make sure the name routes, then say loaded.
-            router.resolve(&parsed.model)?;
-            return Ok(json_utf8(&ollama::load_response(shape, &parsed.model)));
-        }
-        let mut events = start_chat(&router, &caller, parsed.request).await?;
-        if parsed.stream {
-            let renderer = NdjsonRenderer::new(shape, parsed.model, timing);
-            return Ok(HttpResponse::Ok()
-                .content_type("application/x-ndjson")
-                .streaming(render_stream(events, renderer)));
-        }
-        let collecting = async {
-            let mut completion = Completion::default();
-            while let Some(event) = events.next().await {
-                let event = event?;
-                if matches!(
-                    event,
-                    Event::Text(_) | Event::Thinking(_) | Event::ToolCall(_)
-                ) {
-                    timing.saw_token();
-                }
-                completion.apply(event);
-            }
-            Ok(completion)
-        };
-        let completion = until_client_gone(&caller, collecting).await?;
-        let value = ollama::render_completion(shape, &parsed.model, &completion, &timing)?;
-        Ok(json_utf8(&value))
+    let body = body.bytes()?;
+    let parsed = match shape {
+        Shape::Chat => ollama::parse_chat(&body)?,
+        Shape::Generate => ollama::parse_generate(&body)?,
     };
-    answer
-        .await
-        .unwrap_or_else(|error: GatewayError| error.response(Dialect::Ollama))
+    if parsed.request.messages.is_empty() {
+        // Ollama only loads the model; make sure the name routes, then say loaded.
+        router.resolve(&parsed.model)?;
+        return Ok(json_utf8(&ollama::load_response(shape, &parsed.model)));
+    }
+    let mut events = start_chat(router, caller, parsed.request).await?;
+    if parsed.stream {
+        let renderer = NdjsonRenderer::new(shape, parsed.model, timing);
+        return Ok(HttpResponse::Ok()
+            .content_type("application/x-ndjson")
+            .streaming(render_stream(events, renderer)));
+    }
+    let collecting = async {
+        let mut completion = Completion::default();
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if matches!(
+                event,
+                Event::Text(_) | Event::Thinking(_) | Event::ToolCall(_)
+            ) {
+                timing.saw_token();
+            }
+            completion.apply(event);
+        }
+        Ok(completion)
+    };
+    let completion = until_client_gone(caller, collecting).await?;
+    let value = ollama::render_completion(shape, &parsed.model, &completion, &timing)?;
+    Ok(json_utf8(&value))
 }
 
 /// One Ollama JSON answer, written with the line separators escaped like the streams.

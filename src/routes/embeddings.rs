@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 
 use crate::backend::Backend;
 use crate::dialect::ollama::embeddings as ollama;
@@ -11,10 +11,9 @@ use crate::dialect::Dialect;
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 use crate::router::Router;
-use crate::server::BodyLimit;
 
 use super::chat::json_utf8;
-use super::{read_body, Caller};
+use super::{respond, Caller, RequestBody};
 
 /// Routes and embeds, trying an alias's targets in turn; no inputs means the client
 /// only wanted the model loaded, which needs no upstream call.
@@ -77,34 +76,26 @@ async fn embed_one(
 }
 
 pub async fn openai_embeddings(
-    http: HttpRequest,
-    payload: web::Payload,
+    body: RequestBody,
     router: web::Data<Router>,
-    limit: web::Data<BodyLimit>,
     caller: Caller,
 ) -> HttpResponse {
     let answer = async {
-        let body = read_body(&http, payload, **limit).await?;
-        let parsed = openai::parse(&body)?;
+        let parsed = openai::parse(&body.bytes()?)?;
         let embeddings = embed(&router, &caller, parsed.request).await?;
         Ok(HttpResponse::Ok().json(openai::render(&parsed.model, &embeddings, parsed.base64)))
     };
-    answer
-        .await
-        .unwrap_or_else(|error: GatewayError| error.response(Dialect::OpenAi))
+    respond(Dialect::OpenAi, answer.await)
 }
 
 pub async fn ollama_embed(
-    http: HttpRequest,
-    payload: web::Payload,
+    body: RequestBody,
     router: web::Data<Router>,
-    limit: web::Data<BodyLimit>,
     caller: Caller,
 ) -> HttpResponse {
     let started = Instant::now();
     let answer = async {
-        let body = read_body(&http, payload, **limit).await?;
-        let parsed = ollama::parse_embed(&body)?;
+        let parsed = ollama::parse_embed(&body.bytes()?)?;
         let embeddings = embed(&router, &caller, parsed.request).await?;
         let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Ok(json_utf8(&ollama::render_embed(
@@ -113,25 +104,18 @@ pub async fn ollama_embed(
             total_ns,
         )))
     };
-    answer
-        .await
-        .unwrap_or_else(|error: GatewayError| error.response(Dialect::Ollama))
+    respond(Dialect::Ollama, answer.await)
 }
 
 pub async fn ollama_embeddings_legacy(
-    http: HttpRequest,
-    payload: web::Payload,
+    body: RequestBody,
     router: web::Data<Router>,
-    limit: web::Data<BodyLimit>,
     caller: Caller,
 ) -> HttpResponse {
     let answer = async {
-        let body = read_body(&http, payload, **limit).await?;
-        let parsed = ollama::parse_legacy(&body)?;
+        let parsed = ollama::parse_legacy(&body.bytes()?)?;
         let embeddings = embed(&router, &caller, parsed.request).await?;
         Ok(json_utf8(&ollama::render_legacy(&embeddings)))
     };
-    answer
-        .await
-        .unwrap_or_else(|error: GatewayError| error.response(Dialect::Ollama))
+    respond(Dialect::Ollama, answer.await)
 }

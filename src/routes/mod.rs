@@ -14,7 +14,10 @@ use futures::StreamExt;
 
 pub use models::ListingCache;
 
+use bytes::Bytes;
+
 use crate::auth::User;
+use crate::dialect::Dialect;
 use crate::error::GatewayError;
 use crate::hangup::ClientSocket;
 use crate::metrics::Metrics;
@@ -103,19 +106,43 @@ async fn version() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "version": OLLAMA_COMPAT_VERSION }))
 }
 
+/// A request's whole body, or why it could not be read (too large, cut off). Reading
+/// never fails the extraction, so each handler answers the problem in its dialect.
+pub struct RequestBody(Result<Bytes, GatewayError>);
+
+impl RequestBody {
+    /// The body's bytes, or the error to answer with.
+    pub fn bytes(self) -> Result<Bytes, GatewayError> {
+        self.0
+    }
+}
+
+impl FromRequest for RequestBody {
+    type Error = actix_web::Error;
+    type Future = futures::future::LocalBoxFuture<'static, Result<RequestBody, actix_web::Error>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let limit = request
+            .app_data::<web::Data<BodyLimit>>()
+            .map_or(BodyLimit(usize::MAX), |limit| *limit.get_ref());
+        let announced = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let payload = payload.take();
+        Box::pin(async move { Ok(RequestBody(read_body(announced, payload, limit).await)) })
+    }
+}
+
 /// Reads the whole request body, refusing one over the limit before reading it when
 /// the client announced its length.
 async fn read_body(
-    request: &HttpRequest,
-    mut payload: web::Payload,
+    announced: Option<usize>,
+    mut payload: actix_web::dev::Payload,
     limit: BodyLimit,
-) -> Result<bytes::Bytes, GatewayError> {
+) -> Result<Bytes, GatewayError> {
     let too_large = GatewayError::PayloadTooLarge { limit: limit.0 };
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     if announced.is_some_and(|length| length > limit.0) {
         return Err(too_large);
     }
@@ -130,4 +157,9 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// The handler's outcome as an answer: errors in the route's dialect.
+fn respond(dialect: Dialect, outcome: Result<HttpResponse, GatewayError>) -> HttpResponse {
+    outcome.unwrap_or_else(|error| error.response(dialect))
 }

@@ -19,6 +19,7 @@ use crate::error::GatewayError;
 use crate::router::Router;
 
 use super::chat::json_utf8;
+use super::{respond, RequestBody};
 
 /// How long a listing waits for any one backend.
 const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,9 +159,9 @@ pub struct ShowRequest {
 
 /// `POST /api/show`: Ollama's own description where the backend is Ollama, what the
 /// gateway knows otherwise.
-pub async fn ollama_show(body: web::Bytes, router: web::Data<Router>) -> HttpResponse {
+pub async fn ollama_show(body: RequestBody, router: web::Data<Router>) -> HttpResponse {
     let answer = async {
-        let request: ShowRequest = serde_json::from_slice(&body)
+        let request: ShowRequest = serde_json::from_slice(&body.bytes()?)
             .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
         let model = request
             .model
@@ -180,9 +181,7 @@ pub async fn ollama_show(body: web::Bytes, router: web::Data<Router>) -> HttpRes
         }
         Ok(json_utf8(&shown))
     };
-    answer
-        .await
-        .unwrap_or_else(|error: GatewayError| error.response(Dialect::Ollama))
+    respond(Dialect::Ollama, answer.await)
 }
 
 /// `GET /api/ps`: the models Ollama backends have loaded, named `backend/model`.

@@ -106,6 +106,15 @@ async fn body_over_the_limit_is_413() {
     let answer = gateway.post("/api/chat", &chat(&big)).await;
     assert_eq!(answer.status, 413);
     assert!(ollama_error(&answer).contains("larger than the limit"));
+    // Every route with a body keeps the one limit and answers in its dialect.
+    for path in ["/api/generate", "/api/embed", "/api/embeddings", "/api/show"] {
+        let answer = gateway.post(path, &json!({"model": big})).await;
+        assert_eq!(answer.status, 413, "{path}");
+        ollama_error(&answer);
+    }
+    let answer = gateway.post("/v1/embeddings", &json!({"model": "echo", "input": big})).await;
+    assert_eq!(answer.status, 413);
+    openai_error(&answer);
 }
 
 #[actix_web::test]
