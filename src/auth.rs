@@ -43,6 +43,10 @@ struct KeySet {
 pub struct KeyStore {
     path: Option<PathBuf>,
     keys: RwLock<KeySet>,
+    /// Whether requests may go unauthenticated when no key is configured: only on a
+    /// loopback address or with `auth.allow_anonymous`. Checked on every request, so a
+    /// keys file emptied while serving on a public address locks the door, not opens it.
+    anonymous_allowed: bool,
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -76,7 +80,7 @@ fn read_keys(path: &PathBuf) -> Result<(Digests, Stamp), String> {
 
 impl KeyStore {
     /// Reads the keys file, if one is configured; a broken file at start is an error.
-    pub fn load(path: Option<PathBuf>) -> Result<KeyStore, String> {
+    pub fn load(path: Option<PathBuf>, anonymous_allowed: bool) -> Result<KeyStore, String> {
         let (digests, stamp) = match &path {
             Some(path) => read_keys(path)?,
             None => (Vec::new(), None),
@@ -88,6 +92,7 @@ impl KeyStore {
                 stamp,
                 checked_at: Instant::now(),
             }),
+            anonymous_allowed,
         })
     }
 
@@ -124,7 +129,11 @@ impl KeyStore {
         }
         match read_keys(path) {
             Ok((digests, stamp)) => {
-                log::info!("keys file reloaded: {} keys", digests.len());
+                if digests.is_empty() && !self.anonymous_allowed {
+                    log::error!("the keys file now holds no keys; every request is refused until it has one (anonymous serving is off on this address)");
+                } else {
+                    log::info!("keys file reloaded: {} keys", digests.len());
+                }
                 keys.digests = digests;
                 keys.stamp = stamp;
             }
@@ -147,7 +156,12 @@ impl KeyStore {
             .read()
             .map_err(|_| GatewayError::Unauthorized { missing: false })?;
         if keys.digests.is_empty() {
-            return Ok(None);
+            return match self.anonymous_allowed {
+                true => Ok(None),
+                false => Err(GatewayError::Unauthorized {
+                    missing: presented.is_none(),
+                }),
+            };
         }
         let Some(presented) = presented else {
             return Err(GatewayError::Unauthorized { missing: true });
@@ -225,7 +239,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("keys.json");
         std::fs::write(&path, r#"{"sk-abc123":"alice","sk-xyz789":"bob"}"#).unwrap();
-        let store = KeyStore::load(Some(path.clone())).unwrap();
+        let store = KeyStore::load(Some(path.clone()), false).unwrap();
         assert_eq!(
             store.authenticate(Some("sk-xyz789")).unwrap(),
             Some(User(Arc::from("bob")))
@@ -241,12 +255,17 @@ mod tests {
         std::fs::write(&path, "{broken").unwrap();
         store.keys.write().unwrap().checked_at -= RELOAD_CHECK_INTERVAL;
         assert!(store.authenticate(Some("sk-abc123")).is_ok());
+        // Emptied on an address where anonymous serving is off: nobody gets in.
+        std::fs::write(&path, "{}").unwrap();
+        store.keys.write().unwrap().checked_at -= RELOAD_CHECK_INTERVAL;
+        assert!(store.authenticate(Some("sk-abc123")).is_err());
+        assert!(store.authenticate(None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn no_keys_file_is_anonymous() {
-        let store = KeyStore::load(None).unwrap();
+        let store = KeyStore::load(None, true).unwrap();
         assert_eq!(store.authenticate(None).unwrap(), None);
     }
 }

@@ -49,6 +49,8 @@ pub enum GatewayError {
         kind: Option<String>,
         /// OpenAI-style string `code`, when the upstream gave one.
         code: Option<String>,
+        /// The upstream's `Retry-After`, passed on so clients back off as it asked.
+        retry_after: Option<String>,
     },
     /// The client hung up before the answer started; nobody reads this.
     #[error("the client closed the connection before the answer started")]
@@ -144,9 +146,16 @@ impl GatewayError {
             Dialect::OpenAi => json!({ "error": self.openai_error() }),
             Dialect::Ollama => json!({ "error": self.to_string() }),
         };
-        HttpResponse::build(self.status())
-            .content_type("application/json")
-            .body(body.to_string())
+        let mut response = HttpResponse::build(self.status());
+        response.content_type("application/json");
+        if let GatewayError::UpstreamStatus {
+            retry_after: Some(retry_after),
+            ..
+        } = self
+        {
+            response.insert_header(("retry-after", retry_after.as_str()));
+        }
+        response.body(body.to_string())
     }
 }
 
@@ -227,6 +236,7 @@ mod tests {
             message: "slow down".into(),
             kind: None,
             code: None,
+            retry_after: None,
         };
         assert_eq!(upstream.openai_error()["type"], "rate_limit_error");
     }

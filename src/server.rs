@@ -30,8 +30,9 @@ pub struct Shared {
 impl Shared {
     /// Loads the keys and applies the contract's rule on anonymous serving.
     pub fn prepare(config: Config) -> Result<Shared, String> {
-        let keys = KeyStore::load(config.keys_file.clone())?;
-        if keys.is_empty() && !config.listen.ip().is_loopback() && !config.allow_anonymous {
+        let anonymous_allowed = config.listen.ip().is_loopback() || config.allow_anonymous;
+        let keys = KeyStore::load(config.keys_file.clone(), anonymous_allowed)?;
+        if keys.is_empty() && !anonymous_allowed {
             return Err(format!(
                 "server.listen {} is not a loopback address and no API keys are configured: set auth.keys_file, or auth.allow_anonymous = true to serve without keys",
                 config.listen

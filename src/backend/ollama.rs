@@ -404,6 +404,7 @@ fn decode_line(
             message,
             kind,
             code,
+            retry_after: None,
         });
     }
     let (content, thinking, tool_calls) = match line.message {

@@ -183,6 +183,8 @@ impl OpenAiBackend {
             stream: true,
             stream_options: json!({"include_usage": true}),
             max_completion_tokens: sampling.max_tokens,
+            // Older OpenAI-compatible servers (and Ollama's /v1) read only the old name.
+            max_tokens: sampling.max_tokens.filter(|_| !self.strict_parameters),
             temperature: sampling.temperature,
             top_p: sampling.top_p,
             seed: sampling.seed,
@@ -211,6 +213,8 @@ impl OpenAiBackend {
             parallel_tool_calls: request.parallel_tool_calls,
             reasoning_effort: match &request.think {
                 None | Some(Think::Enabled(true)) => None,
+                // OpenAI refuses reasoning_effort on models that do not reason.
+                Some(Think::Enabled(false)) if self.strict_parameters => None,
                 Some(Think::Enabled(false)) => Some("none"),
                 Some(Think::Effort(level)) => Some(level.as_str()),
             },
@@ -227,6 +231,8 @@ struct WireRequest<'a> {
     stream_options: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,8 +273,10 @@ struct WireMessage<'a> {
 
 /// Writes the messages in OpenAI's form, giving every tool call an id and every tool
 /// result the id of the call it answers: OpenAI servers insist on both, Ollama clients
-/// send neither.
-fn wire_messages(messages: &[Message], send_reasoning: bool) -> Vec<WireMessage<'_>> {
+/// send neither. `local_dialect` is true for servers other than OpenAI's own
+/// (llama-server, vLLM, Ollama's /v1), which read earlier reasoning back and may not
+/// know the `developer` role.
+fn wire_messages(messages: &[Message], local_dialect: bool) -> Vec<WireMessage<'_>> {
     let mut out = Vec::with_capacity(messages.len());
     // (id, name) of calls not yet answered by a tool message, oldest first.
     let mut unanswered: Vec<(String, String)> = Vec::new();
@@ -302,14 +310,19 @@ fn wire_messages(messages: &[Message], send_reasoning: bool) -> Vec<WireMessage<
         };
         let content = wire_content(message);
         out.push(WireMessage {
-            role: message.role.as_str(),
+            // Only OpenAI's own API is sure to know `developer`; elsewhere it would be
+            // dropped by the chat template, instructions and all.
+            role: match message.role {
+                Role::Developer if local_dialect => "system",
+                role => role.as_str(),
+            },
             content,
             tool_calls,
             tool_call_id,
             reasoning_content: message
                 .thinking
                 .as_deref()
-                .filter(|_| send_reasoning && message.role == Role::Assistant),
+                .filter(|_| local_dialect && message.role == Role::Assistant),
         });
     }
     out
@@ -419,11 +432,47 @@ struct WireTimings {
     predicted_ms: Option<f64>,
 }
 
+/// The most tool calls one answer may make; an index beyond is a broken upstream.
+const MAX_TOOL_CALLS: usize = 128;
+
 /// What one upstream chunk means, kept between chunks.
 #[derive(Default)]
 struct DecodeState {
     usage: Option<Usage>,
     finished: bool,
+    /// The upstream's tool-call indices in order of first sight: the position in this
+    /// list is the index passed on, so calls are numbered 0, 1, 2 ... whatever the
+    /// upstream sent (gaps, huge numbers, none at all).
+    tool_indices: Vec<Option<usize>>,
+}
+
+impl DecodeState {
+    /// Our index for an upstream tool-call fragment.
+    fn tool_index(
+        &mut self,
+        backend: &str,
+        index: Option<usize>,
+        starts_call: bool,
+    ) -> Result<usize, GatewayError> {
+        let known = match index {
+            Some(_) => self.tool_indices.iter().position(|&seen| seen == index),
+            // Without an index, a fragment with an id starts a call; others continue
+            // the latest one.
+            None if starts_call => None,
+            None => self.tool_indices.len().checked_sub(1),
+        };
+        if let Some(position) = known {
+            return Ok(position);
+        }
+        if self.tool_indices.len() >= MAX_TOOL_CALLS {
+            return Err(GatewayError::UpstreamProtocol {
+                backend: backend.to_owned(),
+                detail: format!("more than {MAX_TOOL_CALLS} tool calls in one answer"),
+            });
+        }
+        self.tool_indices.push(index);
+        Ok(self.tool_indices.len() - 1)
+    }
 }
 
 impl DecodeState {
@@ -456,14 +505,15 @@ impl DecodeState {
                         out.push(Event::Text(text));
                     }
                 }
-                for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
+                for call in delta.tool_calls.into_iter().flatten() {
+                    let index = self.tool_index(backend, call.index, call.id.is_some())?;
                     let function = call.function;
                     let (name, arguments) = match function {
                         Some(f) => (f.name, f.arguments.unwrap_or_default()),
                         None => (None, String::new()),
                     };
                     out.push(Event::ToolCall(ToolCallDelta {
-                        index: call.index.unwrap_or(position),
+                        index,
                         id: call.id,
                         name,
                         arguments,
@@ -505,6 +555,7 @@ fn stream_error(backend: &str, error: Value) -> GatewayError {
         message,
         kind,
         code,
+        retry_after: None,
     }
 }
 
@@ -553,4 +604,68 @@ fn decode_stream(backend: String, body: super::upstream::UpstreamBody) -> EventS
             yield Ok(Event::Usage(usage));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(chunks: &[&str]) -> Result<Vec<Event>, GatewayError> {
+        let mut state = DecodeState::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            state.decode("b", chunk, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn indices(events: &[Event]) -> Vec<usize> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ToolCall(call) => Some(call.index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tool_call_indices_are_renumbered_from_zero() {
+        let events = decode(&[
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"id":"a","function":{"name":"f","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":7,"id":"b","function":{"name":"g","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"function":{"arguments":"{}"}}]}}]}"#,
+        ])
+        .unwrap();
+        assert_eq!(indices(&events), vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn calls_without_an_index_are_told_apart_by_their_id() {
+        let events = decode(&[
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"a","function":{"name":"f","arguments":"{"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"b","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+        ])
+        .unwrap();
+        assert_eq!(indices(&events), vec![0, 0, 1]);
+    }
+
+    #[test]
+    fn an_absurd_number_of_calls_is_an_upstream_error() {
+        let chunks: Vec<String> = (0..200)
+            .map(|i| format!(r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":{i},"id":"c{i}","function":{{"name":"f"}}}}]}}}}]}}"#))
+            .collect();
+        let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+        assert!(matches!(
+            decode(&refs),
+            Err(GatewayError::UpstreamProtocol { .. })
+        ));
+        let huge = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":4000000000,"id":"x","function":{"name":"f"}}]}}]}"#;
+        assert_eq!(
+            indices(&decode(&[huge]).unwrap()),
+            vec![0],
+            "a huge index costs nothing"
+        );
+    }
 }

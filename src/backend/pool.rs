@@ -261,7 +261,7 @@ impl Pool {
             .map(|index| {
                 let member = &self.members[index];
                 json!({
-                    "url": member.url,
+                    "url": without_credentials(&member.url),
                     "state": self.health(index, now).name(),
                     "in_flight": member.in_flight.load(Ordering::Relaxed),
                     "consecutive_failures": member.consecutive_failures.load(Ordering::Relaxed),
@@ -274,6 +274,18 @@ impl Pool {
     pub fn any_healthy(&self) -> bool {
         let now = Instant::now();
         (0..self.members.len()).any(|index| self.health(index, now) == Health::Healthy)
+    }
+}
+
+/// A URL fit for an open page: any `user:password@` removed.
+fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string().trim_end_matches('/').to_owned()
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -333,6 +345,16 @@ mod tests {
         );
         pool.probed(0, true);
         assert_eq!(pool.report()[0]["state"], "healthy");
+    }
+
+    #[test]
+    fn health_never_shows_credentials() {
+        let pool = Pool::new(
+            &["https://user:token@example.com/v1".to_owned()],
+            3,
+            Duration::from_secs(1),
+        );
+        assert_eq!(pool.report()[0]["url"], "https://example.com/v1");
     }
 
     #[test]

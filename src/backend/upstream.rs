@@ -277,6 +277,11 @@ impl Upstream {
         if status.is_success() {
             return Ok(response);
         }
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = tokio::time::timeout(
             Duration::from_secs(10).min(self.config.idle_timeout),
             response.body().limit(ERROR_BODY_LIMIT),
@@ -300,6 +305,7 @@ impl Upstream {
             message,
             kind,
             code,
+            retry_after,
         })
     }
 

@@ -73,6 +73,17 @@ where
     }
 }
 
+/// Reads `null` as the default value: clients send `"images": null` or
+/// `"tool_calls": null` for "none", which Ollama's and OpenAI's servers accept.
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

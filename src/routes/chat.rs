@@ -158,7 +158,12 @@ async fn ollama_answer(
     if parsed.request.messages.is_empty() {
         // Ollama only loads the model; make sure the name routes, then say loaded.
         router.resolve(&parsed.model)?;
-        return Ok(json_utf8(&ollama::load_response(shape, &parsed.model)));
+        let keep_alive = parsed.request.keep_alive.as_ref();
+        return Ok(json_utf8(&ollama::load_response(
+            shape,
+            &parsed.model,
+            keep_alive,
+        )));
     }
     let mut events = start_chat(router, caller, parsed.request).await?;
     if parsed.stream {

@@ -107,12 +107,19 @@ async fn body_over_the_limit_is_413() {
     assert_eq!(answer.status, 413);
     assert!(ollama_error(&answer).contains("larger than the limit"));
     // Every route with a body keeps the one limit and answers in its dialect.
-    for path in ["/api/generate", "/api/embed", "/api/embeddings", "/api/show"] {
+    for path in [
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/show",
+    ] {
         let answer = gateway.post(path, &json!({"model": big})).await;
         assert_eq!(answer.status, 413, "{path}");
         ollama_error(&answer);
     }
-    let answer = gateway.post("/v1/embeddings", &json!({"model": "echo", "input": big})).await;
+    let answer = gateway
+        .post("/v1/embeddings", &json!({"model": "echo", "input": big}))
+        .await;
     assert_eq!(answer.status, 413);
     openai_error(&answer);
 }
@@ -168,9 +175,15 @@ async fn upstream_error_status_is_passed_on_translated() {
             !error["code"].is_number(),
             "llama-server's integer code is not copied"
         );
+        assert_eq!(
+            answer.headers.get("retry-after").unwrap(),
+            "7",
+            "the upstream's back-off is passed on"
+        );
         let answer = gateway.post("/api/chat", &chat(model)).await;
         assert_eq!(answer.status, status);
         assert_eq!(ollama_error(&answer), format!("mock refused with {status}"));
+        assert_eq!(answer.headers.get("retry-after").unwrap(), "7");
     }
 }
 
@@ -387,4 +400,33 @@ async fn an_upstream_that_never_accepts_is_a_connect_timeout_504() {
         answer.body
     );
     drop(fillers);
+}
+
+#[actix_web::test]
+async fn null_lists_read_as_empty() {
+    let gateway = harness::start("").await;
+    let answer = gateway
+        .post(
+            "/api/chat",
+            &json!({"model": "echo", "stream": false,
+            "messages": [{"role": "user", "content": "hi", "images": null, "tool_calls": null}]}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = gateway
+        .post("/v1/chat/completions", &json!({"model": "echo",
+            "messages": [{"role": "assistant", "content": "a", "tool_calls": null}, {"role": "user", "content": "b"}]}))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let unload = gateway
+        .post(
+            "/api/generate",
+            &json!({"model": "echo", "prompt": "", "keep_alive": 0, "stream": false}),
+        )
+        .await
+        .json();
+    assert_eq!(
+        (unload["done_reason"].clone(), unload["context"].clone()),
+        (json!("unload"), json!([]))
+    );
 }

@@ -251,7 +251,9 @@ async fn openai_chat(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if let Some(status) = script.status {
-        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default()).json(json!({
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default())
+            .insert_header(("retry-after", "7"))
+            .json(json!({
             "error": {"message": format!("mock refused with {status}"), "type": "mock_error", "param": null, "code": status}
         }));
     }
@@ -389,6 +391,7 @@ async fn ollama_chat(
         return HttpResponse::build(
             actix_web::http::StatusCode::from_u16(status).unwrap_or_default(),
         )
+        .insert_header(("retry-after", "7"))
         .json(json!({"error": format!("mock refused with {status}")}));
     }
     if script.garbage {

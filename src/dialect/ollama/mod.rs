@@ -27,7 +27,7 @@ pub struct ParsedChat {
 #[derive(Deserialize)]
 struct WireRequest {
     model: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     messages: Vec<WireMessage>,
     stream: Option<bool>,
     format: Option<Value>,
@@ -42,10 +42,10 @@ struct WireMessage {
     role: String,
     #[serde(default)]
     content: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     images: Vec<String>,
     thinking: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     tool_calls: Vec<WireToolCall>,
     tool_name: Option<String>,
     tool_call_id: Option<String>,
@@ -102,7 +102,7 @@ struct WireGenerate {
     #[serde(default)]
     raw: bool,
     context: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     images: Vec<String>,
     stream: Option<bool>,
     format: Option<Value>,

@@ -210,12 +210,22 @@ pub fn render_completion(
     Ok(serde_json::to_value(line(shape, model, piece, Some(stats))).unwrap_or(Value::Null))
 }
 
-/// The answer to a request with nothing to generate: Ollama only loads the model.
-pub fn load_response(shape: Shape, model: &str) -> Value {
+/// The answer to a request with nothing to generate: Ollama only loads the model, or
+/// unloads it when `keep_alive` is zero.
+pub fn load_response(shape: Shape, model: &str, keep_alive: Option<&Value>) -> Value {
     let mut value =
         serde_json::to_value(line(shape, model, Piece::default(), None)).unwrap_or(Value::Null);
+    let unload = match keep_alive {
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        // "0", "0s", "0m": a zero with any unit.
+        Some(Value::String(s)) => s.trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0",
+        _ => false,
+    };
     value["done"] = Value::Bool(true);
-    value["done_reason"] = Value::from("load");
+    value["done_reason"] = Value::from(if unload { "unload" } else { "load" });
+    if shape == Shape::Generate {
+        value["context"] = Value::Array(Vec::new());
+    }
     value
 }
 

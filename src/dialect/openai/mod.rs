@@ -74,7 +74,7 @@ struct WireMessage {
     role: String,
     #[serde(default)]
     content: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::null_as_default")]
     tool_calls: Vec<WireToolCall>,
     tool_call_id: Option<String>,
     /// Some clients name the tool on its result message.
