@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::chat::{ChatRequest, EventStream};
+use crate::chat::{ChatRequest, Completion, EventStream};
 use crate::config::{BackendConfig, BackendKind};
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
@@ -70,6 +70,16 @@ impl Backend {
             Backend::OpenAi(backend) => backend.chat(request).await,
             Backend::Ollama(backend) => backend.chat(request).await,
             Backend::Echo(backend) => Ok(backend.chat(request)),
+        }
+    }
+
+    /// The whole answer at once, for clients that did not ask to stream. Only
+    /// OpenAI-compatible servers are asked for it whole (some report usage only then);
+    /// Ollama's stream already ends with every count, so it is collected.
+    pub async fn complete(&self, request: ChatRequest) -> Result<Completion, GatewayError> {
+        match self {
+            Backend::OpenAi(backend) => backend.complete(request).await,
+            _ => Completion::collect(self.chat(request).await?).await,
         }
     }
 

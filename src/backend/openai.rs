@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::chat::{
-    ChatRequest, Event, EventStream, FinishReason, Message, OutputFormat, Part, Role, Think, Tool,
-    ToolCallDelta, Usage,
+    ChatRequest, Completion, Event, EventStream, FinishReason, Message, OutputFormat, Part, Role,
+    Think, Tool, ToolCall, ToolCallDelta, Usage,
 };
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
@@ -37,28 +37,52 @@ impl OpenAiBackend {
         }
     }
 
-    /// Sends the chat upstream and decodes its SSE answer. A raw or fill-in-the-middle
-    /// completion goes to `/completions`, which takes the prompt untemplated.
+    /// Sends the chat upstream and decodes its SSE answer.
     pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
+        let (path, body) = self.encode(&request, true)?;
+        let response = self.upstream.post_stream(path, body).await?;
+        Ok(decode_stream(self.upstream.backend.clone(), response))
+    }
+
+    /// Asks for the whole answer at once, for clients that did not ask to stream: some
+    /// servers (llama-cpp-python's) report usage only on whole answers.
+    pub async fn complete(&self, request: ChatRequest) -> Result<Completion, GatewayError> {
+        let (path, body) = self.encode(&request, false)?;
+        let answer: WireCompletion = self.upstream.post_json(path, body).await?;
+        answer.into_completion(&self.upstream.backend)
+    }
+
+    /// The upstream path and body. A raw or fill-in-the-middle completion goes to
+    /// `/completions`, which takes the prompt untemplated.
+    fn encode(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<(&'static str, Vec<u8>), GatewayError> {
         let plain = request
             .generation
             .as_ref()
             .is_some_and(|g| g.raw || g.suffix.is_some());
-        let (path, body) = if plain {
-            (
-                "/completions",
-                serde_json::to_vec(&self.completion_request(&request)),
-            )
+        let body = if plain {
+            serde_json::to_vec(&self.completion_request(request, stream))
         } else {
-            (
-                "/chat/completions",
-                serde_json::to_vec(&self.wire_request(&request)),
-            )
+            let mut wire = self.wire_request(request);
+            wire.stream = stream;
+            if !stream {
+                wire.stream_options = None;
+            }
+            serde_json::to_vec(&wire)
         };
         let body =
             body.map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
-        let response = self.upstream.post_stream(path, body).await?;
-        Ok(decode_stream(self.upstream.backend.clone(), response))
+        Ok((
+            if plain {
+                "/completions"
+            } else {
+                "/chat/completions"
+            },
+            body,
+        ))
     }
 
     /// Embeds through `/embeddings`, always as floats.
@@ -81,7 +105,7 @@ impl OpenAiBackend {
     }
 
     /// A legacy `/completions` request: the prompt as written, with its suffix.
-    fn completion_request(&self, request: &ChatRequest) -> Value {
+    fn completion_request(&self, request: &ChatRequest, stream: bool) -> Value {
         let prompt = request
             .messages
             .iter()
@@ -92,9 +116,11 @@ impl OpenAiBackend {
         let mut body = json!({
             "model": request.model,
             "prompt": prompt,
-            "stream": true,
-            "stream_options": {"include_usage": true},
+            "stream": stream,
         });
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
         let chat = serde_json::to_value(self.wire_request(request)).unwrap_or_default();
         for key in [
             "max_completion_tokens",
@@ -181,7 +207,7 @@ impl OpenAiBackend {
             model: &request.model,
             messages: wire_messages(&request.messages, !self.strict_parameters),
             stream: true,
-            stream_options: json!({"include_usage": true}),
+            stream_options: Some(json!({"include_usage": true})),
             max_completion_tokens: sampling.max_tokens,
             // Older OpenAI-compatible servers (and Ollama's /v1) read only the old name.
             max_tokens: sampling.max_tokens.filter(|_| !self.strict_parameters),
@@ -228,7 +254,8 @@ struct WireRequest<'a> {
     model: &'a str,
     messages: Vec<WireMessage<'a>>,
     stream: bool,
-    stream_options: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -349,6 +376,94 @@ fn wire_content(message: &Message) -> Value {
             })
             .collect(),
     )
+}
+
+/// A whole `chat.completion` (or legacy `text_completion`).
+#[derive(Deserialize)]
+struct WireCompletion {
+    #[serde(default)]
+    choices: Vec<WireWholeChoice>,
+    usage: Option<WireUsage>,
+    timings: Option<WireTimings>,
+}
+
+#[derive(Deserialize)]
+struct WireWholeChoice {
+    message: Option<WireWholeMessage>,
+    /// What `/completions` answers instead of a message.
+    text: Option<String>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireWholeMessage {
+    content: Option<String>,
+    reasoning_content: Option<String>,
+    reasoning: Option<String>,
+    #[serde(default, deserialize_with = "crate::dialect::null_as_default")]
+    tool_calls: Vec<WireWholeToolCall>,
+}
+
+#[derive(Deserialize)]
+struct WireWholeToolCall {
+    id: Option<String>,
+    function: WireFunctionDelta,
+}
+
+impl WireCompletion {
+    fn into_completion(self, backend: &str) -> Result<Completion, GatewayError> {
+        let Some(choice) = self.choices.into_iter().next() else {
+            return Err(GatewayError::UpstreamProtocol {
+                backend: backend.to_owned(),
+                detail: "the answer has no choices".to_owned(),
+            });
+        };
+        let mut completion = Completion {
+            finish_reason: choice.finish_reason.as_deref().map(FinishReason::parse),
+            ..Completion::default()
+        };
+        if let Some(text) = choice.text {
+            completion.text = text;
+        }
+        if let Some(message) = choice.message {
+            completion.text = message.content.unwrap_or_default();
+            completion.thinking = message
+                .reasoning_content
+                .or(message.reasoning)
+                .unwrap_or_default();
+            completion.tool_calls = message
+                .tool_calls
+                .into_iter()
+                .map(|call| ToolCall {
+                    id: call.id,
+                    name: call.function.name.unwrap_or_default(),
+                    arguments: call.function.arguments.unwrap_or_default(),
+                })
+                .collect();
+        }
+        if self.usage.is_some() || self.timings.is_some() {
+            let usage = self.usage.unwrap_or(WireUsage {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+            });
+            completion.usage = Some(Usage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                prompt_eval_ns: self
+                    .timings
+                    .as_ref()
+                    .and_then(|t| t.prompt_ms)
+                    .map(|ms| (ms * 1e6) as u64),
+                eval_ns: self
+                    .timings
+                    .as_ref()
+                    .and_then(|t| t.predicted_ms)
+                    .map(|ms| (ms * 1e6) as u64),
+                load_ns: None,
+            });
+        }
+        Ok(completion)
+    }
 }
 
 #[derive(Deserialize)]

@@ -18,20 +18,22 @@ use crate::router::Router;
 
 use super::{respond, Caller, RequestBody};
 
-/// Routes the request and starts the backend's answer, holding the response until the
-/// first event so that an early upstream failure keeps its real status. For an alias,
-/// each target is tried in turn while the failure is one another server might not have.
-/// The tokens the answer reports are counted for the caller as they pass.
-async fn start_chat(
-    router: &Router,
-    caller: &Caller,
+/// Routes the request and hands it to `attempt`; for an alias, each target in turn
+/// while the failure is one another server might not have.
+async fn with_fallback<'r, T, F, Fut>(
+    router: &'r Router,
     request: ChatRequest,
-) -> Result<EventStream, GatewayError> {
+    mut attempt: F,
+) -> Result<T, GatewayError>
+where
+    F: FnMut(&'r str, &'r Backend, ChatRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<T, GatewayError>>,
+{
     let asked = request.model.clone();
     let routes = router.resolve(&asked)?;
     let mut request = Some(request);
-    for (attempt, route) in routes.iter().enumerate() {
-        let last = attempt + 1 == routes.len();
+    for (number, route) in routes.iter().enumerate() {
+        let last = number + 1 == routes.len();
         // Only a request that may be retried elsewhere is copied.
         let mut this_try = match (last, request.as_ref()) {
             (false, Some(request)) => request.clone(),
@@ -41,8 +43,7 @@ async fn start_chat(
             },
         };
         this_try.model = route.model.to_owned();
-        match start_one(route.name, route.backend, caller, this_try).await {
-            Ok(events) => return Ok(events),
+        match attempt(route.name, route.backend, this_try).await {
             Err(error) if !last && error.worth_another_target() => {
                 log::warn!(
                     "{asked}: target {}/{} failed ({error}); trying the next",
@@ -50,10 +51,51 @@ async fn start_chat(
                     route.model
                 );
             }
-            Err(error) => return Err(error),
+            outcome => return outcome,
         }
     }
     Err(GatewayError::ModelNotFound(asked))
+}
+
+/// Starts the answer as a stream, holding the response until the first event so that
+/// an early upstream failure keeps its real status.
+async fn start_chat(
+    router: &Router,
+    caller: &Caller,
+    request: ChatRequest,
+) -> Result<EventStream, GatewayError> {
+    with_fallback(router, request, |name, backend, request| {
+        start_one(name, backend, caller, request)
+    })
+    .await
+}
+
+/// The whole answer, for a client that did not ask to stream.
+async fn complete(
+    router: &Router,
+    caller: &Caller,
+    request: ChatRequest,
+) -> Result<Completion, GatewayError> {
+    with_fallback(router, request, |name, backend, request| async move {
+        if let Some(stopwatch) = &caller.stopwatch {
+            stopwatch.upstream_called();
+        }
+        let completion = until_client_gone(caller, backend.complete(request)).await;
+        if let Some(stopwatch) = &caller.stopwatch {
+            stopwatch.upstream_answered();
+        }
+        let completion = completion?;
+        if let Some(usage) = completion.usage {
+            caller.metrics.tokens(
+                &caller.user,
+                name,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+            );
+        }
+        Ok(completion)
+    })
+    .await
 }
 
 /// Runs `work` unless the client leaves first; then `work`, and the upstream request it
@@ -104,8 +146,8 @@ pub async fn openai_chat(
 ) -> HttpResponse {
     let answer = async {
         let parsed = openai::parse_chat(&body.bytes()?)?;
-        let events = start_chat(&router, &caller, parsed.request).await?;
         if parsed.stream {
+            let events = start_chat(&router, &caller, parsed.request).await?;
             let renderer = SseRenderer::new(parsed.model, parsed.include_usage);
             Ok(HttpResponse::Ok()
                 .content_type("text/event-stream")
@@ -113,7 +155,7 @@ pub async fn openai_chat(
                 .insert_header(("x-accel-buffering", "no"))
                 .streaming(render_stream(events, renderer)))
         } else {
-            let completion = until_client_gone(&caller, Completion::collect(events)).await?;
+            let completion = complete(&router, &caller, parsed.request).await?;
             Ok(HttpResponse::Ok().json(openai::render_completion(&parsed.model, &completion)))
         }
     };
@@ -149,7 +191,7 @@ async fn ollama_answer(
     router: &Router,
     caller: &Caller,
 ) -> Result<HttpResponse, GatewayError> {
-    let mut timing = Timing::start();
+    let timing = Timing::start();
     let body = body.bytes()?;
     let parsed = match shape {
         Shape::Chat => ollama::parse_chat(&body)?,
@@ -165,28 +207,14 @@ async fn ollama_answer(
             keep_alive,
         )));
     }
-    let mut events = start_chat(router, caller, parsed.request).await?;
     if parsed.stream {
+        let events = start_chat(router, caller, parsed.request).await?;
         let renderer = NdjsonRenderer::new(shape, parsed.model, timing);
         return Ok(HttpResponse::Ok()
             .content_type("application/x-ndjson")
             .streaming(render_stream(events, renderer)));
     }
-    let collecting = async {
-        let mut completion = Completion::default();
-        while let Some(event) = events.next().await {
-            let event = event?;
-            if matches!(
-                event,
-                Event::Text(_) | Event::Thinking(_) | Event::ToolCall(_)
-            ) {
-                timing.saw_token();
-            }
-            completion.apply(event);
-        }
-        Ok(completion)
-    };
-    let completion = until_client_gone(caller, collecting).await?;
+    let completion = complete(router, caller, parsed.request).await?;
     let value = ollama::render_completion(shape, &parsed.model, &completion, &timing)?;
     Ok(json_utf8(&value))
 }

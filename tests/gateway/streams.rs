@@ -252,16 +252,16 @@ async fn a_client_that_hangs_up_before_the_upstream_answered_cancels_it() {
         "[[backends]]\nname = \"so\"\nkind = \"openai\"\nurl = \"{silent}/v1\"\n[[backends]]\nname = \"sl\"\nkind = \"ollama\"\nurl = \"{silent}\"\n"
     ))
     .await;
-    for (number, (path, model)) in [
-        ("/v1/chat/completions", "so/m"),
-        ("/api/chat", "sl/m"),
-        ("/v1/chat/completions", "sl/m"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let body =
-            json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]});
+    let cases = [
+        ("/v1/chat/completions", "so/m", true),
+        ("/api/chat", "sl/m", true),
+        ("/v1/chat/completions", "sl/m", true),
+        // Whole answers are asked for whole: the wait before them is cancelled too.
+        ("/v1/chat/completions", "so/m", false),
+        ("/api/chat", "so/m", false),
+    ];
+    for (number, (path, model, stream)) in cases.into_iter().enumerate() {
+        let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]});
         let gave_up = awc::Client::builder()
             .timeout(Duration::from_millis(300))
             .finish()
@@ -342,7 +342,7 @@ async fn upstream_connections_are_reused_after_a_complete_answer() {
 async fn a_client_that_leaves_a_non_streamed_answer_midway_cancels_the_upstream() {
     let gateway = harness::start("").await;
     for (number, (path, model)) in [
-        ("/v1/chat/completions", "oa/mock-slow"),
+        ("/v1/chat/completions", "ol/mock-slow"),
         ("/api/chat", "ol/mock-slow"),
     ]
     .into_iter()

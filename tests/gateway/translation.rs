@@ -40,9 +40,17 @@ async fn ollama_request_to_openai_backend() {
     )
     .await;
     assert_eq!(sent["model"], "mock-a");
-    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream"], false, "a whole answer is asked for whole");
+    assert!(sent.get("stream_options").is_none());
+    let streamed = upstream_body(
+        &gateway,
+        "/api/chat",
+        json!({"model": "oa/mock-a2", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(streamed["stream"], true);
     assert_eq!(
-        sent["stream_options"],
+        streamed["stream_options"],
         json!({"include_usage": true}),
         "usage asked for so the done line has counts"
     );

@@ -275,6 +275,15 @@ async fn openai_chat(
             json!({"index": 0, "id": "call_mock1", "type": "function", "function": {"name": "get_weather", "arguments": args}})
         }
     };
+    if !stream && script.truncate {
+        // The whole answer cut off halfway.
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body("{\"id\":\"chatcmpl-mock\",\"choices\":[{\"index\":0,");
+    }
+    if !stream && script.errstream {
+        return HttpResponse::InternalServerError().json(json!({"error": {"message": "mock failed mid-stream", "type": "server_error", "code": 500}}));
+    }
     if !stream {
         let mut message = json!({"role": "assistant", "content": if script.tool { Value::Null } else { Value::from(script.pieces.concat()) }});
         if !script.thinking.is_empty() {
