@@ -73,13 +73,14 @@ impl Backend {
         }
     }
 
-    /// The whole answer at once, for clients that did not ask to stream. Only
-    /// OpenAI-compatible servers are asked for it whole (some report usage only then);
-    /// Ollama's stream already ends with every count, so it is collected.
+    /// The whole answer at once, for clients that did not ask to stream: upstreams are
+    /// asked for it whole too (one object instead of a line per token, and some servers
+    /// report usage only on whole answers).
     pub async fn complete(&self, request: ChatRequest) -> Result<Completion, GatewayError> {
         match self {
             Backend::OpenAi(backend) => backend.complete(request).await,
-            _ => Completion::collect(self.chat(request).await?).await,
+            Backend::Ollama(backend) => backend.complete(request).await,
+            Backend::Echo(_) => Completion::collect(self.chat(request).await?).await,
         }
     }
 

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::chat::{
-    random_id, ChatRequest, Event, EventStream, FinishReason, Generation, Image, Message,
-    OutputFormat, Role, Think, Tool, ToolCallDelta, Usage,
+    random_id, ChatRequest, Completion, Event, EventStream, FinishReason, Generation, Image,
+    Message, OutputFormat, Role, Think, Tool, ToolCallDelta, Usage,
 };
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
@@ -29,7 +29,33 @@ impl OllamaBackend {
     /// Sends the chat to `/api/chat` (a plain completion to `/api/generate`) and decodes
     /// its NDJSON answer.
     pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
-        let wire = wire_request(&self.upstream.backend, &request)?;
+        let (path, body) = self.encode(&request, true)?;
+        let response = self.upstream.post_stream(path, body).await?;
+        Ok(decode_stream(self.upstream.backend.clone(), response))
+    }
+
+    /// Asks for the whole answer at once (`"stream": false`), for clients that did not
+    /// ask to stream: one object to read instead of a line per token.
+    pub async fn complete(&self, request: ChatRequest) -> Result<Completion, GatewayError> {
+        let (path, body) = self.encode(&request, false)?;
+        let answer: Value = self.upstream.post_json(path, body).await?;
+        let line = serde_json::to_vec(&answer).unwrap_or_default();
+        let mut events = Vec::new();
+        decode_line(&self.upstream.backend, &line, &mut 0, &mut events)?;
+        let mut completion = Completion::default();
+        for event in events {
+            completion.apply(event);
+        }
+        Ok(completion)
+    }
+
+    fn encode(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<(&'static str, Vec<u8>), GatewayError> {
+        let mut wire = wire_request(&self.upstream.backend, request)?;
+        wire.stream = stream;
         let (path, body) = match &request.generation {
             None => ("/api/chat", serde_json::to_vec(&wire)),
             Some(generation) => (
@@ -39,8 +65,7 @@ impl OllamaBackend {
         };
         let body =
             body.map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
-        let response = self.upstream.post_stream(path, body).await?;
-        Ok(decode_stream(self.upstream.backend.clone(), response))
+        Ok((path, body))
     }
 
     /// Embeds through `/api/embed`.
@@ -223,7 +248,7 @@ fn wire_request<'a>(
 /// Turns a chat-shaped request back into `/api/generate`'s: the last user message is
 /// the prompt, a system message the system text.
 fn generate_request(wire: WireRequest<'_>, generation: &Generation) -> Value {
-    let mut body = serde_json::json!({"model": wire.model, "stream": true});
+    let mut body = serde_json::json!({"model": wire.model, "stream": wire.stream});
     let prompt = wire.messages.iter().rev().find(|m| m.role == "user");
     body["prompt"] = Value::from(prompt.map_or("", |m| m.content.as_str()));
     if let Some(images) = prompt.map(|m| &m.images).filter(|i| !i.is_empty()) {

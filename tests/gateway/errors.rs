@@ -278,8 +278,10 @@ async fn failures_mid_answer_fail_a_non_streamed_request() {
         answer.status, 502,
         "a cut-off answer is not passed off as complete"
     );
-    let answer = gateway.post("/api/chat", &json!({"model": "ol/mock-errstream", "stream": false, "messages": [{"role": "user", "content": "x"}]})).await;
+    let answer = gateway.post("/api/chat", &json!({"model": "ol/mock-truncate", "stream": false, "messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!(answer.status, 502);
+    let answer = gateway.post("/api/chat", &json!({"model": "ol/mock-errstream", "stream": false, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(answer.status, 500, "the upstream's own status");
     assert_eq!(ollama_error(&answer), "mock failed mid-stream");
 }
 

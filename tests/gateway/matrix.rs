@@ -51,10 +51,8 @@ async fn openai_client_non_stream_every_backend() {
         if let Some(upstream) = upstream {
             let seen = gateway.mock.requests_for(upstream);
             let last = seen.last().expect("the upstream was called");
-            // OpenAI-compatible servers are asked for the whole answer (some count usage
-            // only then); Ollama's stream carries every count anyway.
-            let whole = model.starts_with("oa/");
-            assert_eq!(last.body["stream"], !whole, "{model}");
+            // A whole answer is asked for whole (some servers count usage only then).
+            assert_eq!(last.body["stream"], false, "{model}");
         }
     }
 }

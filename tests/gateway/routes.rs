@@ -89,7 +89,7 @@ async fn generate_reaches_each_upstream_in_its_own_terms() {
         ("suffix", json!("!")),
         ("images", json!(["iVBORw0KGgo="])),
         ("keep_alive", json!("5m")),
-        ("stream", json!(true)),
+        ("stream", json!(false)),
     ] {
         assert_eq!(sent.body[key], value, "{key}");
     }

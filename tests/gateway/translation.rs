@@ -123,7 +123,7 @@ async fn openai_request_to_ollama_backend() {
     )
     .await;
     assert_eq!(sent["model"], "mock-b");
-    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream"], false, "a whole answer is asked for whole");
     assert_eq!(
         sent["options"],
         json!({"num_predict": 32, "temperature": 0.5, "stop": ["END"], "frequency_penalty": 0.1, "presence_penalty": 0.2, "seed": 3})

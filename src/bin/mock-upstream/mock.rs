@@ -431,6 +431,15 @@ async fn ollama_chat(
         value
     };
     let tool_calls = json!([{"id": "call_mock1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}}]);
+    if !stream && script.truncate {
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body("{\"model\":\"m\",\"message\":{\"role\":");
+    }
+    if !stream && script.errstream {
+        return HttpResponse::InternalServerError()
+            .json(json!({"error": "mock failed mid-stream"}));
+    }
     if !stream {
         let mut message = json!({"role": "assistant", "content": if script.tool { String::new() } else { script.pieces.concat() }});
         if !script.thinking.is_empty() {
