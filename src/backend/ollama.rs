@@ -119,12 +119,7 @@ impl OllamaBackend {
             .into_iter()
             .map(|model| ModelEntry {
                 id: model.model.or(model.name).unwrap_or_default(),
-                created: model
-                    .modified_at
-                    .as_deref()
-                    .and_then(|t| humantime::parse_rfc3339_weak(t.get(..19).unwrap_or(t)).ok())
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs()),
+                created: model.modified_at.as_deref().and_then(unix_seconds),
                 modified_at: model.modified_at,
                 owned_by: Some("library".to_owned()),
                 size: model.size,
@@ -133,6 +128,30 @@ impl OllamaBackend {
             .filter(|model| !model.id.is_empty())
             .collect())
     }
+}
+
+/// Unix seconds of an RFC 3339 time with any offset (`Z`, `-07:00`): Ollama writes
+/// `modified_at` in the server's local time.
+fn unix_seconds(time: &str) -> Option<u64> {
+    let local = humantime::parse_rfc3339_weak(time.get(..19)?).ok()?;
+    let local = local.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    let zone = time
+        .get(19..)?
+        .trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+    let offset = match zone.as_bytes() {
+        [] | [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), ..] => {
+            let (hours, minutes) = zone.get(1..)?.split_once(':')?;
+            let seconds = hours.parse::<i64>().ok()? * 3600 + minutes.parse::<i64>().ok()? * 60;
+            if *sign == b'+' {
+                seconds
+            } else {
+                -seconds
+            }
+        }
+        _ => return None,
+    };
+    u64::try_from(local - offset).ok()
 }
 
 #[derive(Serialize)]
@@ -511,4 +530,21 @@ fn decode_stream(backend: String, body: super::upstream::UpstreamBody) -> EventS
             detail: "the stream ended without its done line".to_owned(),
         });
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modified_at_offsets_are_honoured() {
+        let utc = unix_seconds("2025-05-05T00:37:44Z").unwrap();
+        assert_eq!(
+            unix_seconds("2025-05-04T17:37:44.706015396-07:00"),
+            Some(utc)
+        );
+        assert_eq!(unix_seconds("2025-05-05T02:37:44+02:00"), Some(utc));
+        assert_eq!(unix_seconds("2025-05-05T00:37:44.2Z"), Some(utc));
+        assert_eq!(unix_seconds("yesterday"), None);
+    }
 }
