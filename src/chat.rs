@@ -105,6 +105,16 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// Tool-call arguments as JSON text, from either wire form: OpenAI's JSON string is
+/// kept as written, Ollama's object is written compactly, none is `{}`.
+pub fn arguments_text(arguments: Value) -> String {
+    match arguments {
+        Value::String(text) => text,
+        Value::Null => "{}".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {

@@ -462,11 +462,7 @@ fn decode_line(
         out.push(Event::Text(content));
     }
     for call in tool_calls.into_iter().flatten() {
-        let arguments = match call.function.arguments {
-            Value::Null => "{}".to_owned(),
-            Value::String(text) => text,
-            other => other.to_string(),
-        };
+        let arguments = crate::chat::arguments_text(call.function.arguments);
         out.push(Event::ToolCall(ToolCallDelta {
             index: *calls_sent,
             id: Some(call.id.unwrap_or_else(|| random_id("call_", 8))),

@@ -73,6 +73,13 @@ where
     }
 }
 
+/// Parses a request body, answering a 400 that names the problem (serde's message
+/// says which field and where).
+pub fn parse_body<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, GatewayError> {
+    serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))
+}
+
 /// Reads `null` as the default value: clients send `"images": null` or
 /// `"tool_calls": null` for "none", which Ollama's and OpenAI's servers accept.
 pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>

@@ -161,8 +161,7 @@ pub struct ShowRequest {
 /// gateway knows otherwise.
 pub async fn ollama_show(body: RequestBody, router: web::Data<Router>) -> HttpResponse {
     let answer = async {
-        let request: ShowRequest = serde_json::from_slice(&body.bytes()?)
-            .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+        let request: ShowRequest = crate::dialect::parse_body(&body.bytes()?)?;
         let model = request
             .model
             .or(request.name)

@@ -43,8 +43,7 @@ fn extras(pairs: [(&str, Option<Value>); 3]) -> Map<String, Value> {
 
 /// Parses `/api/embed`: `input` is a string or an array of strings.
 pub fn parse_embed(body: &[u8]) -> Result<ParsedEmbed, GatewayError> {
-    let wire: WireEmbed = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+    let wire: WireEmbed = crate::dialect::parse_body(body)?;
     let inputs = match wire.input {
         Value::Null => Vec::new(),
         Value::String(text) if text.is_empty() => Vec::new(),
@@ -83,8 +82,7 @@ pub fn parse_embed(body: &[u8]) -> Result<ParsedEmbed, GatewayError> {
 
 /// Parses the legacy `/api/embeddings`: one `prompt`.
 pub fn parse_legacy(body: &[u8]) -> Result<ParsedEmbed, GatewayError> {
-    let wire: WireLegacy = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+    let wire: WireLegacy = crate::dialect::parse_body(body)?;
     Ok(ParsedEmbed {
         model: wire.model.clone(),
         request: EmbedRequest {

@@ -67,8 +67,7 @@ struct WireFunction {
 /// Parses an `/api/chat` body. An empty `messages` asks Ollama only to load the model;
 /// the caller answers that without an upstream call.
 pub fn parse_chat(body: &[u8]) -> Result<ParsedChat, GatewayError> {
-    let wire: WireRequest = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+    let wire: WireRequest = crate::dialect::parse_body(body)?;
     if wire.model.is_empty() {
         return Err(GatewayError::bad_field("model", "model is required"));
     }
@@ -115,8 +114,7 @@ struct WireGenerate {
 /// prompt, with what only completions have kept beside it. An empty prompt asks Ollama
 /// only to load the model.
 pub fn parse_generate(body: &[u8]) -> Result<ParsedChat, GatewayError> {
-    let wire: WireGenerate = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+    let wire: WireGenerate = crate::dialect::parse_body(body)?;
     if wire.model.is_empty() {
         return Err(GatewayError::bad_field("model", "model is required"));
     }
@@ -192,11 +190,7 @@ fn parse_message(index: usize, wire: WireMessage) -> Result<Message, GatewayErro
         .map(|call| ToolCall {
             id: call.id,
             name: call.function.name,
-            arguments: match call.function.arguments {
-                Value::Null => "{}".to_owned(),
-                Value::String(text) => text,
-                other => other.to_string(),
-            },
+            arguments: crate::chat::arguments_text(call.function.arguments),
         })
         .collect();
     Ok(Message {

@@ -27,8 +27,7 @@ struct WireRequest {
 
 /// Parses the request: `input` is a string or an array of strings.
 pub fn parse(body: &[u8]) -> Result<ParsedEmbeddings, GatewayError> {
-    let wire: WireRequest = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+    let wire: WireRequest = crate::dialect::parse_body(body)?;
     let inputs = match wire.input {
         Value::String(text) => vec![text],
         Value::Array(items) if items.is_empty() => {

@@ -98,8 +98,7 @@ struct WireFunctionCall {
 
 /// Parses a request body, naming the field at fault when it is wrong.
 pub fn parse_chat(body: &[u8]) -> Result<ParsedChat, GatewayError> {
-    let wire: WireRequest = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))?;
+    let wire: WireRequest = crate::dialect::parse_body(body)?;
     if wire.model.is_empty() {
         return Err(GatewayError::bad_field("model", "model must not be empty"));
     }
@@ -232,11 +231,7 @@ fn parse_message(index: usize, wire: WireMessage) -> Result<Message, GatewayErro
         .map(|call| ToolCall {
             id: call.id,
             name: call.function.name,
-            arguments: match call.function.arguments {
-                Value::String(text) => text,
-                Value::Null => "{}".to_owned(),
-                other => other.to_string(),
-            },
+            arguments: crate::chat::arguments_text(call.function.arguments),
         })
         .collect();
     Ok(Message {
