@@ -11,7 +11,11 @@ mod cuts;
 
 fn decode(reads: Vec<bytes::Bytes>) -> Vec<bytes::Bytes> {
     let body = futures::stream::iter(reads.into_iter().map(Ok::<_, std::convert::Infallible>));
-    block_on(ndjson_lines(body).map(|line| line.unwrap_or_default()).collect())
+    block_on(
+        ndjson_lines(body)
+            .map(|line| line.unwrap_or_default())
+            .collect(),
+    )
 }
 
 fuzz_target!(|input: &[u8]| {

@@ -6,7 +6,10 @@ use libfuzzer_sys::fuzz_target;
 use switchyard::dialect::ollama;
 
 fuzz_target!(|input: &[u8]| {
-    for outcome in [ollama::parse_chat(input).err(), ollama::parse_generate(input).err()] {
+    for outcome in [
+        ollama::parse_chat(input).err(),
+        ollama::parse_generate(input).err(),
+    ] {
         if let Some(error) = outcome {
             assert!(!error.to_string().is_empty());
             assert_eq!(error.status().as_u16(), 400);
