@@ -100,7 +100,7 @@ async fn complete(
 
 /// Runs `work` unless the client leaves first; then `work`, and the upstream request it
 /// holds, is dropped.
-async fn until_client_gone<T>(
+pub(super) async fn until_client_gone<T>(
     caller: &Caller,
     work: impl std::future::Future<Output = Result<T, GatewayError>>,
 ) -> Result<T, GatewayError> {

@@ -12,7 +12,7 @@ use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 use crate::router::Router;
 
-use super::chat::json_utf8;
+use super::chat::{json_utf8, until_client_gone};
 use super::{respond, Caller, RequestBody};
 
 /// Routes and embeds, trying an alias's targets in turn; no inputs means the client
@@ -55,7 +55,7 @@ async fn embed_one(
     if let Some(stopwatch) = &caller.stopwatch {
         stopwatch.upstream_called();
     }
-    let embeddings = backend.embed(request).await;
+    let embeddings = until_client_gone(caller, backend.embed(request)).await;
     if let Some(stopwatch) = &caller.stopwatch {
         stopwatch.upstream_answered();
     }

@@ -285,6 +285,31 @@ async fn a_client_that_hangs_up_before_the_upstream_answered_cancels_it() {
             "{path} {model}: the upstream connection was closed"
         );
     }
+    // Embeddings wait on the upstream the same way.
+    let before = closed.load(Ordering::SeqCst);
+    for (number, (path, model)) in [("/v1/embeddings", "so/m"), ("/api/embed", "sl/m")]
+        .into_iter()
+        .enumerate()
+    {
+        let gave_up = awc::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .finish()
+            .post(format!("{}{path}", gateway.base))
+            .insert_header(("content-type", "application/json"))
+            .send_body(json!({"model": model, "input": "x"}).to_string())
+            .await;
+        assert!(gave_up.is_err());
+        let mut waited = Duration::ZERO;
+        while closed.load(Ordering::SeqCst) <= before + number && waited < Duration::from_secs(4) {
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        }
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            before + number + 1,
+            "{path}: the upstream connection was closed"
+        );
+    }
 }
 
 #[actix_web::test]
