@@ -38,10 +38,10 @@ impl OllamaBackend {
     /// ask to stream: one object to read instead of a line per token.
     pub async fn complete(&self, request: ChatRequest) -> Result<Completion, GatewayError> {
         let (path, body) = self.encode(&request, false)?;
-        let answer: Value = self.upstream.post_json(path, body).await?;
-        let line = serde_json::to_vec(&answer).unwrap_or_default();
+        // A whole answer has the shape of a stream's last line, with everything in it.
+        let answer: WireLine = self.upstream.post_json(path, body).await?;
         let mut events = Vec::new();
-        decode_line(&self.upstream.backend, &line, &mut 0, &mut events)?;
+        line_events(&self.upstream.backend, answer, &mut 0, &mut events)?;
         let mut completion = Completion::default();
         for event in events {
             completion.apply(event);
@@ -438,6 +438,16 @@ fn decode_line(
             backend: backend.to_owned(),
             detail: format!("a stream line is not an Ollama chat response: {e}"),
         })?;
+    line_events(backend, line, calls_sent, out)
+}
+
+/// What one parsed line (or a whole answer) means; returns whether it was the last.
+fn line_events(
+    backend: &str,
+    line: WireLine,
+    calls_sent: &mut usize,
+    out: &mut Vec<Event>,
+) -> Result<bool, GatewayError> {
     if let Some(error) = line.error {
         let body = serde_json::json!({ "error": error }).to_string();
         let (message, kind, code) = crate::error::parse_upstream_error(body.as_bytes())

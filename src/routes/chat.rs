@@ -220,7 +220,7 @@ async fn ollama_answer(
 }
 
 /// One Ollama JSON answer, written with the line separators escaped like the streams.
-pub fn json_utf8(value: &serde_json::Value) -> HttpResponse {
+pub fn json_utf8<T: serde::Serialize>(value: &T) -> HttpResponse {
     let mut body = bytes::BytesMut::new();
     crate::framing::write_ollama_json(&mut body, value);
     HttpResponse::Ok()

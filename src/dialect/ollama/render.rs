@@ -189,12 +189,12 @@ fn wire_tool_calls(calls: &[ToolCall]) -> Result<Vec<Value>, String> {
 }
 
 /// Renders a whole answer as one object of the route's shape.
-pub fn render_completion(
+pub fn render_completion<'a>(
     shape: Shape,
-    model: &str,
-    completion: &Completion,
+    model: &'a str,
+    completion: &'a Completion,
     timing: &Timing,
-) -> Result<Value, GatewayError> {
+) -> Result<impl Serialize + 'a, GatewayError> {
     let tool_calls = wire_tool_calls(&completion.tool_calls).map_err(|detail| {
         GatewayError::UpstreamProtocol {
             backend: model.to_owned(),
@@ -207,7 +207,7 @@ pub fn render_completion(
         tool_calls,
     };
     let stats = timing.stats(completion.effective_finish(), completion.usage);
-    Ok(serde_json::to_value(line(shape, model, piece, Some(stats))).unwrap_or(Value::Null))
+    Ok(line(shape, model, piece, Some(stats)))
 }
 
 /// The answer to a request with nothing to generate: Ollama only loads the model, or

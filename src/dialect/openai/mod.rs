@@ -332,34 +332,57 @@ fn wire_tool_calls(calls: &[ToolCall]) -> Vec<Value> {
 }
 
 /// Renders a whole answer as one `chat.completion`.
-pub fn render_completion(model: &str, completion: &Completion) -> Value {
-    let mut message = json!({
-        "role": "assistant",
-        "content": if completion.text.is_empty() && !completion.tool_calls.is_empty() {
-            Value::Null
-        } else {
-            Value::from(completion.text.as_str())
-        },
-    });
-    if !completion.thinking.is_empty() {
-        message["reasoning_content"] = Value::from(completion.thinking.as_str());
-    }
-    if !completion.tool_calls.is_empty() {
-        message["tool_calls"] = Value::from(wire_tool_calls(&completion.tool_calls));
-    }
-    json!({
-        "id": random_id("chatcmpl-", 24),
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": completion.effective_finish().as_openai(),
+pub fn render_completion<'a>(model: &'a str, completion: &'a Completion) -> impl Serialize + 'a {
+    let message = WholeMessage {
+        role: "assistant",
+        // OpenAI sends null content beside tool calls.
+        content: (!completion.text.is_empty() || completion.tool_calls.is_empty())
+            .then_some(completion.text.as_str()),
+        reasoning_content: (!completion.thinking.is_empty())
+            .then_some(completion.thinking.as_str()),
+        tool_calls: wire_tool_calls(&completion.tool_calls),
+    };
+    WholeAnswer {
+        id: random_id("chatcmpl-", 24),
+        object: "chat.completion",
+        created: unix_now(),
+        model,
+        choices: [WholeChoice {
+            index: 0,
+            message,
+            logprobs: None,
+            finish_reason: completion.effective_finish().as_openai(),
         }],
-        "usage": WireUsage::from(completion.usage.unwrap_or_default()),
-    })
+        usage: WireUsage::from(completion.usage.unwrap_or_default()),
+    }
+}
+
+#[derive(Serialize)]
+struct WholeAnswer<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [WholeChoice<'a>; 1],
+    usage: WireUsage,
+}
+
+#[derive(Serialize)]
+struct WholeChoice<'a> {
+    index: u32,
+    message: WholeMessage<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct WholeMessage<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<Value>,
 }
 
 #[derive(Serialize)]
