@@ -105,13 +105,35 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
-/// Tool-call arguments as JSON text, from either wire form: OpenAI's JSON string is
-/// kept as written, Ollama's object is written compactly, none is `{}`.
-pub fn arguments_text(arguments: Value) -> String {
-    match arguments {
-        Value::String(text) => text,
-        Value::Null => "{}".to_owned(),
-        other => other.to_string(),
+/// A tool call as both wire formats write it in messages and Ollama in answers:
+/// `{"id"?, "function": {"name", "arguments"}}`; other keys (`type`, `index`) are not
+/// needed. `arguments` is a JSON string (OpenAI) or an object (Ollama).
+#[derive(Debug, Deserialize)]
+pub struct WireToolCall {
+    id: Option<String>,
+    function: WireFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+impl From<WireToolCall> for ToolCall {
+    /// OpenAI's argument text is kept as written, Ollama's object written compactly,
+    /// none read as `{}`.
+    fn from(wire: WireToolCall) -> ToolCall {
+        ToolCall {
+            id: wire.id,
+            name: wire.function.name,
+            arguments: match wire.function.arguments {
+                Value::String(text) => text,
+                Value::Null => "{}".to_owned(),
+                other => other.to_string(),
+            },
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::chat::{
     random_id, ChatRequest, Completion, Event, EventStream, FinishReason, Generation, Image,
-    Message, OutputFormat, Role, Think, Tool, ToolCallDelta, Usage,
+    Message, OutputFormat, Role, Think, Tool, ToolCall, ToolCallDelta, Usage, WireToolCall,
 };
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
@@ -413,19 +413,6 @@ struct WireLineMessage {
     tool_calls: Option<Vec<WireToolCall>>,
 }
 
-#[derive(Deserialize)]
-struct WireToolCall {
-    id: Option<String>,
-    function: WireFunction,
-}
-
-#[derive(Deserialize)]
-struct WireFunction {
-    name: String,
-    #[serde(default)]
-    arguments: Value,
-}
-
 /// Decodes one NDJSON line into events; returns whether it was the last.
 fn decode_line(
     backend: &str,
@@ -471,13 +458,12 @@ fn line_events(
     if let Some(content) = content.filter(|c| !c.is_empty()) {
         out.push(Event::Text(content));
     }
-    for call in tool_calls.into_iter().flatten() {
-        let arguments = crate::chat::arguments_text(call.function.arguments);
+    for call in tool_calls.into_iter().flatten().map(ToolCall::from) {
         out.push(Event::ToolCall(ToolCallDelta {
             index: *calls_sent,
             id: Some(call.id.unwrap_or_else(|| random_id("call_", 8))),
-            name: Some(call.function.name),
-            arguments,
+            name: Some(call.name),
+            arguments: call.arguments,
         }));
         *calls_sent += 1;
     }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::chat::{
     ChatRequest, Generation, Image, Message, OutputFormat, Part, Role, Sampling, Think, Tool,
-    ToolCall,
+    ToolCall, WireToolCall,
 };
 use crate::error::GatewayError;
 
@@ -49,19 +49,6 @@ struct WireMessage {
     tool_calls: Vec<WireToolCall>,
     tool_name: Option<String>,
     tool_call_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireToolCall {
-    id: Option<String>,
-    function: WireFunction,
-}
-
-#[derive(Deserialize)]
-struct WireFunction {
-    name: String,
-    #[serde(default)]
-    arguments: Value,
 }
 
 /// Parses an `/api/chat` body. An empty `messages` asks Ollama only to load the model;
@@ -184,15 +171,7 @@ fn parse_message(index: usize, wire: WireMessage) -> Result<Message, GatewayErro
         };
         parts.push(Part::Image(Image::Base64 { mime: None, data }));
     }
-    let tool_calls = wire
-        .tool_calls
-        .into_iter()
-        .map(|call| ToolCall {
-            id: call.id,
-            name: call.function.name,
-            arguments: crate::chat::arguments_text(call.function.arguments),
-        })
-        .collect();
+    let tool_calls = wire.tool_calls.into_iter().map(ToolCall::from).collect();
     Ok(Message {
         role,
         parts,

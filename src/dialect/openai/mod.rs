@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::chat::{
     random_id, ChatRequest, Completion, Event, FinishReason, Image, Message, OutputFormat, Part,
-    Role, Sampling, Think, Tool, ToolCall, Usage,
+    Role, Sampling, Think, Tool, ToolCall, Usage, WireToolCall,
 };
 use crate::error::GatewayError;
 use crate::framing::{write_sse, SSE_DONE};
@@ -81,19 +81,6 @@ struct WireMessage {
     name: Option<String>,
     reasoning_content: Option<String>,
     reasoning: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireToolCall {
-    id: Option<String>,
-    function: WireFunctionCall,
-}
-
-#[derive(Deserialize)]
-struct WireFunctionCall {
-    name: String,
-    #[serde(default)]
-    arguments: Value,
 }
 
 /// Parses a request body, naming the field at fault when it is wrong.
@@ -225,15 +212,7 @@ fn parse_message(index: usize, wire: WireMessage) -> Result<Message, GatewayErro
         )
     })?;
     let parts = parse_content(index, wire.content)?;
-    let tool_calls = wire
-        .tool_calls
-        .into_iter()
-        .map(|call| ToolCall {
-            id: call.id,
-            name: call.function.name,
-            arguments: crate::chat::arguments_text(call.function.arguments),
-        })
-        .collect();
+    let tool_calls = wire.tool_calls.into_iter().map(ToolCall::from).collect();
     Ok(Message {
         role,
         parts,
