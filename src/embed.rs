@@ -21,3 +21,19 @@ pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     pub prompt_tokens: u64,
 }
+
+/// The texts of an `input` that is a string or an array of strings; `None` for any other
+/// shape (token arrays included). Each dialect adds its own rule for empty input.
+pub fn input_texts(input: Value) -> Option<Vec<String>> {
+    match input {
+        Value::String(text) => Some(vec![text]),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => Some(text),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::embed::{EmbedRequest, Embeddings};
+use crate::embed::{input_texts, EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 
 /// A parsed embedding request; `request.inputs` empty means "only load the model".
@@ -45,25 +45,15 @@ fn extras(pairs: [(&str, Option<Value>); 3]) -> Map<String, Value> {
 pub fn parse_embed(body: &[u8]) -> Result<ParsedEmbed, GatewayError> {
     let wire: WireEmbed = crate::dialect::parse_body(body)?;
     let inputs = match wire.input {
+        // Nothing to embed: Ollama only loads the model.
         Value::Null => Vec::new(),
         Value::String(text) if text.is_empty() => Vec::new(),
-        Value::String(text) => vec![text],
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| match item {
-                Value::String(text) => Ok(text),
-                _ => Err(GatewayError::bad_field(
-                    "input",
-                    "invalid input type: input must be a string or an array of strings",
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(GatewayError::bad_field(
+        input => input_texts(input).ok_or_else(|| {
+            GatewayError::bad_field(
                 "input",
                 "invalid input type: input must be a string or an array of strings",
-            ))
-        }
+            )
+        })?,
     };
     Ok(ParsedEmbed {
         model: wire.model.clone(),

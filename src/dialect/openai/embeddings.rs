@@ -5,7 +5,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::embed::{EmbedRequest, Embeddings};
+use crate::embed::{input_texts, EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 
 /// A parsed `/v1/embeddings` request.
@@ -28,31 +28,18 @@ struct WireRequest {
 /// Parses the request: `input` is a string or an array of strings.
 pub fn parse(body: &[u8]) -> Result<ParsedEmbeddings, GatewayError> {
     let wire: WireRequest = crate::dialect::parse_body(body)?;
-    let inputs = match wire.input {
-        Value::String(text) => vec![text],
-        Value::Array(items) if items.is_empty() => {
-            return Err(GatewayError::bad_field(
-                "input",
-                "input must not be an empty array",
-            ))
-        }
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| match item {
-                Value::String(text) => Ok(text),
-                _ => Err(GatewayError::bad_field(
-                    "input",
-                    "input must be a string or an array of strings; token arrays are not supported",
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(GatewayError::bad_field(
-                "input",
-                "input must be a string or an array of strings",
-            ))
-        }
-    };
+    if wire.input.as_array().is_some_and(Vec::is_empty) {
+        return Err(GatewayError::bad_field(
+            "input",
+            "input must not be an empty array",
+        ));
+    }
+    let inputs = input_texts(wire.input).ok_or_else(|| {
+        GatewayError::bad_field(
+            "input",
+            "input must be a string or an array of strings; token arrays are not supported",
+        )
+    })?;
     let base64 = match wire
         .encoding_format
         .as_deref()
