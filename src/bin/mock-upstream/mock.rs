@@ -235,13 +235,11 @@ impl Drop for CancelWatch {
     }
 }
 
-async fn openai_chat(
-    request: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<MockState>,
-) -> HttpResponse {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    record(&state, &request, &body);
+/// What every chat handler does first: record the request, read the model's script,
+/// and wait as long as it says.
+async fn begin(request: &HttpRequest, body: &[u8], state: &MockState) -> (Value, String, Script) {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    record(state, request, &body);
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let script = Script::of(&model);
     if script.hang {
@@ -250,12 +248,29 @@ async fn openai_chat(
     if script.delay {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    (body, model, script)
+}
+
+/// An error status with a back-off hint and a body in the caller's dialect.
+fn refuse(status: u16, body: Value) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default())
+        .insert_header(("retry-after", "7"))
+        .json(body)
+}
+
+async fn openai_chat(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
+    let (body, model, script) = begin(&request, &body, &state).await;
     if let Some(status) = script.status {
-        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default())
-            .insert_header(("retry-after", "7"))
-            .json(json!({
-            "error": {"message": format!("mock refused with {status}"), "type": "mock_error", "param": null, "code": status}
-        }));
+        return refuse(
+            status,
+            json!({
+                "error": {"message": format!("mock refused with {status}"), "type": "mock_error", "param": null, "code": status}
+            }),
+        );
     }
     if script.garbage {
         return HttpResponse::Ok()
@@ -386,22 +401,12 @@ async fn ollama_chat(
     body: web::Bytes,
     state: web::Data<MockState>,
 ) -> HttpResponse {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    record(&state, &request, &body);
-    let model = body["model"].as_str().unwrap_or("").to_owned();
-    let script = Script::of(&model);
-    if script.hang {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    }
-    if script.delay {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (body, model, script) = begin(&request, &body, &state).await;
     if let Some(status) = script.status {
-        return HttpResponse::build(
-            actix_web::http::StatusCode::from_u16(status).unwrap_or_default(),
-        )
-        .insert_header(("retry-after", "7"))
-        .json(json!({"error": format!("mock refused with {status}")}));
+        return refuse(
+            status,
+            json!({"error": format!("mock refused with {status}")}),
+        );
     }
     if script.garbage {
         return HttpResponse::Ok()
