@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use switchyard::{Config, Shared};
 
+// The request path allocates some 80 small blocks per request (headers, JSON strings,
+// futures); mimalloc serves them at a fraction of glibc malloc's cost.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An LLM gateway serving the OpenAI and Ollama APIs in front of local and cloud models.
 #[derive(Parser)]
 #[command(name = "switchyard", version)]
