@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::{from_fn, Logger, Next};
+use actix_web::middleware::{from_fn, Condition, Logger, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 use crate::auth::{self, KeyStore};
@@ -58,6 +58,9 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
     let metrics = web::Data::from(shared.metrics.clone());
     let factory_config = config.clone();
     let pools = shared.pools.clone();
+    // actix's Logger formats its line (and reads the peer address) for every request
+    // even when its level is filtered out; leave it out of the chain then.
+    let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
     let server = HttpServer::new(move || {
         let config = factory_config.clone();
         App::new()
@@ -72,7 +75,10 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .wrap(from_fn(count_request))
             .wrap(from_fn(crate::timing::server_timing))
             // Method, path, status, size and time only: no headers, so no keys.
-            .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+            .wrap(Condition::new(
+                access_log,
+                Logger::new("%a \"%r\" %s %b %Dms"),
+            ))
     })
     .on_connect(crate::hangup::remember_socket)
     .disable_signals()
