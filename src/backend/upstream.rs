@@ -79,6 +79,9 @@ impl Upstream {
             .connector(connector)
             // awc's own timeout would also cut the body; ours are applied per phase.
             .disable_timeout()
+            // A gateway passes the upstream's answer on; following a redirect would
+            // also re-send the body and the upstream key to wherever it points.
+            .disable_redirects()
             .add_default_header((
                 "user-agent",
                 concat!("switchyard/", env!("CARGO_PKG_VERSION")),
@@ -276,6 +279,19 @@ impl Upstream {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
+        }
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nowhere");
+            return Err(GatewayError::UpstreamProtocol {
+                backend: self.backend.clone(),
+                detail: format!(
+                    "answered {status} pointing to {location}; redirects are not followed, so set the backend's url to the address it should use"
+                ),
+            });
         }
         let retry_after = response
             .headers()

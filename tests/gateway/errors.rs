@@ -188,6 +188,28 @@ async fn upstream_error_status_is_passed_on_translated() {
 }
 
 #[actix_web::test]
+async fn upstream_redirect_is_502_and_not_followed() {
+    let gateway = harness::start("").await;
+    for model in ["oa/mock-status307", "ol/mock-status301"] {
+        let answer = gateway.post("/v1/chat/completions", &chat(model)).await;
+        assert_eq!(answer.status, 502, "{model}: {}", answer.body);
+        let message = openai_error(&answer)["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.contains("http://127.0.0.1:9/elsewhere"),
+            "{message}"
+        );
+        assert!(message.contains("not followed"), "{message}");
+        let answer = gateway.post("/api/chat", &chat(model)).await;
+        assert_eq!(answer.status, 502);
+        assert!(ollama_error(&answer).contains("not followed"));
+    }
+    assert_eq!(gateway.mock.requests_for("mock-status307").len(), 2);
+}
+
+#[actix_web::test]
 async fn garbage_from_upstream_is_502() {
     let gateway = harness::start("").await;
     for model in ["oa/mock-garbage", "ol/mock-garbage"] {

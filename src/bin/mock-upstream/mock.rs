@@ -7,7 +7,7 @@
 //! | `tool`        | calls `get_weather` with `{"city":"Tokyo"}` (OpenAI: arguments in 3 fragments) |
 //! | `think`       | reasons first (`reasoning_content` / `thinking`), then answers |
 //! | `length`      | stops with finish reason `length` |
-//! | `statusNNN`   | answers HTTP NNN with an error body in its dialect |
+//! | `statusNNN`   | answers HTTP NNN with an error body in its dialect (and a `location` for 3xx) |
 //! | `errstream`   | one piece, then an in-stream error |
 //! | `truncate`    | one piece, then the body ends with no finish |
 //! | `garbage`     | 200 with bytes that are not the protocol |
@@ -253,9 +253,13 @@ async fn begin(request: &HttpRequest, body: &[u8], state: &MockState) -> (Value,
 
 /// An error status with a back-off hint and a body in the caller's dialect.
 fn refuse(status: u16, body: Value) -> HttpResponse {
-    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default())
-        .insert_header(("retry-after", "7"))
-        .json(body)
+    let mut response =
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default());
+    response.insert_header(("retry-after", "7"));
+    if (300..400).contains(&status) {
+        response.insert_header(("location", "http://127.0.0.1:9/elsewhere"));
+    }
+    response.json(body)
 }
 
 async fn openai_chat(
