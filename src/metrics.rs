@@ -45,9 +45,9 @@ impl Metrics {
 
     /// Counts one answered request; `route` is the route's pattern, never the raw path,
     /// so the label set stays small.
-    pub fn request(&self, route: &str, status: u16) {
+    pub fn request(&self, route: &str, status: actix_web::http::StatusCode) {
         self.requests
-            .with_label_values(&[route, status.to_string().as_str()])
+            .with_label_values(&[route, status.as_str()])
             .inc();
     }
 

@@ -122,10 +122,7 @@ async fn count_request(
     let response = next.call(request).await?;
     if let Some(metrics) = metrics {
         let route = response.request().match_pattern();
-        metrics.request(
-            route.as_deref().unwrap_or("unmatched"),
-            response.status().as_u16(),
-        );
+        metrics.request(route.as_deref().unwrap_or("unmatched"), response.status());
     }
     Ok(response)
 }

@@ -77,6 +77,13 @@ pub struct Caller {
     pub stopwatch: Option<Stopwatch>,
 }
 
+/// The user name of requests served without keys, shared rather than allocated each time.
+fn anonymous() -> Arc<str> {
+    static ANONYMOUS: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from("anonymous"));
+    ANONYMOUS.clone()
+}
+
 impl FromRequest for Caller {
     type Error = actix_web::Error;
     type Future = std::future::Ready<Result<Caller, actix_web::Error>>;
@@ -86,7 +93,7 @@ impl FromRequest for Caller {
             .extensions()
             .get::<User>()
             .map(|user| user.0.clone())
-            .unwrap_or_else(|| Arc::from("anonymous"));
+            .unwrap_or_else(anonymous);
         let metrics = request
             .app_data::<web::Data<Metrics>>()
             .cloned()
