@@ -32,7 +32,7 @@ fn upstream_states(health: &Value, backend: &str) -> Vec<(String, String)> {
 
 #[actix_web::test]
 async fn requests_spread_over_servers_and_skip_a_dead_one() {
-    let (second, second_address, second_state) = mock::start("127.0.0.1:0").unwrap();
+    let (second, second_address, second_state) = mock::start("127.0.0.1:0", true).unwrap();
     actix_web::rt::spawn(second);
     let gateway = harness::start(&format!(
         "[[backends]]\nname = \"pool\"\nkind = \"openai\"\nurls = [\"{{mock}}/v1\", \"http://127.0.0.1:9/v1\", \"http://{second_address}/v1\"]\nmax_failures = 2\ncooldown_secs = 30\n"
@@ -68,7 +68,7 @@ async fn requests_spread_over_servers_and_skip_a_dead_one() {
 
 #[actix_web::test]
 async fn a_failing_server_is_ejected_then_probed_back_in() {
-    let (spare, spare_address, _) = mock::start("127.0.0.1:0").unwrap();
+    let (spare, spare_address, _) = mock::start("127.0.0.1:0", true).unwrap();
     let spare_handle = spare.handle();
     actix_web::rt::spawn(spare);
     let gateway = harness::start(&format!(
@@ -99,7 +99,7 @@ async fn a_failing_server_is_ejected_then_probed_back_in() {
         502
     );
     // It comes back on the same address; after the cool-down a probe lets it back in.
-    let (back, _, back_state) = mock::start(&spare_address.to_string()).unwrap();
+    let (back, _, back_state) = mock::start(&spare_address.to_string(), true).unwrap();
     actix_web::rt::spawn(back);
     actix_web::rt::time::sleep(Duration::from_millis(400)).await;
     // This request finds the cool-down over and starts the probe.

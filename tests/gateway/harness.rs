@@ -57,7 +57,7 @@ kind = "echo"
 /// Starts a gateway on the whole config `template`, where `{mock}` stands for the mock
 /// upstream's root URL.
 pub async fn start_config(template: &str) -> Harness {
-    let (mock_server, mock_address, mock) = mock::start("127.0.0.1:0").expect("mock starts");
+    let (mock_server, mock_address, mock) = mock::start("127.0.0.1:0", true).expect("mock starts");
     actix_web::rt::spawn(mock_server);
     let mock_base = format!("http://{mock_address}");
     let toml = template.replace("{mock}", &mock_base);

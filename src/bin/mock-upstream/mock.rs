@@ -19,7 +19,8 @@
 //! | `gapN`        | N ms between pieces |
 //!
 //! Otherwise it streams `Hello from the mock 🦀` in five pieces with usage 7 + 5.
-//! Every request is recorded (path, headers, body) and served at `GET /_requests`.
+//! Every request is recorded (path, headers, body) and served at `GET /_requests`
+//! (unless started with `--no-record`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub struct MockState {
     /// Streams being sent now, and the most there ever were at once.
     pub streaming: AtomicUsize,
     pub peak_streaming: AtomicUsize,
+    /// Whether requests are kept for `requests`; off for load runs, where the list
+    /// would grow by millions.
+    pub recording: bool,
 }
 
 impl MockState {
@@ -72,11 +76,16 @@ impl MockState {
     }
 }
 
-/// Starts the mock on `listen` with one worker; returns the server, its address and state.
+/// Starts the mock on `listen` with one worker, keeping each request it receives when
+/// `recording`; returns the server, its address and state.
 pub fn start(
     listen: &str,
+    recording: bool,
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr, Arc<MockState>)> {
-    let state = Arc::new(MockState::default());
+    let state = Arc::new(MockState {
+        recording,
+        ..MockState::default()
+    });
     let data = web::Data::from(state.clone());
     let counted = state.clone();
     let server = HttpServer::new(move || {
@@ -106,6 +115,9 @@ pub fn start(
 }
 
 fn record(state: &MockState, request: &HttpRequest, body: &Value) {
+    if !state.recording {
+        return;
+    }
     let headers = request
         .headers()
         .iter()
