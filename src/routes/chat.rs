@@ -80,7 +80,9 @@ async fn complete(
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_called();
         }
-        let completion = until_client_gone(caller, backend.complete(request)).await;
+        // Boxed: the backend's future (awc's included) is kilobytes, and every async
+        // frame above it would otherwise carry it and copy it as it is created.
+        let completion = until_client_gone(caller, Box::pin(backend.complete(request))).await;
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_answered();
         }
@@ -124,7 +126,8 @@ async fn start_one(
         stopwatch.upstream_called();
     }
     let first = async {
-        let events = backend.chat(request).await;
+        // Boxed for the same reason as in `complete`.
+        let events = Box::pin(backend.chat(request)).await;
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_answered();
         }
