@@ -1,4 +1,4 @@
-//! API keys: the key store (re-read when its file changes) and the guard in front of
+//! API keys: the key store (re-read when its file changes) and the check in front of
 //! `/v1/` and `/api/`.
 //!
 //! Keys are kept only as SHA-256 digests and every presented key is compared against
@@ -10,14 +10,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
+use actix_web::dev::ServiceRequest;
 use actix_web::{web, HttpMessage};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::dialect::Dialect;
 use crate::error::GatewayError;
 
 /// How often the keys file is looked at for changes.
@@ -191,40 +188,29 @@ fn presented_key(request: &ServiceRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Guards `/v1/` and `/api/`; `/health`, `/` and `/metrics` stay open.
-pub async fn guard(
-    request: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+/// Decides whether a request may pass: `/v1/` and `/api/` need a key (when keys are
+/// configured); `/health`, `/` and `/metrics` stay open. A known key's user is noted
+/// on the request; a refusal says why.
+pub fn admit(request: &ServiceRequest) -> Result<(), GatewayError> {
     let path = request.path();
     let guarded =
         path.starts_with("/v1/") || path.starts_with("/api/") || path == "/v1" || path == "/api";
     if !guarded {
-        return next
-            .call(request)
-            .await
-            .map(ServiceResponse::map_into_left_body);
+        return Ok(());
     }
-    let Some(store) = request.app_data::<web::Data<KeyStore>>().cloned() else {
-        return next
-            .call(request)
-            .await
-            .map(ServiceResponse::map_into_left_body);
+    let Some(store) = request.app_data::<web::Data<KeyStore>>() else {
+        return Ok(());
     };
-    match store.authenticate(presented_key(&request)) {
+    match store.authenticate(presented_key(request)) {
         Ok(user) => {
             if let Some(user) = user {
                 request.extensions_mut().insert(user);
             }
-            next.call(request)
-                .await
-                .map(ServiceResponse::map_into_left_body)
+            Ok(())
         }
         Err(error) => {
-            let dialect = Dialect::of_path(request.path());
             log::info!("{} {} refused: {error}", request.method(), request.path());
-            let response = error.response(dialect);
-            Ok(request.into_response(response).map_into_right_body())
+            Err(error)
         }
     }
 }

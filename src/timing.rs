@@ -7,10 +7,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::Next;
 use actix_web::HttpMessage;
 
 /// When a request arrived and when its upstream call went out and came back.
@@ -82,16 +80,16 @@ fn header_value(gateway: Duration, upstream: Option<Duration>) -> String {
     value
 }
 
-/// Middleware: starts the stopwatch and writes `Server-Timing` on the answer.
-pub async fn server_timing(
-    request: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+/// Starts a request's stopwatch and leaves it on the request for the handler.
+pub fn start(request: &ServiceRequest) -> Stopwatch {
     let stopwatch = Stopwatch::start();
     request.extensions_mut().insert(stopwatch.clone());
-    let mut response = next.call(request).await?;
+    stopwatch
+}
+
+/// Writes `Server-Timing` on the answer and the request's debug log line.
+pub fn stamp<B>(response: &mut ServiceResponse<B>, stopwatch: &Stopwatch) {
     let (gateway, upstream) = stopwatch.spans();
-    let value = header_value(gateway, upstream);
     log::debug!(
         "{} {} {}: gateway {:.3} ms, upstream {}",
         response.request().method(),
@@ -100,12 +98,11 @@ pub async fn server_timing(
         millis(gateway),
         upstream.map_or("not called".to_owned(), |u| format!("{:.3} ms", millis(u)))
     );
-    if let Ok(value) = HeaderValue::try_from(value) {
+    if let Ok(value) = HeaderValue::try_from(header_value(gateway, upstream)) {
         response
             .headers_mut()
             .insert(HeaderName::from_static("server-timing"), value);
     }
-    Ok(response)
 }
 
 #[cfg(test)]
