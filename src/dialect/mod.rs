@@ -6,7 +6,7 @@ pub mod ollama;
 pub mod openai;
 
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
 use crate::chat::{Event, EventStream};
 use crate::error::GatewayError;
@@ -39,8 +39,12 @@ pub trait StreamRenderer {
     fn error(&mut self, error: &GatewayError, out: &mut BytesMut);
 }
 
-/// Relays events as rendered bytes, one write per event as it arrives. When the client
-/// goes away, actix drops this stream and with it the upstream request.
+/// The most rendered bytes held back to join with events that are already there.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Relays events as rendered bytes as they arrive, events that arrived together in one
+/// write. When the client goes away, actix drops this stream and with it the upstream
+/// request.
 pub fn render_stream<R>(
     events: EventStream,
     mut renderer: R,
@@ -51,8 +55,9 @@ where
     async_stream::stream! {
         let mut events = events;
         let mut out = BytesMut::with_capacity(512);
+        let mut next = events.next().await;
         loop {
-            match events.next().await {
+            match next {
                 Some(Ok(event)) => renderer.event(event, &mut out),
                 Some(Err(error)) => {
                     log::warn!("stream ended by an upstream error: {error}");
@@ -66,9 +71,22 @@ where
                     return;
                 }
             }
-            if !out.is_empty() {
-                yield Ok(out.split().freeze());
-            }
+            // Events that have already arrived (several often come in one read) go out
+            // as one chunk, up to a bound: nothing waits, and the client gets fewer,
+            // fuller chunks.
+            let ready = match out.len() < COALESCE_LIMIT {
+                true => events.next().now_or_never(),
+                false => None,
+            };
+            next = match ready {
+                Some(ready) => ready,
+                None => {
+                    if !out.is_empty() {
+                        yield Ok(out.split().freeze());
+                    }
+                    events.next().await
+                }
+            };
         }
     }
 }

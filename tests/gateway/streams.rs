@@ -363,3 +363,69 @@ async fn upstream_connections_are_reused_after_a_complete_answer() {
         "{connections} upstream connections for 24 requests"
     );
 }
+
+/// The chunked-encoding frames of one streamed answer, read off a raw connection so that
+/// no client library joins or splits them.
+async fn answer_chunks(base: &str, path: &str, body: &Value) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    socket.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, mut rest) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut chunks = Vec::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return chunks;
+        }
+        chunks.push(after[..size].to_owned());
+        rest = &after[size + 2..];
+    }
+}
+
+#[actix_web::test]
+async fn events_that_arrive_together_leave_together_and_apart_leave_apart() {
+    let gateway = harness::start("").await;
+    for (path, model) in [
+        ("/v1/chat/completions", "oa/mock-chunks20"),
+        ("/api/chat", "ol/mock-chunks20"),
+    ] {
+        let body =
+            json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]});
+        let chunks = answer_chunks(&gateway.base, path, &body).await;
+        let text = chunks.concat();
+        for i in 0..20 {
+            assert!(
+                text.contains(&format!("w{i} ")),
+                "{model}: piece {i} in {text}"
+            );
+        }
+        // The mock writes its 20 pieces at once; one event per frame would be 21 or more.
+        assert!(chunks.len() <= 6, "{model}: {} frames", chunks.len());
+    }
+    // Pieces 150 ms apart cannot be joined: each leaves when it arrives.
+    let body = json!({"model": "oa/mock-chunks3-gap150", "stream": true, "messages": [{"role": "user", "content": "x"}]});
+    let chunks = answer_chunks(&gateway.base, "/v1/chat/completions", &body).await;
+    let with_text = chunks
+        .iter()
+        .filter(|c| c.contains("\"content\":\"w"))
+        .count();
+    assert_eq!(with_text, 3, "{chunks:?}");
+    for chunk in chunks.iter().filter(|c| c.contains("\"content\":\"w")) {
+        assert_eq!(chunk.matches("\"content\":\"w").count(), 1, "{chunk}");
+    }
+}
