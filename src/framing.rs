@@ -121,10 +121,14 @@ where
 /// Appends one SSE event, `data: JSON\n\n`.
 pub fn write_sse<T: Serialize>(out: &mut BytesMut, value: &T) {
     out.extend_from_slice(b"data: ");
-    let mut writer = BytesWriter(out);
-    // Serializing plain data structs into memory cannot fail.
-    let _ = serde_json::to_writer(&mut writer, value);
+    write_json(out, value);
     out.extend_from_slice(b"\n\n");
+}
+
+/// Appends one value as compact JSON.
+pub fn write_json<T: Serialize>(out: &mut BytesMut, value: &T) {
+    // Serializing plain data structs into memory cannot fail.
+    let _ = serde_json::to_writer(BytesWriter(out), value);
 }
 
 /// The event that ends an OpenAI stream.
@@ -150,6 +154,11 @@ impl io::Write for BytesWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.extend_from_slice(buf);
         Ok(buf.len())
+    }
+    // serde_json writes every fragment with `write_all`; the default loops over `write`.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.extend_from_slice(buf);
+        Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

@@ -3,7 +3,7 @@
 
 pub mod embeddings;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -12,7 +12,7 @@ use crate::chat::{
     Role, Sampling, Think, Tool, ToolCall, Usage, WireToolCall,
 };
 use crate::error::GatewayError;
-use crate::framing::{write_sse, SSE_DONE};
+use crate::framing::{write_json, write_sse, SSE_DONE};
 
 use super::{unix_now, StreamRenderer};
 
@@ -419,6 +419,9 @@ pub struct SseRenderer {
     id: String,
     created: u64,
     model: String,
+    /// `{"id":…,"object":…,"created":…,"model":…,"choices":[`: the same in every chunk
+    /// of the stream, so written once rather than escaped again for each token.
+    head: Bytes,
     include_usage: bool,
     role_sent: bool,
     finish_sent: bool,
@@ -430,10 +433,27 @@ pub struct SseRenderer {
 impl SseRenderer {
     /// A renderer naming the model as the client asked for it.
     pub fn new(model: String, include_usage: bool) -> SseRenderer {
+        let id = random_id("chatcmpl-", 24);
+        let created = unix_now();
+        let mut head = BytesMut::new();
+        write_json(
+            &mut head,
+            &Chunk {
+                id: &id,
+                object: "chat.completion.chunk",
+                created,
+                model: &model,
+                choices: &[],
+                usage: None,
+            },
+        );
+        // `…,"choices":[]}` becomes `…,"choices":[`, for each chunk's choice to follow.
+        head.truncate(head.len() - b"]}".len());
         SseRenderer {
-            id: random_id("chatcmpl-", 24),
-            created: unix_now(),
+            id,
+            created,
             model,
+            head: head.freeze(),
             include_usage,
             role_sent: false,
             finish_sent: false,
@@ -447,20 +467,16 @@ impl SseRenderer {
             delta.role = Some("assistant");
             self.role_sent = true;
         }
-        let chunk = Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: &[ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason: finish,
-            }],
-            usage: None,
+        let choice = ChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason: finish,
         };
-        write_sse(out, &chunk);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&self.head);
+        write_json(out, &choice);
+        out.extend_from_slice(b"]}\n\n");
     }
 
     fn finish(&mut self, reason: FinishReason, out: &mut BytesMut) {
