@@ -12,6 +12,9 @@ WORKDIR /src
 # Only what the build needs, so target/ and local config never enter the image.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml declares the soak bench, and cargo refuses a manifest whose declared
+# targets are missing, even when building only the binary.
+COPY benches ./benches
 RUN cargo build --release --locked --bin switchyard
 
 FROM debian:bookworm-slim
