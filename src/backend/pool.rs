@@ -278,7 +278,7 @@ impl Pool {
 }
 
 /// A URL fit for an open page: any `user:password@` removed.
-fn without_credentials(url: &str) -> String {
+pub(super) fn without_credentials(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
             let _ = parsed.set_username("");

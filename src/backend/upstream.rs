@@ -281,11 +281,12 @@ impl Upstream {
             return Ok(response);
         }
         if status.is_redirection() {
+            // Said to the client, so without any `user:password@` it may carry.
             let location = response
                 .headers()
                 .get("location")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("nowhere");
+                .map_or_else(|| "nowhere".to_owned(), super::pool::without_credentials);
             return Err(GatewayError::UpstreamProtocol {
                 backend: self.backend.clone(),
                 detail: format!(

@@ -269,7 +269,7 @@ fn refuse(status: u16, body: Value) -> HttpResponse {
         HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default());
     response.insert_header(("retry-after", "7"));
     if (300..400).contains(&status) {
-        response.insert_header(("location", "http://127.0.0.1:9/elsewhere"));
+        response.insert_header(("location", "http://mock:secret@127.0.0.1:9/elsewhere"));
     }
     response.json(body)
 }
