@@ -260,6 +260,26 @@ fn assert_ndjson_ends_in_error(answer: &Answer) -> String {
     last["error"].as_str().unwrap().to_owned()
 }
 
+/// Both dialects' streams from `model` end in one error event whose message says `expect`.
+async fn assert_streams_end_in_error(gateway: &harness::Harness, model: &str, expect: &str) {
+    let sse = gateway
+        .post("/v1/chat/completions", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    let error = assert_sse_ends_in_error(&sse);
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains(expect),
+        "{model}: {error}"
+    );
+    let ndjson = gateway
+        .post(
+            "/api/chat",
+            &json!({"model": model, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    let message = assert_ndjson_ends_in_error(&ndjson);
+    assert!(message.contains(expect), "{model}: {message}");
+}
+
 #[actix_web::test]
 async fn failures_mid_stream_end_with_one_error_event() {
     let gateway = harness::start_with("", "idle_timeout_secs = 0.5").await;
@@ -270,22 +290,7 @@ async fn failures_mid_stream_end_with_one_error_event() {
             ("stall", "stalled"),
         ] {
             let model = format!("{backend}/mock-{case}");
-            let sse = gateway
-                .post("/v1/chat/completions", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]}))
-                .await;
-            let error = assert_sse_ends_in_error(&sse);
-            assert!(
-                error["error"]["message"].as_str().unwrap().contains(expect),
-                "{model}: {error}"
-            );
-            let ndjson = gateway
-                .post(
-                    "/api/chat",
-                    &json!({"model": model, "messages": [{"role": "user", "content": "x"}]}),
-                )
-                .await;
-            let message = assert_ndjson_ends_in_error(&ndjson);
-            assert!(message.contains(expect), "{model}: {message}");
+            assert_streams_end_in_error(&gateway, &model, expect).await;
         }
     }
 }
@@ -362,27 +367,7 @@ async fn a_reset_mid_stream_ends_it_with_one_error_event() {
     ))
     .await;
     for model in ["ro/m", "rl/m"] {
-        let sse = gateway
-            .post("/v1/chat/completions", &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]}))
-            .await;
-        let error = assert_sse_ends_in_error(&sse);
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("broke"),
-            "{model}: {error}"
-        );
-        let ndjson = gateway
-            .post(
-                "/api/chat",
-                &json!({"model": model, "messages": [{"role": "user", "content": "x"}]}),
-            )
-            .await;
-        assert!(
-            assert_ndjson_ends_in_error(&ndjson).contains("broke"),
-            "{model}"
-        );
+        assert_streams_end_in_error(&gateway, model, "broke").await;
     }
 }
 
