@@ -416,9 +416,6 @@ struct ChunkFunction<'a> {
 /// reads: `role` once, each tool call's `id`, `type` and `name` once, contiguous indices,
 /// `finish_reason` in its own chunk, usage only when asked for, then `[DONE]`.
 pub struct SseRenderer {
-    id: String,
-    created: u64,
-    model: String,
     /// `{"id":…,"object":…,"created":…,"model":…,"choices":[`: the same in every chunk
     /// of the stream, so written once rather than escaped again for each token.
     head: Bytes,
@@ -433,15 +430,13 @@ pub struct SseRenderer {
 impl SseRenderer {
     /// A renderer naming the model as the client asked for it.
     pub fn new(model: String, include_usage: bool) -> SseRenderer {
-        let id = random_id("chatcmpl-", 24);
-        let created = unix_now();
         let mut head = BytesMut::new();
         write_json(
             &mut head,
             &Chunk {
-                id: &id,
+                id: &random_id("chatcmpl-", 24),
                 object: "chat.completion.chunk",
-                created,
+                created: unix_now(),
                 model: &model,
                 choices: &[],
                 usage: None,
@@ -450,9 +445,6 @@ impl SseRenderer {
         // `…,"choices":[]}` becomes `…,"choices":[`, for each chunk's choice to follow.
         head.truncate(head.len() - b"]}".len());
         SseRenderer {
-            id,
-            created,
-            model,
             head: head.freeze(),
             include_usage,
             role_sent: false,
@@ -566,15 +558,12 @@ impl StreamRenderer for SseRenderer {
     fn end(&mut self, out: &mut BytesMut) {
         self.finish(FinishReason::Stop, out);
         if self.include_usage {
-            let chunk = Chunk {
-                id: &self.id,
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: &self.model,
-                choices: &[],
-                usage: Some(self.usage.unwrap_or_default().into()),
-            };
-            write_sse(out, &chunk);
+            // The head with no choices, then the usage: `…,"choices":[],"usage":{…}}`.
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&self.head);
+            out.extend_from_slice(b"],\"usage\":");
+            write_json(out, &WireUsage::from(self.usage.unwrap_or_default()));
+            out.extend_from_slice(b"}\n\n");
         }
         out.extend_from_slice(SSE_DONE);
     }
