@@ -56,26 +56,24 @@ impl Stopwatch {
     }
 }
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
-/// Appends a duration as milliseconds with three decimals ("212.407"), from integer
+/// A duration as milliseconds with three decimals ("212.407"), from integer
 /// microseconds: formatting an f64 costs more than the rest of the header together.
-fn push_millis(out: &mut String, duration: Duration) {
-    use std::fmt::Write;
-    let micros = duration.as_micros();
-    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
+    }
 }
 
 /// The header's value: `gateway;dur=0.051, upstream;dur=212.407`.
 fn header_value(gateway: Duration, upstream: Option<Duration>) -> String {
+    use std::fmt::Write;
     let mut value = String::with_capacity(48);
-    value.push_str("gateway;dur=");
-    push_millis(&mut value, gateway);
+    let _ = write!(value, "gateway;dur={}", Millis(gateway));
     if let Some(upstream) = upstream {
-        value.push_str(", upstream;dur=");
-        push_millis(&mut value, upstream);
+        let _ = write!(value, ", upstream;dur={}", Millis(upstream));
     }
     value
 }
@@ -91,12 +89,12 @@ pub fn start(request: &ServiceRequest) -> Stopwatch {
 pub fn stamp<B>(response: &mut ServiceResponse<B>, stopwatch: &Stopwatch) {
     let (gateway, upstream) = stopwatch.spans();
     log::debug!(
-        "{} {} {}: gateway {:.3} ms, upstream {}",
+        "{} {} {}: gateway {} ms, upstream {}",
         response.request().method(),
         response.request().path(),
         response.status().as_u16(),
-        millis(gateway),
-        upstream.map_or("not called".to_owned(), |u| format!("{:.3} ms", millis(u)))
+        Millis(gateway),
+        upstream.map_or("not called".to_owned(), |u| format!("{} ms", Millis(u)))
     );
     if let Ok(value) = HeaderValue::try_from(header_value(gateway, upstream)) {
         response
