@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -42,6 +42,23 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Writes a config file into the test's directory.
+fn write_config(dir: &std::path::Path, toml: &str) -> std::path::PathBuf {
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Runs `switchyard check --config PATH` with extra environment variables.
+fn check(dir: &std::path::Path, path: &std::path::Path, env: &[(&str, &str)]) -> Output {
+    gateway(dir)
+        .args(["check", "--config"])
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
 }
 
 /// Waits for a line containing `needle` on the child's stderr, then keeps draining it.
@@ -111,17 +128,11 @@ fn serves_echo_on_builtin_defaults_with_env_override() {
 #[test]
 fn check_prints_the_routing_of_a_valid_config() {
     let dir = scratch("check");
-    let path = dir.join("ok.toml");
-    std::fs::write(
-        &path,
+    let path = write_config(
+        &dir,
         "[routing]\ndefault_backend = \"local\"\n[[backends]]\nname = \"ollama\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:11434\"\n[[backends]]\nname = \"local\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:5857/v1\"\n",
-    )
-    .unwrap();
-    let output = gateway(&dir)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    );
+    let output = check(&dir, &path, &[]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("ollama/MODEL -> backend ollama"), "{text}");
@@ -137,19 +148,18 @@ fn check_prints_the_routing_of_a_valid_config() {
 #[test]
 fn environment_overrides_reach_list_entries() {
     let dir = scratch("env");
-    let path = dir.join("env.toml");
-    std::fs::write(
-        &path,
+    let path = write_config(
+        &dir,
         "[[backends]]\nname = \"ollama\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:11434\"\n",
-    )
-    .unwrap();
-    let output = gateway(&dir)
-        .args(["check", "--config"])
-        .arg(&path)
-        .env("SWITCHYARD__BACKENDS__0__URL", "http://127.0.0.1:22222")
-        .env("SWITCHYARD__SERVER__LISTEN", "127.0.0.1:9999")
-        .output()
-        .unwrap();
+    );
+    let output = check(
+        &dir,
+        &path,
+        &[
+            ("SWITCHYARD__BACKENDS__0__URL", "http://127.0.0.1:22222"),
+            ("SWITCHYARD__SERVER__LISTEN", "127.0.0.1:9999"),
+        ],
+    );
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(
         output.status.success(),
@@ -158,12 +168,7 @@ fn environment_overrides_reach_list_entries() {
     );
     assert!(text.contains("http://127.0.0.1:22222"), "{text}");
     assert!(text.contains("listen: http://127.0.0.1:9999"), "{text}");
-    let output = gateway(&dir)
-        .args(["check", "--config"])
-        .arg(&path)
-        .env("SWITCHYARD__BACKENDS__0__URLL", "x")
-        .output()
-        .unwrap();
+    let output = check(&dir, &path, &[("SWITCHYARD__BACKENDS__0__URLL", "x")]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8(output.stderr)
         .unwrap()
@@ -173,18 +178,11 @@ fn environment_overrides_reach_list_entries() {
 #[test]
 fn check_names_the_offending_key_and_fails() {
     let dir = scratch("bad");
-    let path = dir.join("bad.toml");
-    std::fs::write(
-        &path,
+    let path = write_config(
+        &dir,
         "[[backends]]\nname = \"o\"\nkind = \"ollama\"\nurl = \"localhost:11434\"\n",
-    )
-    .unwrap();
-    let output = gateway(&dir)
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    );
+    let output = check(&dir, &path, &[]);
     assert_eq!(output.status.code(), Some(1));
     let text = String::from_utf8(output.stderr).unwrap();
     assert_eq!(text.trim().lines().count(), 1, "one clear line: {text}");
@@ -193,13 +191,8 @@ fn check_names_the_offending_key_and_fails() {
     let output = gateway(&dir).arg("--config").arg(&path).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     // An unknown key is named too.
-    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 2\n").unwrap();
-    let output = gateway(&dir)
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let path = write_config(&dir, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 2\n");
+    let output = check(&dir, &path, &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8(output.stderr).unwrap().contains("lisen"));
 }
@@ -236,12 +229,10 @@ fn graceful_stop(signal: &str) {
         .unwrap();
     let _mock = Running(mock);
     let mock_url = first.trim().rsplit(' ').next().unwrap().to_owned();
-    let config = dir.join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!("[server]\nlisten = \"127.0.0.1:{}\"\n[[backends]]\nname = \"ol\"\nkind = \"ollama\"\nurl = \"{mock_url}\"\n", free_port()),
-    )
-    .unwrap();
+    let config = write_config(
+        &dir,
+        &format!("[server]\nlisten = \"127.0.0.1:{}\"\n[[backends]]\nname = \"ol\"\nkind = \"ollama\"\nurl = \"{mock_url}\"\n", free_port()),
+    );
     let mut child = gateway(&dir)
         .arg("--config")
         .arg(&config)
