@@ -80,9 +80,7 @@ async fn complete(
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_called();
         }
-        // Boxed: the backend's future (awc's included) is kilobytes, and every async
-        // frame above it would otherwise carry it and copy it as it is created.
-        let completion = until_client_gone(caller, Box::pin(backend.complete(request))).await;
+        let completion = until_client_gone(caller, backend.complete(request)).await;
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_answered();
         }
@@ -102,15 +100,24 @@ async fn complete(
 
 /// Runs `work` unless the client leaves first; then `work`, and the upstream request it
 /// holds, is dropped.
-pub(super) async fn until_client_gone<T>(
-    caller: &Caller,
-    work: impl std::future::Future<Output = Result<T, GatewayError>>,
-) -> Result<T, GatewayError> {
-    match select(pin!(work), pin!(client_gone(caller.socket))).await {
-        Either::Left((outcome, _)) => outcome,
-        Either::Right(_) => {
-            log::info!("client left before its answer was complete; upstream request cancelled");
-            Err(GatewayError::ClientGone)
+///
+/// `work` (a backend call, awc's future included) is kilobytes. It is boxed here, before
+/// any async state is built, so that the handler frames above it stay small instead of
+/// each carrying it and copying it as they are created.
+pub(super) fn until_client_gone<'c, T>(
+    caller: &'c Caller,
+    work: impl std::future::Future<Output = Result<T, GatewayError>> + 'c,
+) -> impl std::future::Future<Output = Result<T, GatewayError>> + 'c {
+    let work = Box::pin(work);
+    async move {
+        match select(work, pin!(client_gone(caller.socket))).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right(_) => {
+                log::info!(
+                    "client left before its answer was complete; upstream request cancelled"
+                );
+                Err(GatewayError::ClientGone)
+            }
         }
     }
 }
@@ -126,8 +133,7 @@ async fn start_one(
         stopwatch.upstream_called();
     }
     let first = async {
-        // Boxed for the same reason as in `complete`.
-        let events = Box::pin(backend.chat(request)).await;
+        let events = backend.chat(request).await;
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_answered();
         }
