@@ -594,11 +594,11 @@ impl DecodeState {
     fn decode(
         &mut self,
         backend: &str,
-        data: &str,
+        data: &[u8],
         out: &mut Vec<Event>,
     ) -> Result<(), GatewayError> {
         let chunk: WireChunk =
-            serde_json::from_str(data).map_err(|e| GatewayError::UpstreamProtocol {
+            serde_json::from_slice(data).map_err(|e| GatewayError::UpstreamProtocol {
                 backend: backend.to_owned(),
                 detail: format!("a stream event is not a chat completion chunk: {e}"),
             })?;
@@ -693,7 +693,7 @@ fn decode_stream(backend: String, body: super::upstream::UpstreamBody) -> EventS
                     return;
                 }
             };
-            if data.trim() == "[DONE]" {
+            if data.trim_ascii() == b"[DONE]" {
                 saw_done = true;
                 break;
             }
@@ -729,7 +729,7 @@ mod tests {
         let mut state = DecodeState::default();
         let mut out = Vec::new();
         for chunk in chunks {
-            state.decode("b", chunk, &mut out)?;
+            state.decode("b", chunk.as_bytes(), &mut out)?;
         }
         Ok(out)
     }
