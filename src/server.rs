@@ -80,6 +80,9 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             ))
     })
     .on_connect(crate::hangup::remember_socket)
+    // A stream is many small writes; with Nagle's algorithm each would wait for the
+    // client's (delayed) acknowledgement of the one before.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     .bind(config.listen)?;

@@ -108,6 +108,9 @@ pub fn start(
         counted.connections.fetch_add(1, Ordering::SeqCst);
     })
     .workers(1)
+    // Streams are many small writes, as a model server's are (Go's net package, under
+    // Ollama, turns Nagle's algorithm off on every connection).
+    .tcp_nodelay(true)
     .disable_signals()
     .bind(listen)?;
     let address = server.addrs()[0];
