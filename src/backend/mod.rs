@@ -130,6 +130,15 @@ impl Backend {
     }
 }
 
+/// An upstream request body as JSON, in a buffer that starts at the size of a typical
+/// chat request rather than growing from empty through every power of two.
+fn json_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, GatewayError> {
+    let mut body = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut body, value)
+        .map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
+    Ok(body)
+}
+
 /// Reads what is left of a finished answer's body, briefly, so its connection goes back
 /// to the pool: awc closes a connection whose body was not read to the end, and a new
 /// connection per request costs more than the whole rest of the gateway's work. A

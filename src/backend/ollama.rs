@@ -56,16 +56,13 @@ impl OllamaBackend {
     ) -> Result<(&'static str, Vec<u8>), GatewayError> {
         let mut wire = wire_request(&self.upstream.backend, request)?;
         wire.stream = stream;
-        let (path, body) = match &request.generation {
-            None => ("/api/chat", serde_json::to_vec(&wire)),
+        Ok(match &request.generation {
+            None => ("/api/chat", super::json_body(&wire)?),
             Some(generation) => (
                 "/api/generate",
-                serde_json::to_vec(&generate_request(wire, generation)),
+                super::json_body(&generate_request(wire, generation))?,
             ),
-        };
-        let body =
-            body.map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
-        Ok((path, body))
+        })
     }
 
     /// Embeds through `/api/embed`.

@@ -64,17 +64,15 @@ impl OpenAiBackend {
             .as_ref()
             .is_some_and(|g| g.raw || g.suffix.is_some());
         let body = if plain {
-            serde_json::to_vec(&self.completion_request(request, stream))
+            super::json_body(&self.completion_request(request, stream))?
         } else {
             let mut wire = self.wire_request(request);
             wire.stream = stream;
             if !stream {
                 wire.stream_options = None;
             }
-            serde_json::to_vec(&wire)
+            super::json_body(&wire)?
         };
-        let body =
-            body.map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
         Ok((
             if plain {
                 "/completions"

@@ -5,6 +5,7 @@
 //! key, cookies and forwarding headers never reach the upstream. Only the configured
 //! upstream key is sent.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -12,6 +13,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use awc::error::{ConnectError, SendRequestError};
+use awc::http::header::{HeaderValue, AUTHORIZATION};
+use awc::http::Uri;
 use bytes::Bytes;
 use futures::Stream;
 use pin_project_lite::pin_project;
@@ -34,6 +37,11 @@ pub struct Upstream {
     /// A cheap GET that tells a server is up again after a cool-down.
     probe_path: &'static str,
     client: awc::Client,
+    /// Each server's address joined with each path asked of it, parsed once: joining
+    /// and parsing for every request showed in profiles, and there are only a few.
+    addresses: RefCell<Vec<(usize, &'static str, Uri)>>,
+    /// `Bearer <upstream key>`, written once and marked sensitive.
+    authorization: Option<HeaderValue>,
 }
 
 /// An upstream response whose status was a success, ready to be streamed.
@@ -93,6 +101,12 @@ impl Upstream {
             pool,
             probe_path,
             client,
+            addresses: RefCell::default(),
+            authorization: config.api_key.as_ref().and_then(|key| {
+                let mut value = HeaderValue::try_from(format!("Bearer {key}")).ok()?;
+                value.set_sensitive(true);
+                Some(value)
+            }),
         }
     }
 
@@ -101,12 +115,39 @@ impl Upstream {
         self.pool.url(0)
     }
 
-    fn request(&self, method: awc::http::Method, base: &str, path: &str) -> awc::ClientRequest {
-        let mut request = self.client.request(method, format!("{base}{path}"));
-        if let Some(key) = &self.config.api_key {
-            request = request.bearer_auth(key);
+    fn request(
+        &self,
+        method: awc::http::Method,
+        server: usize,
+        path: &'static str,
+    ) -> awc::ClientRequest {
+        let request = match self.address(server, path) {
+            Some(uri) => self.client.request(method, uri),
+            // awc reports the address it cannot parse when the request is sent.
+            None => self
+                .client
+                .request(method, format!("{}{path}", self.pool.url(server))),
+        };
+        match (&self.authorization, &self.config.api_key) {
+            (Some(value), _) => request.insert_header((AUTHORIZATION, value.clone())),
+            // A key that is no header value: awc refuses it when the request is sent.
+            (None, Some(key)) => request.bearer_auth(key),
+            (None, None) => request,
         }
-        request
+    }
+
+    /// `path` on server number `server`, parsed.
+    fn address(&self, server: usize, path: &'static str) -> Option<Uri> {
+        let mut addresses = self.addresses.borrow_mut();
+        if let Some((_, _, uri)) = addresses
+            .iter()
+            .find(|(known, known_path, _)| *known == server && *known_path == path)
+        {
+            return Some(uri.clone());
+        }
+        let uri = Uri::try_from(format!("{}{path}", self.pool.url(server))).ok()?;
+        addresses.push((server, path, uri.clone()));
+        Some(uri)
     }
 
     /// Sends to the least busy healthy server. A server that cannot be connected to has
@@ -115,7 +156,7 @@ impl Upstream {
     async fn dispatch(
         &self,
         method: awc::http::Method,
-        path: &str,
+        path: &'static str,
         body: Option<Bytes>,
     ) -> Result<Placed, GatewayError> {
         let mut tried = Vec::new();
@@ -129,7 +170,7 @@ impl Upstream {
                 }));
             };
             tried.push(place.index());
-            let request = self.request(method.clone(), self.pool.url(place.index()), path);
+            let request = self.request(method.clone(), place.index(), path);
             let sent = match &body {
                 Some(body) => {
                     let request = request.content_type("application/json");
@@ -162,11 +203,7 @@ impl Upstream {
     fn probe(&self, due: Vec<usize>) {
         for index in due {
             let url = format!("{}{}", self.pool.url(index), self.probe_path);
-            let request = self.request(
-                awc::http::Method::GET,
-                self.pool.url(index),
-                self.probe_path,
-            );
+            let request = self.request(awc::http::Method::GET, index, self.probe_path);
             let pool = self.pool.clone();
             let limit = self.config.connect_timeout + Duration::from_secs(5);
             actix_web::rt::spawn(async move {
@@ -185,7 +222,7 @@ impl Upstream {
     /// upstream's message.
     pub async fn post_stream(
         &self,
-        path: &str,
+        path: &'static str,
         body: Vec<u8>,
     ) -> Result<UpstreamBody, GatewayError> {
         let (response, place) = self
@@ -201,7 +238,10 @@ impl Upstream {
     }
 
     /// GETs and decodes a JSON answer (model listings).
-    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, GatewayError> {
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &'static str,
+    ) -> Result<T, GatewayError> {
         let (response, _place) = self.dispatch(awc::http::Method::GET, path, None).await?;
         self.read_json(path, response).await
     }
@@ -209,7 +249,7 @@ impl Upstream {
     /// POSTs JSON and decodes a JSON answer (embeddings, model details).
     pub async fn post_json<T: DeserializeOwned>(
         &self,
-        path: &str,
+        path: &'static str,
         body: Vec<u8>,
     ) -> Result<T, GatewayError> {
         let (response, _place) = self
@@ -220,7 +260,7 @@ impl Upstream {
 
     async fn read_json<T, S>(
         &self,
-        path: &str,
+        path: &'static str,
         response: awc::ClientResponse<S>,
     ) -> Result<T, GatewayError>
     where
