@@ -20,7 +20,8 @@ pub enum FramingError<E> {
 }
 
 /// The `data` payloads of an SSE stream, one per event, comments and empty events left
-/// out. Several `data:` lines in one event are joined with `\n`, as the spec says.
+/// out. Several `data:` lines in one event are joined with `\n`, as the spec says. A
+/// last event that the body ends without its blank line is still delivered.
 ///
 /// The bytes are first cut into whole events ([`EventCutter`]). An event that is one
 /// `data:` line, the shape every chat server streams, is read straight off the bytes
@@ -76,7 +77,12 @@ fn event_data(mut event: Bytes, first_in_stream: bool) -> Option<Result<Bytes, S
     // A lone `\r` ends a line, but the parser waits to see whether `\n` follows; one
     // more `\n` settles that without adding an event.
     let settle = Bytes::from_static(b"\n");
-    let pieces = [lead, event, settle].map(Ok::<_, std::convert::Infallible>);
+    // A line at a time: the parser copies the rest of what it holds for every line it
+    // reads, so an event of many lines given whole would cost the square of its size.
+    let pieces = std::iter::once(lead)
+        .chain(lines(event))
+        .chain(std::iter::once(settle))
+        .map(Ok::<_, std::convert::Infallible>);
     let parsed = futures::stream::iter(pieces)
         .eventsource()
         .collect::<Vec<_>>()
@@ -91,13 +97,28 @@ fn event_data(mut event: Bytes, first_in_stream: bool) -> Option<Result<Bytes, S
     }
 }
 
-/// The value of an event that is exactly one `data:` line and the blank line ending it.
+/// The value of an event that is exactly one `data:` line and the blank line ending it,
+/// if it is UTF-8 (otherwise the parser reports it).
 fn plain_data(event: &[u8]) -> Option<&[u8]> {
     let value = event.strip_prefix(b"data:")?;
     let value = value.strip_prefix(b" ").unwrap_or(value);
     let end = memchr::memchr2(b'\r', b'\n', value)?;
     let after_line = &value[end + line_ending(&value[end..])?..];
-    (line_ending(after_line)? == after_line.len()).then_some(&value[..end])
+    let data = &value[..end];
+    (line_ending(after_line)? == after_line.len() && std::str::from_utf8(data).is_ok())
+        .then_some(data)
+}
+
+/// An event's lines, each with its line ending.
+fn lines(mut event: Bytes) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || {
+        let end = match memchr::memchr2(b'\r', b'\n', &event) {
+            Some(at) => at + line_ending(&event[at..]).unwrap_or(1),
+            None if event.is_empty() => return None,
+            None => event.len(),
+        };
+        Some(event.split_to(end))
+    })
 }
 
 /// The length of the line ending that `bytes` starts with.
@@ -436,6 +457,18 @@ mod tests {
         for cut in 0..=input.len() {
             assert_eq!(decode_sse(input, &[cut]), ["one", "two"], "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn sse_data_that_is_not_utf8_is_an_error() {
+        let input = futures::stream::iter([Ok::<_, Infallible>(Bytes::from_static(
+            b"data: {\"c\":\"\xff\"}\n\n",
+        ))]);
+        let decoded: Vec<_> = block_on(sse_data(input).collect());
+        assert!(
+            matches!(&decoded[..], [Err(FramingError::Invalid(detail))] if detail.contains("UTF-8")),
+            "{decoded:?}"
+        );
     }
 
     /// What eventsource-stream alone decodes from the whole input. It panics on a
