@@ -12,6 +12,11 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use futures::{FutureExt, Stream, StreamExt};
 use serde::Serialize;
 
+/// The most of one SSE event or NDJSON line that is held while waiting for its end. A
+/// streamed token is a few bytes; without a cap, an upstream that never ends a line
+/// would grow the gateway's memory until the process failed.
+pub const MAX_PENDING: usize = 16 * 1024 * 1024;
+
 /// A framing failure: the transport's own error, or bytes that are not the framing.
 #[derive(Debug)]
 pub enum FramingError<E> {
@@ -49,6 +54,10 @@ where
                     yield data.map_err(FramingError::Invalid);
                 }
                 first = false;
+            }
+            if cutter.buffer.len() > MAX_PENDING {
+                yield Err(too_long("an SSE event"));
+                return;
             }
         }
         if let Some(rest) = cutter.finish() {
@@ -225,7 +234,7 @@ impl LineSplitter {
 }
 
 /// The lines of an NDJSON body, as they complete.
-pub fn ndjson_lines<S, E>(body: S) -> impl Stream<Item = Result<Bytes, E>>
+pub fn ndjson_lines<S, E>(body: S) -> impl Stream<Item = Result<Bytes, FramingError<E>>>
 where
     S: Stream<Item = Result<Bytes, E>>,
 {
@@ -239,9 +248,13 @@ where
                     while let Some(line) = splitter.next_line() {
                         yield Ok(line);
                     }
+                    if splitter.buffer.len() > MAX_PENDING {
+                        yield Err(too_long("an NDJSON line"));
+                        return;
+                    }
                 }
                 Err(e) => {
-                    yield Err(e);
+                    yield Err(FramingError::Transport(e));
                     return;
                 }
             }
@@ -250,6 +263,13 @@ where
             yield Ok(line);
         }
     }
+}
+
+fn too_long<E>(what: &str) -> FramingError<E> {
+    FramingError::Invalid(format!(
+        "{what} ran past {} MiB without ending",
+        MAX_PENDING >> 20
+    ))
 }
 
 /// Appends one SSE event, `data: JSON\n\n`.
@@ -468,6 +488,33 @@ mod tests {
         assert!(
             matches!(&decoded[..], [Err(FramingError::Invalid(detail))] if detail.contains("UTF-8")),
             "{decoded:?}"
+        );
+    }
+
+    /// Feeds `piece` until more than [`MAX_PENDING`] bytes have gone in.
+    fn endless(piece: &'static [u8]) -> impl Stream<Item = Result<Bytes, Infallible>> {
+        let reads = MAX_PENDING / piece.len() + 2;
+        futures::stream::iter((0..reads).map(move |_| Ok(Bytes::from_static(piece))))
+    }
+
+    #[test]
+    fn an_event_or_line_that_never_ends_is_cut_off_with_an_error() {
+        const PIECE: &[u8] = &[b'x'; 64 * 1024];
+        let sse: Vec<_> = block_on(
+            sse_data(
+                futures::stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b"data: ")) })
+                    .chain(endless(PIECE)),
+            )
+            .collect(),
+        );
+        assert!(
+            matches!(&sse[..], [Err(FramingError::Invalid(detail))] if detail.contains("16 MiB")),
+            "{sse:?}"
+        );
+        let ndjson: Vec<_> = block_on(ndjson_lines(endless(PIECE)).collect());
+        assert!(
+            matches!(&ndjson[..], [Err(FramingError::Invalid(detail))] if detail.contains("16 MiB")),
+            "{ndjson:?}"
         );
     }
 

@@ -11,7 +11,7 @@ use crate::chat::{
 };
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
-use crate::framing::ndjson_lines;
+use crate::framing::{ndjson_lines, FramingError};
 
 use super::{ModelEntry, Upstream};
 
@@ -492,8 +492,12 @@ fn decode_stream(backend: String, body: super::upstream::UpstreamBody) -> EventS
         while let Some(line) = lines.next().await {
             let line = match line {
                 Ok(line) => line,
-                Err(e) => {
+                Err(FramingError::Transport(e)) => {
                     yield Err(e);
+                    return;
+                }
+                Err(FramingError::Invalid(detail)) => {
+                    yield Err(GatewayError::UpstreamProtocol { backend: backend.clone(), detail });
                     return;
                 }
             };
