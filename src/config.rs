@@ -9,6 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use actix_web::http::header::HeaderValue;
 use serde::Deserialize;
 
 /// Where the listen address is when nothing says otherwise.
@@ -192,8 +193,9 @@ pub enum BackendKind {
 pub struct UpstreamConfig {
     /// Base URLs without a trailing slash: one per upstream server.
     pub base_urls: Vec<String>,
-    /// The upstream key, read from the environment at start.
-    pub api_key: Option<String>,
+    /// `Bearer <upstream key>`, the key read from the environment at start and checked
+    /// to fit a header; marked sensitive so that no debug output shows it.
+    pub authorization: Option<HeaderValue>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
@@ -206,7 +208,10 @@ impl fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamConfig")
             .field("base_urls", &self.base_urls)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<set>"),
+            )
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -303,7 +308,7 @@ impl Config {
                         backend.name,
                         backend.kind.name(),
                         upstream.base_urls.join(" "),
-                        if upstream.api_key.is_some() {
+                        if upstream.authorization.is_some() {
                             " (with key)"
                         } else {
                             ""
@@ -586,10 +591,18 @@ impl RawBackend {
             }
             base_urls.push(url.trim_end_matches('/').to_owned());
         }
-        let api_key = match &self.api_key_env {
+        let authorization = match &self.api_key_env {
             None => None,
             Some(var) => match std::env::var(var) {
-                Ok(value) if !value.is_empty() => Some(value),
+                Ok(value) if !value.is_empty() => {
+                    let Ok(mut header) = HeaderValue::try_from(format!("Bearer {value}")) else {
+                        return err(format!(
+                            "{key}.api_key_env names ${var}, which holds a character an HTTP header cannot carry (a line break?); set it to the key alone"
+                        ));
+                    };
+                    header.set_sensitive(true);
+                    Some(header)
+                }
                 _ => {
                     return err(format!(
                         "{key}.api_key_env names ${var}, which is not set; export it or remove api_key_env"
@@ -611,7 +624,7 @@ impl RawBackend {
         }
         Ok(UpstreamConfig {
             base_urls,
-            api_key,
+            authorization,
             connect_timeout: duration("connect_timeout_secs", self.connect_timeout_secs)?,
             response_timeout: duration("response_timeout_secs", self.response_timeout_secs)?,
             idle_timeout: duration("idle_timeout_secs", self.idle_timeout_secs)?,
@@ -679,6 +692,15 @@ mod tests {
             "[[backends]]\nname = \"a\"\nkind = \"openai\"\nurl = \"http://h/v1\"\napi_key_env = \"SWITCHYARD_TEST_SURELY_UNSET\""
         )
         .contains("backends[0].api_key_env"));
+        std::env::set_var("SWITCHYARD_TEST_KEY_WITH_NEWLINE", "sk-abc\nInjected: yes");
+        let broken_key = error_of(
+            "[[backends]]\nname = \"a\"\nkind = \"openai\"\nurl = \"http://h/v1\"\napi_key_env = \"SWITCHYARD_TEST_KEY_WITH_NEWLINE\"",
+        );
+        assert!(
+            broken_key.contains("backends[0].api_key_env"),
+            "{broken_key}"
+        );
+        assert!(!broken_key.contains("sk-abc"), "{broken_key}");
         let unknown = error_of("[server]\nlisten = \"127.0.0.1:1\"\nport = 3");
         assert!(unknown.contains("server.port"), "{unknown}");
         let nested = error_of("[[backends]]\nname = \"a\"\nkind = \"echo\"\ntimeout = 3");

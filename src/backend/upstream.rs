@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use awc::error::{ConnectError, SendRequestError};
-use awc::http::header::{HeaderValue, AUTHORIZATION};
+use awc::http::header::AUTHORIZATION;
 use awc::http::Uri;
 use bytes::Bytes;
 use futures::Stream;
@@ -40,8 +40,6 @@ pub struct Upstream {
     /// Each server's address joined with each path asked of it, parsed once: joining
     /// and parsing for every request showed in profiles, and there are only a few.
     addresses: RefCell<Vec<(usize, &'static str, Uri)>>,
-    /// `Bearer <upstream key>`, written once and marked sensitive.
-    authorization: Option<HeaderValue>,
 }
 
 /// An upstream response whose status was a success, ready to be streamed.
@@ -102,11 +100,6 @@ impl Upstream {
             probe_path,
             client,
             addresses: RefCell::default(),
-            authorization: config.api_key.as_ref().and_then(|key| {
-                let mut value = HeaderValue::try_from(format!("Bearer {key}")).ok()?;
-                value.set_sensitive(true);
-                Some(value)
-            }),
         }
     }
 
@@ -122,32 +115,31 @@ impl Upstream {
         path: &'static str,
     ) -> awc::ClientRequest {
         let request = match self.address(server, path) {
-            Some(uri) => self.client.request(method, uri),
+            Ok(uri) => self.client.request(method, uri),
             // awc reports the address it cannot parse when the request is sent.
-            None => self
-                .client
-                .request(method, format!("{}{path}", self.pool.url(server))),
+            Err(unparsed) => self.client.request(method, unparsed),
         };
-        match (&self.authorization, &self.config.api_key) {
-            (Some(value), _) => request.insert_header((AUTHORIZATION, value.clone())),
-            // A key that is no header value: awc refuses it when the request is sent.
-            (None, Some(key)) => request.bearer_auth(key),
-            (None, None) => request,
+        match &self.config.authorization {
+            Some(value) => request.insert_header((AUTHORIZATION, value.clone())),
+            None => request,
         }
     }
 
-    /// `path` on server number `server`, parsed.
-    fn address(&self, server: usize, path: &'static str) -> Option<Uri> {
+    /// `path` on server number `server`, parsed; as written when it does not parse.
+    fn address(&self, server: usize, path: &'static str) -> Result<Uri, String> {
         let mut addresses = self.addresses.borrow_mut();
         if let Some((_, _, uri)) = addresses
             .iter()
             .find(|(known, known_path, _)| *known == server && *known_path == path)
         {
-            return Some(uri.clone());
+            return Ok(uri.clone());
         }
-        let uri = Uri::try_from(format!("{}{path}", self.pool.url(server))).ok()?;
+        let joined = format!("{}{path}", self.pool.url(server));
+        let Ok(uri) = Uri::try_from(joined.as_str()) else {
+            return Err(joined);
+        };
         addresses.push((server, path, uri.clone()));
-        Some(uri)
+        Ok(uri)
     }
 
     /// Sends to the least busy healthy server. A server that cannot be connected to has
