@@ -89,7 +89,7 @@ fn event_data(mut event: Bytes, first_in_stream: bool) -> Option<Result<Bytes, S
     // A line at a time: the parser copies the rest of what it holds for every line it
     // reads, so an event of many lines given whole would cost the square of its size.
     let pieces = std::iter::once(lead)
-        .chain(lines(event))
+        .chain(lines(event).inspect(note_error_field))
         .chain(std::iter::once(settle))
         .map(Ok::<_, std::convert::Infallible>);
     let parsed = futures::stream::iter(pieces)
@@ -116,6 +116,16 @@ fn plain_data(event: &[u8]) -> Option<&[u8]> {
     let data = &value[..end];
     (line_ending(after_line)? == after_line.len() && std::str::from_utf8(data).is_ok())
         .then_some(data)
+}
+
+/// Logs an `error:` line. The SSE spec ignores unknown fields, and so does the parser,
+/// but old llama-server builds reported a failure mid-stream that way: the stream then
+/// ends unfinished, and this line is what says why.
+fn note_error_field(line: &Bytes) {
+    if let Some(value) = line.strip_prefix(b"error:") {
+        let value = String::from_utf8_lossy(value.trim_ascii());
+        log::warn!("an upstream SSE event has an `error:` field, which SSE ignores: {value}");
+    }
 }
 
 /// An event's lines, each with its line ending.
