@@ -194,8 +194,8 @@ impl Upstream {
     /// Starts a probe of each server whose cool-down is over.
     fn probe(&self, due: Vec<usize>) {
         for index in due {
-            let url = format!("{}{}", self.pool.url(index), self.probe_path);
             let request = self.request(awc::http::Method::GET, index, self.probe_path);
+            let url = request.get_uri().to_string();
             let pool = self.pool.clone();
             let limit = self.config.connect_timeout + Duration::from_secs(5);
             actix_web::rt::spawn(async move {

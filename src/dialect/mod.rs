@@ -74,9 +74,10 @@ where
             // Events that have already arrived (several often come in one read) go out
             // as one chunk, up to a bound: nothing waits, and the client gets fewer,
             // fuller chunks.
-            let ready = match out.len() < COALESCE_LIMIT {
-                true => events.next().now_or_never(),
-                false => None,
+            let ready = if out.len() < COALESCE_LIMIT {
+                events.next().now_or_never()
+            } else {
+                None
             };
             next = match ready {
                 Some(ready) => ready,
