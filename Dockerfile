@@ -15,6 +15,8 @@ COPY src ./src
 # Cargo.toml declares the soak bench, and cargo refuses a manifest whose declared
 # targets are missing, even when building only the binary.
 COPY benches ./benches
+# awc carries one patch (see vendor/README.md), applied through [patch.crates-io].
+COPY vendor ./vendor
 RUN cargo build --release --locked --bin switchyard
 
 FROM debian:bookworm-slim

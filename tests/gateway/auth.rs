@@ -255,3 +255,25 @@ async fn nothing_of_the_clients_headers_goes_upstream() {
     }
     assert!(seen[0].headers["user-agent"].starts_with("switchyard/"));
 }
+
+/// awc is patched to share one codec configuration per worker thread (vendor/README.md);
+/// its date service must keep the `Date` of later requests current.
+#[actix_web::test]
+async fn upstream_requests_carry_a_current_date() {
+    let gateway = harness::start("").await;
+    let body = json!({"model": "oa/mock-date", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        gateway.post("/v1/chat/completions", &body).await.status,
+        200
+    );
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        gateway.post("/v1/chat/completions", &body).await.status,
+        200
+    );
+    let seen = gateway.mock.requests_for("mock-date");
+    let dates: Vec<&str> = seen.iter().map(|r| r.headers["date"].as_str()).collect();
+    assert_eq!(dates.len(), 2);
+    assert!(dates.iter().all(|d| d.ends_with(" GMT")), "{dates:?}");
+    assert_ne!(dates[0], dates[1], "the second request's date went stale");
+}
