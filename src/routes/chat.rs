@@ -20,13 +20,16 @@ use super::{respond, Caller, RequestBody};
 
 /// Routes the request and hands it to `attempt`; for an alias, each target in turn
 /// while the failure is one another server might not have.
+///
+/// The request travels boxed: it is over half a kilobyte, and every async frame on the
+/// way to the backend would otherwise hold its own copy and copy it on each move.
 async fn with_fallback<'r, T, F, Fut>(
     router: &'r Router,
-    request: ChatRequest,
+    request: Box<ChatRequest>,
     mut attempt: F,
 ) -> Result<T, GatewayError>
 where
-    F: FnMut(&'r str, &'r Backend, ChatRequest) -> Fut,
+    F: FnMut(&'r str, &'r Backend, Box<ChatRequest>) -> Fut,
     Fut: std::future::Future<Output = Result<T, GatewayError>>,
 {
     let asked = request.model.clone();
@@ -62,7 +65,7 @@ where
 async fn start_chat(
     router: &Router,
     caller: &Caller,
-    request: ChatRequest,
+    request: Box<ChatRequest>,
 ) -> Result<EventStream, GatewayError> {
     with_fallback(router, request, |name, backend, request| {
         start_one(name, backend, caller, request)
@@ -74,13 +77,13 @@ async fn start_chat(
 async fn complete(
     router: &Router,
     caller: &Caller,
-    request: ChatRequest,
+    request: Box<ChatRequest>,
 ) -> Result<Completion, GatewayError> {
     with_fallback(router, request, |name, backend, request| async move {
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_called();
         }
-        let completion = until_client_gone(caller, backend.complete(request)).await;
+        let completion = until_client_gone(caller, backend.complete(*request)).await;
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_answered();
         }
@@ -127,13 +130,13 @@ async fn start_one(
     name: &str,
     backend: &Backend,
     caller: &Caller,
-    request: ChatRequest,
+    request: Box<ChatRequest>,
 ) -> Result<EventStream, GatewayError> {
     if let Some(stopwatch) = &caller.stopwatch {
         stopwatch.upstream_called();
     }
     let first = async {
-        let events = backend.chat(request).await;
+        let events = backend.chat(*request).await;
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_answered();
         }
@@ -154,18 +157,24 @@ pub async fn openai_chat(
     caller: Caller,
 ) -> HttpResponse {
     let answer = async {
-        let parsed = openai::parse_chat(&body.bytes()?)?;
-        if parsed.stream {
-            let events = start_chat(&router, &caller, parsed.request).await?;
-            let renderer = SseRenderer::new(parsed.model, parsed.include_usage);
+        let openai::ParsedChat {
+            model,
+            stream,
+            include_usage,
+            request,
+        } = openai::parse_chat(&body.bytes()?)?;
+        let request = Box::new(request);
+        if stream {
+            let events = start_chat(&router, &caller, request).await?;
+            let renderer = SseRenderer::new(model, include_usage);
             Ok(HttpResponse::Ok()
                 .content_type("text/event-stream")
                 .insert_header(("cache-control", "no-cache"))
                 .insert_header(("x-accel-buffering", "no"))
                 .streaming(render_stream(events, renderer)))
         } else {
-            let completion = complete(&router, &caller, parsed.request).await?;
-            Ok(HttpResponse::Ok().json(openai::render_completion(&parsed.model, &completion)))
+            let completion = complete(&router, &caller, request).await?;
+            Ok(HttpResponse::Ok().json(openai::render_completion(&model, &completion)))
         }
     };
     respond(Dialect::OpenAi, answer.await)
@@ -216,15 +225,21 @@ async fn ollama_answer(
             keep_alive,
         )));
     }
-    if parsed.stream {
-        let events = start_chat(router, caller, parsed.request).await?;
-        let renderer = NdjsonRenderer::new(shape, parsed.model, timing);
+    let ollama::ParsedChat {
+        model,
+        stream,
+        request,
+    } = parsed;
+    let request = Box::new(request);
+    if stream {
+        let events = start_chat(router, caller, request).await?;
+        let renderer = NdjsonRenderer::new(shape, model, timing);
         return Ok(HttpResponse::Ok()
             .content_type("application/x-ndjson")
             .streaming(render_stream(events, renderer)));
     }
-    let completion = complete(router, caller, parsed.request).await?;
-    let value = ollama::render_completion(shape, &parsed.model, &completion, &timing)?;
+    let completion = complete(router, caller, request).await?;
+    let value = ollama::render_completion(shape, &model, &completion, &timing)?;
     Ok(json_utf8(&value))
 }
 
