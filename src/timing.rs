@@ -60,20 +60,36 @@ impl Stopwatch {
 /// microseconds: formatting an f64 costs more than the rest of the header together.
 struct Millis(Duration);
 
+impl Millis {
+    /// Appends the figure. Written out by hand because `core::fmt`'s zero padding
+    /// (`{:03}`) cost more than the rest of the header.
+    fn push_to(&self, out: &mut String) {
+        let micros = u64::try_from(self.0.as_micros()).unwrap_or(u64::MAX);
+        out.push_str(itoa::Buffer::new().format(micros / 1000));
+        out.push('.');
+        let fraction = micros % 1000;
+        for digit in [fraction / 100, fraction / 10 % 10, fraction % 10] {
+            out.push(char::from(b'0' + digit as u8));
+        }
+    }
+}
+
 impl std::fmt::Display for Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let micros = self.0.as_micros();
-        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
+        let mut text = String::with_capacity(16);
+        self.push_to(&mut text);
+        f.write_str(&text)
     }
 }
 
 /// The header's value: `gateway;dur=0.051, upstream;dur=212.407`.
 fn header_value(gateway: Duration, upstream: Option<Duration>) -> String {
-    use std::fmt::Write;
     let mut value = String::with_capacity(48);
-    let _ = write!(value, "gateway;dur={}", Millis(gateway));
+    value.push_str("gateway;dur=");
+    Millis(gateway).push_to(&mut value);
     if let Some(upstream) = upstream {
-        let _ = write!(value, ", upstream;dur={}", Millis(upstream));
+        value.push_str(", upstream;dur=");
+        Millis(upstream).push_to(&mut value);
     }
     value
 }
@@ -120,5 +136,10 @@ mod tests {
             header_value(Duration::from_millis(3), None),
             "gateway;dur=3.000"
         );
+        assert_eq!(
+            header_value(Duration::from_micros(1_234_005), Some(Duration::ZERO)),
+            "gateway;dur=1234.005, upstream;dur=0.000"
+        );
+        assert_eq!(Millis(Duration::from_micros(70)).to_string(), "0.070");
     }
 }
