@@ -140,6 +140,13 @@ mod tests {
             header_value(Duration::from_micros(1_234_005), Some(Duration::ZERO)),
             "gateway;dur=1234.005, upstream;dur=0.000"
         );
-        assert_eq!(Millis(Duration::from_micros(70)).to_string(), "0.070");
+        for (micros, text) in [
+            (70, "0.070"),
+            (999, "0.999"),
+            (1000, "1.000"),
+            (10_010, "10.010"),
+        ] {
+            assert_eq!(Millis(Duration::from_micros(micros)).to_string(), text);
+        }
     }
 }

@@ -266,7 +266,8 @@ async fn upstream_requests_carry_a_current_date() {
         gateway.post("/v1/chat/completions", &body).await.status,
         200
     );
-    actix_web::rt::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Past a second even when the 500 ms date tick runs late.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1600)).await;
     assert_eq!(
         gateway.post("/v1/chat/completions", &body).await.status,
         200
