@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod health;
 use switchyard::{Config, Shared};
 
 // The request path allocates some 80 small blocks per request (headers, JSON strings,
@@ -29,11 +31,23 @@ enum Command {
     Serve,
     /// Validate the configuration and print the backends and routing.
     Check,
+    /// Ask a running gateway's `/health`: exit 0 when it answers ok, 1 otherwise. Needs
+    /// nothing but this binary, so a container's HEALTHCHECK can run it.
+    Health {
+        /// The gateway's address (default: the configured `server.listen`, with an
+        /// unspecified address such as 0.0.0.0 asked on loopback).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let Some(Command::Health { url: Some(url) }) = &cli.command {
+        // An explicit address needs no configuration, which may not be readable here.
+        return health::report(url);
+    }
     let path = Config::locate(cli.config.as_deref());
     let shared = match Config::load(path.as_deref())
         .map_err(|e| e.to_string())
@@ -55,6 +69,7 @@ fn main() -> ExitCode {
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
+        Command::Health { .. } => health::report(&health::url_for(shared.config.listen)),
         Command::Serve => match actix_web::rt::System::new().block_on(switchyard::serve(shared)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

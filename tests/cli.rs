@@ -265,3 +265,43 @@ fn graceful_stop(signal: &str) {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn health_exits_zero_for_a_serving_gateway_and_one_for_none() {
+    let dir = scratch("health");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = gateway(&dir)
+        .env("SWITCHYARD__SERVER__LISTEN", &listen)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "listening on");
+    let running = Running(child);
+    // From the configured listen address, as a container's HEALTHCHECK runs it.
+    let output = gateway(&dir)
+        .arg("health")
+        .env("SWITCHYARD__SERVER__LISTEN", &listen)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains(": ok"));
+    // From an explicit URL, with or without the route.
+    for url in [
+        format!("http://{listen}"),
+        format!("http://{listen}/health"),
+    ] {
+        let output = gateway(&dir)
+            .args(["health", "--url", &url])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{url}: {output:?}");
+    }
+    drop(running);
+    let output = gateway(&dir)
+        .args(["health", "--url", &format!("http://{listen}")])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no answer"));
+}
