@@ -195,3 +195,53 @@ def test_every_script_answers_help_with_a_usage_line(script):
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.lower().startswith("usage:"), result.stdout
+
+
+def _install(*args):
+    return subprocess.run(
+        [str(ROOT / "scripts" / "install.sh"), "--binary", _binary(), *args],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_install_dry_run_prints_everything_and_writes_nothing(tmp_path):
+    etc_before = Path("/etc/switchyard").exists()
+    unit_before = Path("/etc/systemd/system/switchyard.service").exists()
+    result = _install("--dry-run", "--prefix", str(tmp_path / "prefix"), "--user", "sy-test")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in ("--- /etc/switchyard/switchyard.toml", "--- /etc/switchyard/keys.json",
+                     "--- /etc/systemd/system/switchyard.service", "ProtectSystem=strict",
+                     "StateDirectory=switchyard", "Restart=on-failure", "User=sy-test",
+                     "+ install -D", "+ systemctl enable --now switchyard",
+                     "dry run: nothing was written or run"):
+        assert expected in out, expected
+    assert list(tmp_path.iterdir()) == []
+    assert Path("/etc/switchyard").exists() == etc_before
+    assert Path("/etc/systemd/system/switchyard.service").exists() == unit_before
+
+
+def test_install_into_a_destdir_writes_a_working_service(tmp_path):
+    result = _install("--destdir", str(tmp_path), "--prefix", "/opt/sy")
+    assert result.returncode == 0, result.stderr
+    installed = tmp_path / "opt/sy/bin/switchyard"
+    assert os.access(installed, os.X_OK)
+    keys_file = tmp_path / "etc/switchyard/keys.json"
+    assert oct(keys_file.stat().st_mode & 0o777) == "0o640"
+    keys = json.loads(keys_file.read_text())
+    [(key, user)] = keys.items()
+    assert user == "admin" and key.startswith("sk-") and len(key) >= 32
+    assert result.stdout.count(key) == 1, "the key is printed exactly once"
+    unit = (tmp_path / "etc/systemd/system/switchyard.service").read_text()
+    assert "ExecStart=/opt/sy/bin/switchyard serve --config /etc/switchyard/switchyard.toml" in unit
+    config = tmp_path / "etc/switchyard/switchyard.toml"
+    check = subprocess.run(
+        [str(installed), "check", "--config", str(config)], capture_output=True, text=True,
+        env={**os.environ, "SWITCHYARD__AUTH__KEYS_FILE": str(keys_file)},
+    )
+    assert check.returncode == 0, check.stderr
+    # A second run keeps the configuration and the keys a user may have edited.
+    again = _install("--destdir", str(tmp_path), "--prefix", "/opt/sy")
+    assert again.returncode == 0
+    assert json.loads(keys_file.read_text()) == keys
+    assert "exists: kept as it is" in again.stdout
