@@ -13,6 +13,7 @@ pub mod embed;
 pub mod error;
 pub mod framing;
 mod hangup;
+pub mod keys;
 pub mod metrics;
 pub mod router;
 mod routes;

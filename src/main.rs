@@ -31,6 +31,11 @@ enum Command {
     Serve,
     /// Validate the configuration and print the backends and routing.
     Check,
+    /// Manage the keys file: list, add, disable, enable, remove.
+    Keys {
+        #[command(subcommand)]
+        command: switchyard::keys::cli::KeysCommand,
+    },
     /// Ask a running gateway's `/health`: exit 0 when it answers ok, 1 otherwise. Needs
     /// nothing but this binary, so a container's HEALTHCHECK can run it.
     Health {
@@ -49,6 +54,20 @@ fn main() -> ExitCode {
         return health::report(url);
     }
     let path = Config::locate(cli.config.as_deref());
+    if let Some(Command::Keys { command }) = cli.command {
+        // Only the keys file is read: managing keys must not need, say, every upstream
+        // key in this shell's environment.
+        return match switchyard::keys::cli::run(path.as_deref(), command) {
+            Ok(output) => {
+                print!("{output}");
+                ExitCode::SUCCESS
+            }
+            Err(problem) => {
+                eprintln!("switchyard keys: {problem}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let shared = match Config::load(path.as_deref())
         .map_err(|e| e.to_string())
         .and_then(Shared::prepare)
@@ -69,6 +88,7 @@ fn main() -> ExitCode {
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
+        Command::Keys { .. } => ExitCode::SUCCESS,
         Command::Health { .. } => health::report(&health::url_for(shared.config.listen)),
         Command::Serve => match actix_web::rt::System::new().block_on(switchyard::serve(shared)) {
             Ok(()) => ExitCode::SUCCESS,
