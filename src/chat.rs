@@ -258,11 +258,11 @@ pub struct Sampling {
     pub ollama_runtime: Map<String, Value>,
 }
 
-/// A chat request, whichever dialect it came in.
+/// A chat request, whichever dialect it came in. It names no model: the client's name
+/// stays with the dialect, and routing hands each backend the upstream's name beside
+/// the request, so one request serves every fallback target unchanged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
-    /// The model name as the upstream knows it (routing has removed the prefix).
-    pub model: String,
     pub messages: Vec<Message>,
     pub sampling: Sampling,
     pub format: Option<OutputFormat>,
@@ -296,10 +296,9 @@ pub struct Generation {
 }
 
 impl ChatRequest {
-    /// A plain request: a model and its messages, nothing else set.
-    pub fn new(model: impl Into<String>, messages: Vec<Message>) -> ChatRequest {
+    /// A plain request: its messages, nothing else set.
+    pub fn new(messages: Vec<Message>) -> ChatRequest {
         ChatRequest {
-            model: model.into(),
             messages,
             sampling: Sampling::default(),
             format: None,

@@ -63,12 +63,17 @@ impl Backend {
         }
     }
 
-    /// Starts a chat; the stream yields the answer as it arrives. Errors before the
-    /// upstream accepted the request come back here, errors after it in the stream.
-    pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
+    /// Starts a chat with `model`, the upstream's name for it (routing has removed the
+    /// prefix); the stream yields the answer as it arrives. Errors before the upstream
+    /// accepted the request come back here, errors after it in the stream.
+    pub async fn chat(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<EventStream, GatewayError> {
         match self {
-            Backend::OpenAi(backend) => backend.chat(request).await,
-            Backend::Ollama(backend) => backend.chat(request).await,
+            Backend::OpenAi(backend) => backend.chat(model, request).await,
+            Backend::Ollama(backend) => backend.chat(model, request).await,
             Backend::Echo(backend) => Ok(backend.chat(request)),
         }
     }
@@ -76,11 +81,15 @@ impl Backend {
     /// The whole answer at once, for clients that did not ask to stream: upstreams are
     /// asked for it whole too (one object instead of a line per token, and some servers
     /// report usage only on whole answers).
-    pub async fn complete(&self, request: ChatRequest) -> Result<Completion, GatewayError> {
+    pub async fn complete(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<Completion, GatewayError> {
         match self {
-            Backend::OpenAi(backend) => backend.complete(request).await,
-            Backend::Ollama(backend) => backend.complete(request).await,
-            Backend::Echo(_) => Completion::collect(self.chat(request).await?).await,
+            Backend::OpenAi(backend) => backend.complete(model, request).await,
+            Backend::Ollama(backend) => backend.complete(model, request).await,
+            Backend::Echo(backend) => Completion::collect(backend.chat(request)).await,
         }
     }
 
@@ -93,12 +102,16 @@ impl Backend {
         }
     }
 
-    /// Embeds texts, one vector per input.
-    pub async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, GatewayError> {
+    /// Embeds texts with `model` (the upstream's name), one vector per input.
+    pub async fn embed(
+        &self,
+        model: &str,
+        request: &EmbedRequest,
+    ) -> Result<Embeddings, GatewayError> {
         match self {
-            Backend::OpenAi(backend) => backend.embed(&request).await,
-            Backend::Ollama(backend) => backend.embed(&request).await,
-            Backend::Echo(_) => Ok(echo::EchoBackend::embed(&request)),
+            Backend::OpenAi(backend) => backend.embed(model, request).await,
+            Backend::Ollama(backend) => backend.embed(model, request).await,
+            Backend::Echo(_) => Ok(echo::EchoBackend::embed(request)),
         }
     }
 

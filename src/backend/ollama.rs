@@ -28,16 +28,24 @@ impl OllamaBackend {
 
     /// Sends the chat to `/api/chat` (a plain completion to `/api/generate`) and decodes
     /// its NDJSON answer.
-    pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
-        let (path, body) = self.encode(&request, true)?;
+    pub async fn chat(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<EventStream, GatewayError> {
+        let (path, body) = self.encode(model, request, true)?;
         let response = self.upstream.post_stream(path, body).await?;
         Ok(decode_stream(self.upstream.backend.clone(), response))
     }
 
     /// Asks for the whole answer at once (`"stream": false`), for clients that did not
     /// ask to stream: one object to read instead of a line per token.
-    pub async fn complete(&self, request: ChatRequest) -> Result<Completion, GatewayError> {
-        let (path, body) = self.encode(&request, false)?;
+    pub async fn complete(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<Completion, GatewayError> {
+        let (path, body) = self.encode(model, request, false)?;
         // A whole answer has the shape of a stream's last line, with everything in it.
         let answer: WireLine = self.upstream.post_json(path, body).await?;
         let mut events = Vec::new();
@@ -51,10 +59,11 @@ impl OllamaBackend {
 
     fn encode(
         &self,
+        model: &str,
         request: &ChatRequest,
         stream: bool,
     ) -> Result<(&'static str, Vec<u8>), GatewayError> {
-        let mut wire = wire_request(&self.upstream.backend, request)?;
+        let mut wire = wire_request(&self.upstream.backend, model, request)?;
         wire.stream = stream;
         Ok(match &request.generation {
             None => ("/api/chat", super::json_body(&wire)?),
@@ -66,9 +75,13 @@ impl OllamaBackend {
     }
 
     /// Embeds through `/api/embed`.
-    pub async fn embed(&self, request: &EmbedRequest) -> Result<Embeddings, GatewayError> {
+    pub async fn embed(
+        &self,
+        model: &str,
+        request: &EmbedRequest,
+    ) -> Result<Embeddings, GatewayError> {
         let mut body = request.ollama_extras.clone();
-        body.insert("model".to_owned(), Value::from(request.model.as_str()));
+        body.insert("model".to_owned(), Value::from(model));
         body.insert("input".to_owned(), Value::from(request.inputs.clone()));
         if let Some(dimensions) = request.dimensions {
             body.insert("dimensions".to_owned(), Value::from(dimensions));
@@ -186,6 +199,7 @@ struct WireMessage<'a> {
 
 fn wire_request<'a>(
     backend: &str,
+    model: &'a str,
     request: &'a ChatRequest,
 ) -> Result<WireRequest<'a>, GatewayError> {
     let sampling = &request.sampling;
@@ -247,7 +261,7 @@ fn wire_request<'a>(
         }),
     };
     Ok(WireRequest {
-        model: &request.model,
+        model,
         messages: wire_messages(&request.messages)?,
         stream: true,
         options,

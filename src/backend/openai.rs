@@ -38,16 +38,24 @@ impl OpenAiBackend {
     }
 
     /// Sends the chat upstream and decodes its SSE answer.
-    pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
-        let (path, body) = self.encode(&request, true)?;
+    pub async fn chat(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<EventStream, GatewayError> {
+        let (path, body) = self.encode(model, request, true)?;
         let response = self.upstream.post_stream(path, body).await?;
         Ok(decode_stream(self.upstream.backend.clone(), response))
     }
 
     /// Asks for the whole answer at once, for clients that did not ask to stream: some
     /// servers (llama-cpp-python's) report usage only on whole answers.
-    pub async fn complete(&self, request: ChatRequest) -> Result<Completion, GatewayError> {
-        let (path, body) = self.encode(&request, false)?;
+    pub async fn complete(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<Completion, GatewayError> {
+        let (path, body) = self.encode(model, request, false)?;
         let answer: WireCompletion = self.upstream.post_json(path, body).await?;
         answer.into_completion(&self.upstream.backend)
     }
@@ -56,6 +64,7 @@ impl OpenAiBackend {
     /// `/completions`, which takes the prompt untemplated.
     fn encode(
         &self,
+        model: &str,
         request: &ChatRequest,
         stream: bool,
     ) -> Result<(&'static str, Vec<u8>), GatewayError> {
@@ -64,9 +73,9 @@ impl OpenAiBackend {
             .as_ref()
             .is_some_and(|g| g.raw || g.suffix.is_some());
         let body = if plain {
-            super::json_body(&self.completion_request(request, stream))?
+            super::json_body(&self.completion_request(model, request, stream))?
         } else {
-            let mut wire = self.wire_request(request);
+            let mut wire = self.wire_request(model, request);
             wire.stream = stream;
             if !stream {
                 wire.stream_options = None;
@@ -84,9 +93,12 @@ impl OpenAiBackend {
     }
 
     /// Embeds through `/embeddings`, always as floats.
-    pub async fn embed(&self, request: &EmbedRequest) -> Result<Embeddings, GatewayError> {
-        let mut body =
-            json!({"model": request.model, "input": request.inputs, "encoding_format": "float"});
+    pub async fn embed(
+        &self,
+        model: &str,
+        request: &EmbedRequest,
+    ) -> Result<Embeddings, GatewayError> {
+        let mut body = json!({"model": model, "input": request.inputs, "encoding_format": "float"});
         if let Some(dimensions) = request.dimensions {
             body["dimensions"] = json!(dimensions);
         }
@@ -103,7 +115,7 @@ impl OpenAiBackend {
     }
 
     /// A legacy `/completions` request: the prompt as written, with its suffix.
-    fn completion_request(&self, request: &ChatRequest, stream: bool) -> Value {
+    fn completion_request(&self, model: &str, request: &ChatRequest, stream: bool) -> Value {
         let prompt = request
             .messages
             .iter()
@@ -112,14 +124,14 @@ impl OpenAiBackend {
             .map(Message::joined_text)
             .unwrap_or_default();
         let mut body = json!({
-            "model": request.model,
+            "model": model,
             "prompt": prompt,
             "stream": stream,
         });
         if stream {
             body["stream_options"] = json!({"include_usage": true});
         }
-        let chat = serde_json::to_value(self.wire_request(request)).unwrap_or_default();
+        let chat = serde_json::to_value(self.wire_request(model, request)).unwrap_or_default();
         for key in [
             "max_completion_tokens",
             "temperature",
@@ -164,7 +176,7 @@ impl OpenAiBackend {
             .collect())
     }
 
-    fn wire_request<'a>(&self, request: &'a ChatRequest) -> WireRequest<'a> {
+    fn wire_request<'a>(&self, model: &'a str, request: &'a ChatRequest) -> WireRequest<'a> {
         let sampling = &request.sampling;
         let mut extra = Map::new();
         if !self.strict_parameters {
@@ -202,7 +214,7 @@ impl OpenAiBackend {
             extra.entry(key.clone()).or_insert_with(|| value.clone());
         }
         WireRequest {
-            model: &request.model,
+            model,
             messages: wire_messages(&request.messages, !self.strict_parameters),
             stream: true,
             stream_options: Some(json!({"include_usage": true})),
