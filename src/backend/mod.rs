@@ -1,26 +1,96 @@
-//! What the gateway speaks to upstreams: one file per kind, all behind [`Backend`].
+//! What the gateway speaks to upstreams: one folder per kind, all behind [`Backend`].
 //!
 //! A backend turns a canonical [`ChatRequest`] into its upstream's call and the answer
 //! into canonical [`Event`](crate::chat::Event)s; it knows nothing of the client's dialect.
-//! Three kinds need no trait objects: one enum and one `match` say it plainly.
+//! Three kinds need no trait objects: one enum and one `match` say it plainly. Each
+//! kind's configuration lives beside it; [`BackendSettings`] names them all, so a new
+//! kind is a folder here and a variant there.
 
 pub mod echo;
 pub mod ollama;
 pub mod openai;
 pub mod pool;
 mod upstream;
+mod upstream_config;
 
 pub use pool::{Pool, Pools};
 pub use upstream::Upstream;
+pub use upstream_config::{BaseUrl, UpstreamAuth, UpstreamConfig, UpstreamFields};
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::chat::{ChatRequest, Completion, EventStream};
-use crate::config::{BackendConfig, BackendKind};
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
+
+/// A backend's settings as written in the config file, told apart by `kind`. Each
+/// variant's fields are its kind's own, and a field no kind knows is an error.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum BackendSettings {
+    #[serde(rename = "openai")]
+    OpenAi(openai::OpenAiConfig),
+    #[serde(rename = "ollama")]
+    Ollama(ollama::OllamaConfig),
+    /// Built in, no upstream: it takes no settings at all.
+    #[serde(rename = "echo")]
+    Echo {},
+}
+
+/// The kinds' names, for the message that lists them.
+pub const KIND_NAMES: &str = "\"openai\", \"ollama\" or \"echo\"";
+
+impl BackendSettings {
+    /// Checks the settings of the backend at `key` (`backends[2]`) once, at start, into
+    /// types that cannot be wrong later; the error names the field at fault.
+    pub fn check(self, key: &str) -> Result<BackendKind, String> {
+        Ok(match self {
+            BackendSettings::OpenAi(config) => BackendKind::OpenAi(config.check(key)?),
+            BackendSettings::Ollama(config) => BackendKind::Ollama(config.check(key)?),
+            BackendSettings::Echo {} => BackendKind::Echo,
+        })
+    }
+}
+
+/// One checked backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: BackendKind,
+}
+
+/// What a backend talks to, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendKind {
+    /// Any OpenAI-compatible server.
+    OpenAi(UpstreamConfig),
+    /// Native Ollama.
+    Ollama(UpstreamConfig),
+    /// Built in, no upstream.
+    Echo,
+}
+
+impl BackendKind {
+    /// The kind's name as written in the config file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendKind::OpenAi(_) => "openai",
+            BackendKind::Ollama(_) => "ollama",
+            BackendKind::Echo => "echo",
+        }
+    }
+
+    /// The upstream, for kinds that have one.
+    pub fn upstream(&self) -> Option<&UpstreamConfig> {
+        match self {
+            BackendKind::OpenAi(upstream) | BackendKind::Ollama(upstream) => Some(upstream),
+            BackendKind::Echo => None,
+        }
+    }
+}
 
 /// A model a backend offers, as its upstream describes it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,7 +118,7 @@ impl Backend {
     /// Builds the running backend from its checked configuration and its servers'
     /// pool, which all workers share (a fresh one when none is given).
     pub fn new(config: &BackendConfig, pool: Option<Arc<Pool>>) -> Backend {
-        let pool = |upstream: &crate::config::UpstreamConfig| {
+        let pool = |upstream: &UpstreamConfig| {
             pool.clone()
                 .unwrap_or_else(|| Arc::new(Pool::for_config(upstream)))
         };

@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use awc::error::{ConnectError, SendRequestError};
-use awc::http::header::AUTHORIZATION;
 use awc::http::Uri;
 use bytes::Bytes;
 use futures::Stream;
@@ -21,7 +20,7 @@ use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 
 use super::pool::{InFlight, Pool};
-use crate::config::UpstreamConfig;
+use super::UpstreamConfig;
 use crate::error::{parse_upstream_error, GatewayError};
 
 /// The most of an upstream's error body that is read to find its message.
@@ -104,8 +103,8 @@ impl Upstream {
     }
 
     /// The first server's base URL (they all serve the same API).
-    pub fn first_url(&self) -> &str {
-        self.pool.url(0)
+    pub fn first_url(&self) -> &super::BaseUrl {
+        &self.config.base_urls[0]
     }
 
     fn request(
@@ -119,8 +118,8 @@ impl Upstream {
             // awc reports the address it cannot parse when the request is sent.
             Err(unparsed) => self.client.request(method, unparsed),
         };
-        match &self.config.authorization {
-            Some(value) => request.insert_header((AUTHORIZATION, value.clone())),
+        match &self.config.auth {
+            Some(auth) => request.insert_header((auth.name.clone(), auth.value.clone())),
             None => request,
         }
     }

@@ -15,6 +15,9 @@ use crate::framing::{ndjson_lines, FramingError};
 
 use super::{ModelEntry, Upstream};
 
+mod config;
+pub use config::OllamaConfig;
+
 /// A native Ollama upstream.
 pub struct OllamaBackend {
     upstream: Upstream,

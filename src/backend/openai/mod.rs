@@ -16,6 +16,9 @@ use crate::framing::{sse_data, FramingError};
 
 use super::{ModelEntry, Upstream};
 
+mod config;
+pub use config::OpenAiConfig;
+
 /// An OpenAI-compatible upstream.
 pub struct OpenAiBackend {
     upstream: Upstream,
@@ -27,10 +30,10 @@ pub struct OpenAiBackend {
 impl OpenAiBackend {
     /// Wraps the upstream.
     pub fn new(upstream: Upstream) -> OpenAiBackend {
-        let strict_parameters = url::Url::parse(upstream.first_url())
-            .ok()
-            .and_then(|url| url.host_str().map(|h| h.ends_with("api.openai.com")))
-            .unwrap_or(false);
+        let strict_parameters = upstream
+            .first_url()
+            .host()
+            .is_some_and(|host| host.ends_with("api.openai.com"));
         OpenAiBackend {
             upstream,
             strict_parameters,
