@@ -191,10 +191,12 @@ impl UpstreamFields {
                         parsed,
                     });
                 }
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "{field} \"{url}\" is not an http:// or https:// URL; write e.g. \"http://{}\"",
                     url.trim_start_matches("//")
-                )),
+                ))
+                }
             }
         }
         let auth = self.auth(key)?;
@@ -246,9 +248,11 @@ impl UpstreamFields {
         };
         let secret = match std::env::var(var) {
             Ok(value) if !value.is_empty() => value,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "{key}.api_key_env names ${var}, which is not set; export it or remove api_key_env"
-            )),
+            ))
+            }
         };
         let (name, value) = match name {
             None => (
