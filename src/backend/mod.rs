@@ -7,6 +7,7 @@
 //! kind is a folder here and a variant there.
 
 pub mod echo;
+mod error_body;
 pub mod ollama;
 pub mod openai;
 pub mod pool;

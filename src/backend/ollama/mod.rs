@@ -13,6 +13,7 @@ use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 use crate::framing::{ndjson_lines, FramingError};
 
+use super::error_body::ErrorField;
 use super::{ModelEntry, Upstream};
 
 mod config;
@@ -50,7 +51,8 @@ impl OllamaBackend {
     ) -> Result<Completion, GatewayError> {
         let (path, body) = self.encode(model, request, false)?;
         // A whole answer has the shape of a stream's last line, with everything in it.
-        let answer: WireLine = self.upstream.post_json(path, body).await?;
+        let body = self.upstream.post_for_body(path, body).await?;
+        let answer: WireLine<'_> = self.upstream.parse_json(path, &body)?;
         let mut events = Vec::new();
         line_events(&self.upstream.backend, answer, &mut 0, &mut events)?;
         let mut completion = Completion::default();
@@ -402,7 +404,7 @@ struct WireTag {
 }
 
 #[derive(Deserialize)]
-struct WireLine {
+struct WireLine<'a> {
     message: Option<WireLineMessage>,
     /// `/api/generate` lines carry text here instead.
     response: Option<String>,
@@ -417,7 +419,8 @@ struct WireLine {
     prompt_eval_duration: Option<u64>,
     eval_duration: Option<u64>,
     load_duration: Option<u64>,
-    error: Option<Value>,
+    #[serde(borrow)]
+    error: Option<ErrorField<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -434,7 +437,7 @@ fn decode_line(
     calls_sent: &mut usize,
     out: &mut Vec<Event>,
 ) -> Result<bool, GatewayError> {
-    let line: WireLine =
+    let line: WireLine<'_> =
         serde_json::from_slice(line).map_err(|e| GatewayError::UpstreamProtocol {
             backend: backend.to_owned(),
             detail: format!("a stream line is not an Ollama chat response: {e}"),
@@ -445,22 +448,12 @@ fn decode_line(
 /// What one parsed line (or a whole answer) means; returns whether it was the last.
 fn line_events(
     backend: &str,
-    line: WireLine,
+    line: WireLine<'_>,
     calls_sent: &mut usize,
     out: &mut Vec<Event>,
 ) -> Result<bool, GatewayError> {
     if let Some(error) = line.error {
-        let body = serde_json::json!({ "error": error }).to_string();
-        let (message, kind, code) = crate::error::parse_upstream_error(body.as_bytes())
-            .unwrap_or_else(|| ("upstream error".to_owned(), None, None));
-        return Err(GatewayError::UpstreamStatus {
-            backend: backend.to_owned(),
-            status: 502,
-            message,
-            kind,
-            code,
-            retry_after: None,
-        });
+        return Err(error.into_error(backend));
     }
     let (content, thinking, tool_calls) = match line.message {
         Some(message) => (message.content, message.thinking, message.tool_calls),

@@ -14,6 +14,7 @@ use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 use crate::framing::{sse_data, FramingError};
 
+use super::error_body::ErrorField;
 use super::{ModelEntry, Upstream};
 
 mod config;
@@ -506,12 +507,13 @@ struct WireModel {
 }
 
 #[derive(Deserialize)]
-struct WireChunk {
+struct WireChunk<'a> {
     #[serde(default)]
     choices: Vec<WireChoice>,
     usage: Option<WireUsage>,
     timings: Option<WireTimings>,
-    error: Option<Value>,
+    #[serde(borrow)]
+    error: Option<ErrorField<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -616,7 +618,7 @@ impl DecodeState {
                 detail: format!("a stream event is not a chat completion chunk: {e}"),
             })?;
         if let Some(error) = chunk.error {
-            return Err(stream_error(backend, error));
+            return Err(error.into_error(backend));
         }
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             if let Some(text) = choice.text.filter(|t| !t.is_empty()) {
@@ -664,26 +666,6 @@ impl DecodeState {
             kept.eval_ns = timings.predicted_ms.map(|ms| (ms * 1e6) as u64);
         }
         Ok(())
-    }
-}
-
-/// An `{"error": ...}` event inside a stream.
-fn stream_error(backend: &str, error: Value) -> GatewayError {
-    let body = json!({ "error": error }).to_string();
-    let (message, kind, code) = crate::error::parse_upstream_error(body.as_bytes())
-        .unwrap_or_else(|| ("upstream error".to_owned(), None, None));
-    let status = error
-        .get("code")
-        .and_then(Value::as_u64)
-        .filter(|code| (400..600).contains(code))
-        .unwrap_or(502) as u16;
-    GatewayError::UpstreamStatus {
-        backend: backend.to_owned(),
-        status,
-        message,
-        kind,
-        code,
-        retry_after: None,
     }
 }
 
