@@ -214,13 +214,59 @@ impl Backend {
     }
 }
 
-/// An upstream request body as JSON, in a buffer that starts at the size of a typical
-/// chat request rather than growing from empty through every power of two.
-fn json_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, GatewayError> {
-    let mut body = Vec::with_capacity(1024);
+/// An upstream request body as JSON, in a buffer of `capacity` bytes (an estimate of
+/// its size) rather than one growing from empty through every power of two, copying
+/// the body each time.
+fn json_body<T: serde::Serialize>(value: &T, capacity: usize) -> Result<Vec<u8>, GatewayError> {
+    let mut body = Vec::with_capacity(capacity);
     serde_json::to_writer(&mut body, value)
         .map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
     Ok(body)
+}
+
+/// A message's text parts joined by newlines, borrowed when there is only one (the
+/// usual case, and the one where a long history would otherwise be copied again).
+fn text_of(message: &crate::chat::Message) -> std::borrow::Cow<'_, str> {
+    match message.parts.as_slice() {
+        [crate::chat::Part::Text(text)] => std::borrow::Cow::Borrowed(text),
+        _ => std::borrow::Cow::Owned(message.joined_text()),
+    }
+}
+
+/// About the size of a chat request's JSON: its texts and images and a little for the
+/// keys and settings around them.
+fn body_capacity(request: &ChatRequest) -> usize {
+    let messages: usize = request
+        .messages
+        .iter()
+        .map(|message| {
+            let parts: usize = message
+                .parts
+                .iter()
+                .map(|part| match part {
+                    crate::chat::Part::Text(text) => text.len(),
+                    crate::chat::Part::Image(crate::chat::Image::Base64 { data, .. }) => {
+                        data.len() + 32
+                    }
+                    crate::chat::Part::Image(crate::chat::Image::Url(url)) => url.len() + 32,
+                })
+                .sum();
+            let calls: usize = message
+                .tool_calls
+                .iter()
+                .map(|call| call.name.len() + call.arguments.len() + 64)
+                .sum();
+            parts + calls + message.thinking.as_ref().map_or(0, String::len) + 64
+        })
+        .sum();
+    // Text may grow a little by escaping; an eighth more covers the usual case.
+    1024 + messages + messages / 8
+}
+
+/// About the size of an embeddings request's JSON.
+fn embed_capacity(request: &EmbedRequest) -> usize {
+    let inputs: usize = request.inputs.iter().map(|input| input.len() + 4).sum();
+    256 + inputs + inputs / 8
 }
 
 /// Reads what is left of a finished answer's body, briefly, so its connection goes back
