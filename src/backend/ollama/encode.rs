@@ -18,6 +18,14 @@ use crate::error::GatewayError;
 
 use super::super::text_of;
 
+/// Ollama's `format`: `"json"` for any JSON object, or the schema itself.
+#[derive(Serialize, Clone, Copy)]
+#[serde(untagged)]
+enum WireFormat<'a> {
+    Json(&'static str),
+    Schema(&'a Value),
+}
+
 #[derive(Serialize)]
 struct WireRequest<'a> {
     model: &'a str,
@@ -26,7 +34,7 @@ struct WireRequest<'a> {
     #[serde(skip_serializing_if = "Map::is_empty")]
     options: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    format: Option<Value>,
+    format: Option<WireFormat<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tools: Option<&'a [Tool]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,7 +86,7 @@ struct GenerateRequest<'a> {
     #[serde(skip_serializing_if = "Map::is_empty")]
     options: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    format: Option<Value>,
+    format: Option<WireFormat<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     think: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,8 +235,8 @@ fn wire_request<'a>(
         stream,
         options: options(&request.sampling),
         format: request.format.as_ref().map(|format| match format {
-            OutputFormat::Json => Value::from("json"),
-            OutputFormat::Schema { schema, .. } => schema.clone(),
+            OutputFormat::Json => WireFormat::Json("json"),
+            OutputFormat::Schema { schema, .. } => WireFormat::Schema(schema),
         }),
         tools: (!request.tools.is_empty()).then_some(request.tools.as_slice()),
         think,

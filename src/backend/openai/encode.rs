@@ -58,7 +58,56 @@ struct WireRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_effort: Option<&'a str>,
     #[serde(flatten)]
-    extra: Map<String, Value>,
+    extra: Extra<'a>,
+}
+
+/// The fields beyond Chat Completions' own: llama-server's knobs, and the client's
+/// fields the gateway does not model, written from the request, not copied. A knob
+/// wins over a client field of the same name.
+struct Extra<'a> {
+    knobs: Knobs,
+    /// Asks llama-server's chat template not to think.
+    no_thinking: bool,
+    passthrough: &'a Map<String, Value>,
+}
+
+impl Serialize for Extra<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Knobs {
+            top_k,
+            min_p,
+            typical_p,
+            repeat_penalty,
+            repeat_last_n,
+        } = self.knobs;
+        let mut map = serializer.serialize_map(None)?;
+        let mut written: Vec<&str> = Vec::new();
+        let mut put = |map: &mut S::SerializeMap, key: &'static str, value: Option<Value>| {
+            if let Some(value) = value {
+                written.push(key);
+                map.serialize_entry(key, &value)
+            } else {
+                Ok(())
+            }
+        };
+        put(&mut map, "top_k", top_k.map(Value::from))?;
+        put(&mut map, "min_p", min_p.map(Value::from))?;
+        put(&mut map, "typical_p", typical_p.map(Value::from))?;
+        put(&mut map, "repeat_penalty", repeat_penalty.map(Value::from))?;
+        put(&mut map, "repeat_last_n", repeat_last_n.map(Value::from))?;
+        put(
+            &mut map,
+            "chat_template_kwargs",
+            self.no_thinking.then(|| json!({"enable_thinking": false})),
+        )?;
+        for (key, value) in self.passthrough {
+            if !written.contains(&key.as_str()) {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// Always asked for: token counts arrive at the end of a stream only when asked.
@@ -96,7 +145,7 @@ struct CompletionRequest<'a> {
 }
 
 /// llama-server's sampling knobs, sent at the top level where the server takes them.
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, Clone, Copy)]
 struct Knobs {
     #[serde(skip_serializing_if = "Option::is_none")]
     top_k: Option<i64>,
@@ -275,32 +324,23 @@ impl Encoder<'_> {
             repeat_last_n,
             ollama_runtime,
         } = &request.sampling;
-        let mut extra = Map::new();
-        if !self.strict_parameters {
-            let knobs = [
-                ("top_k", top_k.map(Value::from)),
-                ("min_p", min_p.map(Value::from)),
-                ("typical_p", typical_p.map(Value::from)),
-                ("repeat_penalty", repeat_penalty.map(Value::from)),
-                ("repeat_last_n", repeat_last_n.map(Value::from)),
-            ];
-            for (key, value) in knobs {
-                if let Some(value) = value {
-                    extra.insert(key.to_owned(), value);
-                }
-            }
-            if request.think == Some(Think::Enabled(false)) {
-                // llama-server's templates read this; the effort alone is not enough.
-                extra.insert(
-                    "chat_template_kwargs".to_owned(),
-                    json!({"enable_thinking": false}),
-                );
-            }
-        }
         self.log_dropped(ollama_runtime, request);
-        for (key, value) in &request.passthrough {
-            extra.entry(key.clone()).or_insert_with(|| value.clone());
-        }
+        let extra = Extra {
+            knobs: if self.strict_parameters {
+                Knobs::default()
+            } else {
+                Knobs {
+                    top_k: *top_k,
+                    min_p: *min_p,
+                    typical_p: *typical_p,
+                    repeat_penalty: *repeat_penalty,
+                    repeat_last_n: *repeat_last_n,
+                }
+            },
+            // llama-server's templates read this; the effort alone is not enough.
+            no_thinking: !self.strict_parameters && request.think == Some(Think::Enabled(false)),
+            passthrough: &request.passthrough,
+        };
         WireRequest {
             model,
             messages: wire_messages(&request.messages, !self.strict_parameters),
@@ -519,6 +559,29 @@ mod tests {
         let (_, openai) = body(true, &request, false);
         assert!(openai.get("top_k").is_none());
         assert!(openai.get("max_tokens").is_none());
+    }
+
+    #[test]
+    fn client_fields_pass_on_and_knobs_win_over_them() {
+        let mut request = ChatRequest::new(vec![Message::text(Role::User, "hi")]);
+        request.sampling.top_k = Some(40);
+        request.think = Some(Think::Enabled(false));
+        request.passthrough.insert("top_k".into(), json!(1));
+        request
+            .passthrough
+            .insert("cache_prompt".into(), json!(true));
+        let (_, local) = body(false, &request, true);
+        assert_eq!(local["top_k"], 40);
+        assert_eq!(local["cache_prompt"], true);
+        assert_eq!(
+            local["chat_template_kwargs"],
+            json!({"enable_thinking": false})
+        );
+        assert!(local.get("reasoning_effort").is_some_and(|e| e == "none"));
+        let (_, openai) = body(true, &request, true);
+        assert_eq!(openai["top_k"], 1, "the client's own field, no knob to win");
+        assert!(openai.get("chat_template_kwargs").is_none());
+        assert!(openai.get("reasoning_effort").is_none());
     }
 
     #[test]
