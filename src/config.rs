@@ -382,6 +382,10 @@ fn name_the_key(path: String, message: String) -> String {
         }
     }
     match field("unknown field `") {
+        // Echo's settings: it has no upstream to give an address, key or timeout.
+        Some(name) if message.ends_with("there are no fields") => {
+            format!("{path}.{name}: this kind of backend takes no settings; remove {name}")
+        }
         Some(name) if !path.ends_with(&format!(".{name}")) => {
             format!("{path}.{name}: {message}")
         }
@@ -571,6 +575,7 @@ mod tests {
         assert!(nowhere.contains("models[0].targets[0]"), "{nowhere}");
         let echo_url = error_of("[[backends]]\nname = \"a\"\nkind = \"echo\"\nurl = \"http://h\"");
         assert!(echo_url.contains("backends[0].url"), "{echo_url}");
+        assert!(echo_url.contains("remove url"), "{echo_url}");
         let no_kind = error_of("[[backends]]\nname = \"a\"\nurl = \"http://h\"");
         assert!(no_kind.contains("backends[0].kind"), "{no_kind}");
         let typed = error_of("[[backends]]\nname = \"a\"\nkind = \"ollama\"\nurl = \"http://h\"\napi_key_header = \"x api key\"\napi_key_env = \"PATH\"");
