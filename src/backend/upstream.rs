@@ -249,8 +249,8 @@ impl Upstream {
         self.parse_json(path, &body)
     }
 
-    /// POSTs JSON and returns the whole answer's body, for a caller that reads it
-    /// borrowed with [`Upstream::parse_json`].
+    /// POSTs JSON and returns the whole answer's body, for a decoder that reads it
+    /// borrowed.
     pub async fn post_for_body(
         &self,
         path: &'static str,
@@ -263,7 +263,7 @@ impl Upstream {
     }
 
     /// Decodes the answer of `path`, naming it when it is not the expected JSON.
-    pub fn parse_json<'a, T: Deserialize<'a>>(
+    fn parse_json<'a, T: Deserialize<'a>>(
         &self,
         path: &'static str,
         body: &'a [u8],
