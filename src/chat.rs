@@ -105,6 +105,30 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+impl ToolCall {
+    /// Arguments in OpenAI's text form from either wire form: OpenAI's text kept as
+    /// written, Ollama's object written compactly, none read as `{}`. The one place
+    /// arguments go from a wire value to text.
+    pub fn arguments_from_wire(arguments: Value) -> String {
+        match arguments {
+            Value::String(text) => text,
+            Value::Null => "{}".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The arguments as a JSON value, for Ollama's object form: empty text is `{}`,
+    /// text that is not JSON an error. The one place arguments go from text to a wire
+    /// value.
+    pub fn arguments_value(&self) -> Result<Value, serde_json::Error> {
+        if self.arguments.trim().is_empty() {
+            Ok(Value::Object(Map::new()))
+        } else {
+            serde_json::from_str(&self.arguments)
+        }
+    }
+}
+
 /// A tool call as both wire formats write it in messages and Ollama in answers:
 /// `{"id"?, "function": {"name", "arguments"}}`; other keys (`type`, `index`) are not
 /// needed. `arguments` is a JSON string (OpenAI) or an object (Ollama).
@@ -128,11 +152,7 @@ impl From<WireToolCall> for ToolCall {
         ToolCall {
             id: wire.id,
             name: wire.function.name,
-            arguments: match wire.function.arguments {
-                Value::String(text) => text,
-                Value::Null => "{}".to_owned(),
-                other => other.to_string(),
-            },
+            arguments: ToolCall::arguments_from_wire(wire.function.arguments),
         }
     }
 }
@@ -258,11 +278,11 @@ pub struct Sampling {
     pub ollama_runtime: Map<String, Value>,
 }
 
-/// A chat request, whichever dialect it came in.
+/// A chat request, whichever dialect it came in. It names no model: the client's name
+/// stays with the dialect, and routing hands each backend the upstream's name beside
+/// the request, so one request serves every fallback target unchanged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
-    /// The model name as the upstream knows it (routing has removed the prefix).
-    pub model: String,
     pub messages: Vec<Message>,
     pub sampling: Sampling,
     pub format: Option<OutputFormat>,
@@ -296,10 +316,9 @@ pub struct Generation {
 }
 
 impl ChatRequest {
-    /// A plain request: a model and its messages, nothing else set.
-    pub fn new(model: impl Into<String>, messages: Vec<Message>) -> ChatRequest {
+    /// A plain request: its messages, nothing else set.
+    pub fn new(messages: Vec<Message>) -> ChatRequest {
         ChatRequest {
-            model: model.into(),
             messages,
             sampling: Sampling::default(),
             format: None,

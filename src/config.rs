@@ -4,13 +4,14 @@
 //! Parsing ([`RawConfig`], straight from serde) and checking ([`Config`]) are separate
 //! steps, so that every problem is reported as one line naming the offending key.
 
-use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actix_web::http::header::HeaderValue;
 use serde::Deserialize;
+
+use crate::backend::BackendSettings;
+pub use crate::backend::{BackendConfig, BackendKind, UpstreamConfig};
 
 /// Where the listen address is when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -103,50 +104,15 @@ struct RawRouting {
     default_backend: Option<String>,
 }
 
+/// One backend as written: its name, and its kind's own settings (which reject any
+/// field that kind does not know, so this struct cannot say `deny_unknown_fields`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawBackend {
     /// Unique; also the model-name prefix that routes to this backend.
     name: String,
-    /// `openai`, `ollama` or `echo`.
-    kind: String,
-    /// Upstream base URL (`.../v1` for `openai`, the server root for `ollama`).
-    url: Option<String>,
-    /// Several upstream servers serving the same models, instead of `url`.
-    urls: Option<Vec<String>>,
-    /// Failures in a row (refused, reset, 5xx, timeout) that take a server out.
-    #[serde(default = "default_max_failures")]
-    max_failures: u32,
-    /// How long a failed server stays out before it is probed.
-    #[serde(default = "default_cooldown_secs")]
-    cooldown_secs: f64,
-    /// Environment variable holding the upstream key, sent as `Authorization: Bearer`.
-    api_key_env: Option<String>,
-    /// TCP and TLS connect limit.
-    #[serde(default = "default_connect_secs")]
-    connect_timeout_secs: f64,
-    /// From sending the request to the response's headers (covers a model loading).
-    #[serde(default = "default_response_secs")]
-    response_timeout_secs: f64,
-    /// Longest silence between two pieces of a streamed body.
-    #[serde(default = "default_idle_secs")]
-    idle_timeout_secs: f64,
-}
-
-fn default_connect_secs() -> f64 {
-    10.0
-}
-fn default_response_secs() -> f64 {
-    600.0
-}
-fn default_idle_secs() -> f64 {
-    300.0
-}
-fn default_max_failures() -> u32 {
-    3
-}
-fn default_cooldown_secs() -> f64 {
-    10.0
+    /// `kind` and the settings that kind takes.
+    #[serde(flatten)]
+    settings: BackendSettings,
 }
 
 /// The checked configuration.
@@ -168,76 +134,6 @@ pub struct Config {
 pub struct Alias {
     pub name: String,
     pub targets: Vec<String>,
-}
-
-/// One checked backend.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackendConfig {
-    pub name: String,
-    pub kind: BackendKind,
-}
-
-/// What a backend talks to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BackendKind {
-    /// Any OpenAI-compatible server.
-    OpenAi(UpstreamConfig),
-    /// Native Ollama.
-    Ollama(UpstreamConfig),
-    /// Built in, no upstream.
-    Echo,
-}
-
-/// How to reach one upstream.
-#[derive(Clone, PartialEq)]
-pub struct UpstreamConfig {
-    /// Base URLs without a trailing slash: one per upstream server.
-    pub base_urls: Vec<String>,
-    /// `Bearer <upstream key>`, the key read from the environment at start and checked
-    /// to fit a header; marked sensitive so that no debug output shows it.
-    pub authorization: Option<HeaderValue>,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_failures: u32,
-    pub cooldown: Duration,
-}
-
-impl fmt::Debug for UpstreamConfig {
-    // Hand-written so that the upstream key never reaches a log or a panic message.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("base_urls", &self.base_urls)
-            .field(
-                "authorization",
-                &self.authorization.as_ref().map(|_| "<set>"),
-            )
-            .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("max_failures", &self.max_failures)
-            .field("cooldown", &self.cooldown)
-            .finish()
-    }
-}
-
-impl BackendKind {
-    /// The kind's name as written in the config file.
-    pub fn name(&self) -> &'static str {
-        match self {
-            BackendKind::OpenAi(_) => "openai",
-            BackendKind::Ollama(_) => "ollama",
-            BackendKind::Echo => "echo",
-        }
-    }
-
-    /// The upstream, for kinds that have one.
-    pub fn upstream(&self) -> Option<&UpstreamConfig> {
-        match self {
-            BackendKind::OpenAi(upstream) | BackendKind::Ollama(upstream) => Some(upstream),
-            BackendKind::Echo => None,
-        }
-    }
 }
 
 impl Config {
@@ -307,8 +203,13 @@ impl Config {
                         "  {:<12} {:<7} {}{}",
                         backend.name,
                         backend.kind.name(),
-                        upstream.base_urls.join(" "),
-                        if upstream.authorization.is_some() {
+                        upstream
+                            .base_urls
+                            .iter()
+                            .map(|url| url.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        if upstream.auth.is_some() {
                             " (with key)"
                         } else {
                             ""
@@ -449,9 +350,47 @@ fn deserialize(
         if path == "." || path.is_empty() {
             ConfigError(inner)
         } else {
-            ConfigError(format!("{path}: {inner}"))
+            ConfigError(name_the_key(path, inner))
         }
     })
+}
+
+/// Says which key is at fault where serde could not: a backend's settings are read
+/// whole before its `kind` picks their type, so an error inside them arrives with the
+/// backend's path (`backends[0]`) and, where the kind's settings could tell, the
+/// field's path at the front of the message (`url: invalid type ...`).
+fn name_the_key(path: String, message: String) -> String {
+    let field = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    if let Some(kind) = field("unknown variant `") {
+        return format!(
+            "{path}.kind \"{kind}\" is not a backend kind; use {}",
+            crate::backend::KIND_NAMES
+        );
+    }
+    if message.starts_with("missing field `kind`") {
+        return format!("{path}.kind is missing; use {}", crate::backend::KIND_NAMES);
+    }
+    if let Some((inner, rest)) = message.split_once(": ") {
+        if !inner.is_empty() && !inner.contains([' ', '`', '"']) {
+            let joiner = if inner.starts_with('[') { "" } else { "." };
+            return format!("{path}{joiner}{inner}: {rest}");
+        }
+    }
+    match field("unknown field `") {
+        // Echo's settings: it has no upstream to give an address, key or timeout.
+        Some(name) if message.ends_with("there are no fields") => {
+            format!("{path}.{name}: this kind of backend takes no settings; remove {name}")
+        }
+        Some(name) if !path.ends_with(&format!(".{name}")) => {
+            format!("{path}.{name}: {message}")
+        }
+        _ => format!("{path}: {message}"),
+    }
 }
 
 /// Folds a multi-line message (TOML syntax errors draw the line) into one line.
@@ -533,103 +472,10 @@ impl RawBackend {
                 self.name
             ));
         }
-        let kind = match self.kind.as_str() {
-            "echo" => {
-                if self.url.is_some() || self.urls.is_some() {
-                    return err(format!("{key}.url: an echo backend has no upstream; remove the url"));
-                }
-                if self.api_key_env.is_some() {
-                    return err(format!(
-                        "{key}.api_key_env: an echo backend has no upstream; remove the key"
-                    ));
-                }
-                BackendKind::Echo
-            }
-            "openai" => BackendKind::OpenAi(self.upstream(&key)?),
-            "ollama" => BackendKind::Ollama(self.upstream(&key)?),
-            other => {
-                return err(format!(
-                    "{key}.kind \"{other}\" is not a backend kind; use \"openai\", \"ollama\" or \"echo\""
-                ))
-            }
-        };
+        let kind = self.settings.check(&key).map_err(ConfigError)?;
         Ok(BackendConfig {
             name: self.name,
             kind,
-        })
-    }
-
-    fn upstream(&self, key: &str) -> Result<UpstreamConfig, ConfigError> {
-        let urls: Vec<(String, &String)> = match (&self.url, &self.urls) {
-            (Some(url), None) => vec![(format!("{key}.url"), url)],
-            (None, Some(urls)) if !urls.is_empty() => urls
-                .iter()
-                .enumerate()
-                .map(|(index, url)| (format!("{key}.urls[{index}]"), url))
-                .collect(),
-            (None, _) => {
-                return err(format!(
-                    "{key}.url is missing: a {} backend needs the upstream's address (url, or urls for several)",
-                    self.kind
-                ))
-            }
-            (Some(_), Some(_)) => {
-                return err(format!("{key}.urls: give url or urls, not both"))
-            }
-        };
-        let mut base_urls = Vec::with_capacity(urls.len());
-        for (field, url) in urls {
-            match url::Url::parse(url) {
-                Ok(parsed)
-                    if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
-                _ => {
-                    return err(format!(
-                    "{field} \"{url}\" is not an http:// or https:// URL; write e.g. \"http://{}\"",
-                    url.trim_start_matches("//")
-                ))
-                }
-            }
-            base_urls.push(url.trim_end_matches('/').to_owned());
-        }
-        let authorization = match &self.api_key_env {
-            None => None,
-            Some(var) => match std::env::var(var) {
-                Ok(value) if !value.is_empty() => {
-                    let Ok(mut header) = HeaderValue::try_from(format!("Bearer {value}")) else {
-                        return err(format!(
-                            "{key}.api_key_env names ${var}, which holds a character an HTTP header cannot carry (a line break?); set it to the key alone"
-                        ));
-                    };
-                    header.set_sensitive(true);
-                    Some(header)
-                }
-                _ => {
-                    return err(format!(
-                        "{key}.api_key_env names ${var}, which is not set; export it or remove api_key_env"
-                    ))
-                }
-            },
-        };
-        let duration = |field: &str, secs: f64| {
-            if secs.is_finite() && secs > 0.0 {
-                Ok(Duration::from_secs_f64(secs))
-            } else {
-                err(format!(
-                    "{key}.{field} must be a positive number of seconds"
-                ))
-            }
-        };
-        if self.max_failures == 0 {
-            return err(format!("{key}.max_failures must be at least 1"));
-        }
-        Ok(UpstreamConfig {
-            base_urls,
-            authorization,
-            connect_timeout: duration("connect_timeout_secs", self.connect_timeout_secs)?,
-            response_timeout: duration("response_timeout_secs", self.response_timeout_secs)?,
-            idle_timeout: duration("idle_timeout_secs", self.idle_timeout_secs)?,
-            max_failures: self.max_failures,
-            cooldown: duration("cooldown_secs", self.cooldown_secs)?,
         })
     }
 }
@@ -653,14 +499,32 @@ mod tests {
         )
         .unwrap();
         let upstream = config.backends[0].kind.upstream().unwrap();
-        assert_eq!(
-            upstream.base_urls,
-            vec!["http://127.0.0.1:11434".to_owned()]
-        );
+        assert_eq!(upstream.base_urls[0].as_str(), "http://127.0.0.1:11434");
         assert_eq!(upstream.connect_timeout, Duration::from_secs(10));
         assert_eq!(upstream.response_timeout, Duration::from_secs(600));
         assert_eq!(upstream.idle_timeout, Duration::from_secs(300));
         assert_eq!(config.default_backend, None);
+    }
+
+    #[test]
+    fn the_upstream_key_goes_in_the_configured_header() {
+        std::env::set_var("SWITCHYARD_TEST_HEADER_KEY", "sk-xyz");
+        let config = Config::from_toml(
+            "[[backends]]\nname = \"a\"\nkind = \"openai\"\nurl = \"http://h/v1\"\napi_key_env = \"SWITCHYARD_TEST_HEADER_KEY\"\n[[backends]]\nname = \"b\"\nkind = \"openai\"\nurl = \"http://h/v1\"\napi_key_env = \"SWITCHYARD_TEST_HEADER_KEY\"\napi_key_header = \"X-Api-Key\"\n",
+        )
+        .unwrap();
+        let auth = |index: usize| {
+            let auth = config.backends[index].kind.upstream().unwrap().auth.clone();
+            let auth = auth.unwrap();
+            (
+                auth.name.to_string(),
+                auth.value.to_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(auth(0), ("authorization".into(), "Bearer sk-xyz".into()));
+        assert_eq!(auth(1), ("x-api-key".into(), "sk-xyz".into()));
+        let debug = format!("{:?}", config.backends[1]);
+        assert!(!debug.contains("sk-xyz"), "{debug}");
     }
 
     fn error_of(toml: &str) -> String {
@@ -709,6 +573,23 @@ mod tests {
         assert!(prefixed.contains("models[0].name"), "{prefixed}");
         let nowhere = error_of("[[models]]\nname = \"m\"\ntargets = [\"y\"]\n[[backends]]\nname = \"a\"\nkind = \"echo\"");
         assert!(nowhere.contains("models[0].targets[0]"), "{nowhere}");
+        let echo_url = error_of("[[backends]]\nname = \"a\"\nkind = \"echo\"\nurl = \"http://h\"");
+        assert!(echo_url.contains("backends[0].url"), "{echo_url}");
+        assert!(echo_url.contains("remove url"), "{echo_url}");
+        let no_kind = error_of("[[backends]]\nname = \"a\"\nurl = \"http://h\"");
+        assert!(no_kind.contains("backends[0].kind"), "{no_kind}");
+        let typed = error_of("[[backends]]\nname = \"a\"\nkind = \"ollama\"\nurl = \"http://h\"\napi_key_header = \"x api key\"\napi_key_env = \"PATH\"");
+        assert!(typed.contains("backends[0].api_key_header"), "{typed}");
+        let orphan = error_of("[[backends]]\nname = \"a\"\nkind = \"openai\"\nurl = \"http://h/v1\"\napi_key_header = \"x-api-key\"");
+        assert!(orphan.contains("backends[0].api_key_header"), "{orphan}");
+        let mistyped = error_of("[[backends]]\nname = \"a\"\nkind = \"ollama\"\nurl = \"http://h\"\nidle_timeout_secs = \"long\"");
+        assert!(
+            mistyped.contains("backends[0].idle_timeout_secs"),
+            "{mistyped}"
+        );
+        let in_list =
+            error_of("[[backends]]\nname = \"a\"\nkind = \"ollama\"\nurls = [\"http://h\", 3]");
+        assert!(in_list.contains("backends[0].urls[1]"), "{in_list}");
         let syntax = error_of("[server\nlisten = 1");
         assert_eq!(syntax.lines().count(), 1, "{syntax}");
     }

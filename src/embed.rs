@@ -3,11 +3,10 @@
 
 use serde_json::{Map, Value};
 
-/// Texts to embed, whichever route they came in by.
+/// Texts to embed, whichever route they came in by. Like a chat request it names no
+/// model: each backend is handed the upstream's name beside it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmbedRequest {
-    /// The model as the upstream knows it (routing has removed the prefix).
-    pub model: String,
     pub inputs: Vec<String>,
     /// Truncate vectors to this many dimensions, where the upstream supports it.
     pub dimensions: Option<u32>,

@@ -171,53 +171,9 @@ fn openai_type_for_status(status: u16) -> &'static str {
     }
 }
 
-/// Reads an upstream error body of either dialect into (message, type, code). Ollama's
-/// message may itself be llama-server's JSON error text, so that is unwrapped too.
-pub fn parse_upstream_error(body: &[u8]) -> Option<(String, Option<String>, Option<String>)> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    match value.get("error")? {
-        Value::String(message) => {
-            if let Ok(inner) = serde_json::from_str::<Value>(message) {
-                if inner.get("error").is_some() {
-                    return parse_upstream_error(message.as_bytes());
-                }
-            }
-            Some((message.clone(), None, None))
-        }
-        Value::Object(error) => {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error")
-                .to_owned();
-            let kind = error.get("type").and_then(Value::as_str).map(str::to_owned);
-            // llama-server puts the HTTP status in an integer `code`; only OpenAI's string
-            // codes mean anything to OpenAI clients.
-            let code = match error.get("code") {
-                Some(Value::String(code)) => Some(code.clone()),
-                _ if kind.as_deref() == Some("exceed_context_size_error") => {
-                    Some("context_length_exceeded".to_owned())
-                }
-                _ => None,
-            };
-            Some((message, kind, code))
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn llama_server_error_inside_ollama_string_is_unwrapped() {
-        let body = br#"{"error":"{\"error\":{\"code\":400,\"message\":\"too long\",\"type\":\"exceed_context_size_error\"}}"}"#;
-        let (message, kind, code) = parse_upstream_error(body).unwrap();
-        assert_eq!(message, "too long");
-        assert_eq!(kind.as_deref(), Some("exceed_context_size_error"));
-        assert_eq!(code.as_deref(), Some("context_length_exceeded"));
-    }
 
     #[test]
     fn statuses_follow_the_origin_of_the_error() {

@@ -44,7 +44,7 @@ pub fn pieces(text: &str) -> Vec<&str> {
 
 impl EchoBackend {
     /// Answers at once with the last user message's text.
-    pub fn chat(&self, request: ChatRequest) -> EventStream {
+    pub fn chat(&self, request: &ChatRequest) -> EventStream {
         let prompt_tokens = request
             .messages
             .iter()

@@ -1,26 +1,97 @@
-//! What the gateway speaks to upstreams: one file per kind, all behind [`Backend`].
+//! What the gateway speaks to upstreams: one folder per kind, all behind [`Backend`].
 //!
 //! A backend turns a canonical [`ChatRequest`] into its upstream's call and the answer
 //! into canonical [`Event`](crate::chat::Event)s; it knows nothing of the client's dialect.
-//! Three kinds need no trait objects: one enum and one `match` say it plainly.
+//! Three kinds need no trait objects: one enum and one `match` say it plainly. Each
+//! kind's configuration lives beside it; [`BackendSettings`] names them all, so a new
+//! kind is a folder here and a variant there.
 
 pub mod echo;
+mod error_body;
 pub mod ollama;
 pub mod openai;
 pub mod pool;
 mod upstream;
+mod upstream_config;
 
 pub use pool::{Pool, Pools};
 pub use upstream::Upstream;
+pub use upstream_config::{BaseUrl, UpstreamAuth, UpstreamConfig, UpstreamFields};
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::chat::{ChatRequest, Completion, EventStream};
-use crate::config::{BackendConfig, BackendKind};
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
+
+/// A backend's settings as written in the config file, told apart by `kind`. Each
+/// variant's fields are its kind's own, and a field no kind knows is an error.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum BackendSettings {
+    #[serde(rename = "openai")]
+    OpenAi(openai::OpenAiConfig),
+    #[serde(rename = "ollama")]
+    Ollama(ollama::OllamaConfig),
+    /// Built in, no upstream: it takes no settings at all.
+    #[serde(rename = "echo")]
+    Echo {},
+}
+
+/// The kinds' names, for the message that lists them.
+pub const KIND_NAMES: &str = "\"openai\", \"ollama\" or \"echo\"";
+
+impl BackendSettings {
+    /// Checks the settings of the backend at `key` (`backends[2]`) once, at start, into
+    /// types that cannot be wrong later; the error names the field at fault.
+    pub fn check(self, key: &str) -> Result<BackendKind, String> {
+        Ok(match self {
+            BackendSettings::OpenAi(config) => BackendKind::OpenAi(config.check(key)?),
+            BackendSettings::Ollama(config) => BackendKind::Ollama(config.check(key)?),
+            BackendSettings::Echo {} => BackendKind::Echo,
+        })
+    }
+}
+
+/// One checked backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: BackendKind,
+}
+
+/// What a backend talks to, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendKind {
+    /// Any OpenAI-compatible server.
+    OpenAi(UpstreamConfig),
+    /// Native Ollama.
+    Ollama(UpstreamConfig),
+    /// Built in, no upstream.
+    Echo,
+}
+
+impl BackendKind {
+    /// The kind's name as written in the config file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendKind::OpenAi(_) => "openai",
+            BackendKind::Ollama(_) => "ollama",
+            BackendKind::Echo => "echo",
+        }
+    }
+
+    /// The upstream, for kinds that have one.
+    pub fn upstream(&self) -> Option<&UpstreamConfig> {
+        match self {
+            BackendKind::OpenAi(upstream) | BackendKind::Ollama(upstream) => Some(upstream),
+            BackendKind::Echo => None,
+        }
+    }
+}
 
 /// A model a backend offers, as its upstream describes it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,7 +119,7 @@ impl Backend {
     /// Builds the running backend from its checked configuration and its servers'
     /// pool, which all workers share (a fresh one when none is given).
     pub fn new(config: &BackendConfig, pool: Option<Arc<Pool>>) -> Backend {
-        let pool = |upstream: &crate::config::UpstreamConfig| {
+        let pool = |upstream: &UpstreamConfig| {
             pool.clone()
                 .unwrap_or_else(|| Arc::new(Pool::for_config(upstream)))
         };
@@ -63,12 +134,17 @@ impl Backend {
         }
     }
 
-    /// Starts a chat; the stream yields the answer as it arrives. Errors before the
-    /// upstream accepted the request come back here, errors after it in the stream.
-    pub async fn chat(&self, request: ChatRequest) -> Result<EventStream, GatewayError> {
+    /// Starts a chat with `model`, the upstream's name for it (routing has removed the
+    /// prefix); the stream yields the answer as it arrives. Errors before the upstream
+    /// accepted the request come back here, errors after it in the stream.
+    pub async fn chat(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<EventStream, GatewayError> {
         match self {
-            Backend::OpenAi(backend) => backend.chat(request).await,
-            Backend::Ollama(backend) => backend.chat(request).await,
+            Backend::OpenAi(backend) => backend.chat(model, request).await,
+            Backend::Ollama(backend) => backend.chat(model, request).await,
             Backend::Echo(backend) => Ok(backend.chat(request)),
         }
     }
@@ -76,11 +152,15 @@ impl Backend {
     /// The whole answer at once, for clients that did not ask to stream: upstreams are
     /// asked for it whole too (one object instead of a line per token, and some servers
     /// report usage only on whole answers).
-    pub async fn complete(&self, request: ChatRequest) -> Result<Completion, GatewayError> {
+    pub async fn complete(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<Completion, GatewayError> {
         match self {
-            Backend::OpenAi(backend) => backend.complete(request).await,
-            Backend::Ollama(backend) => backend.complete(request).await,
-            Backend::Echo(_) => Completion::collect(self.chat(request).await?).await,
+            Backend::OpenAi(backend) => backend.complete(model, request).await,
+            Backend::Ollama(backend) => backend.complete(model, request).await,
+            Backend::Echo(backend) => Completion::collect(backend.chat(request)).await,
         }
     }
 
@@ -93,12 +173,16 @@ impl Backend {
         }
     }
 
-    /// Embeds texts, one vector per input.
-    pub async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, GatewayError> {
+    /// Embeds texts with `model` (the upstream's name), one vector per input.
+    pub async fn embed(
+        &self,
+        model: &str,
+        request: &EmbedRequest,
+    ) -> Result<Embeddings, GatewayError> {
         match self {
-            Backend::OpenAi(backend) => backend.embed(&request).await,
-            Backend::Ollama(backend) => backend.embed(&request).await,
-            Backend::Echo(_) => Ok(echo::EchoBackend::embed(&request)),
+            Backend::OpenAi(backend) => backend.embed(model, request).await,
+            Backend::Ollama(backend) => backend.embed(model, request).await,
+            Backend::Echo(_) => Ok(echo::EchoBackend::embed(request)),
         }
     }
 
@@ -130,13 +214,59 @@ impl Backend {
     }
 }
 
-/// An upstream request body as JSON, in a buffer that starts at the size of a typical
-/// chat request rather than growing from empty through every power of two.
-fn json_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, GatewayError> {
-    let mut body = Vec::with_capacity(1024);
+/// An upstream request body as JSON, in a buffer of `capacity` bytes (an estimate of
+/// its size) rather than one growing from empty through every power of two, copying
+/// the body each time.
+fn json_body<T: serde::Serialize>(value: &T, capacity: usize) -> Result<Vec<u8>, GatewayError> {
+    let mut body = Vec::with_capacity(capacity);
     serde_json::to_writer(&mut body, value)
         .map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
     Ok(body)
+}
+
+/// A message's text parts joined by newlines, borrowed when there is only one (the
+/// usual case, and the one where a long history would otherwise be copied again).
+fn text_of(message: &crate::chat::Message) -> std::borrow::Cow<'_, str> {
+    match message.parts.as_slice() {
+        [crate::chat::Part::Text(text)] => std::borrow::Cow::Borrowed(text),
+        _ => std::borrow::Cow::Owned(message.joined_text()),
+    }
+}
+
+/// About the size of a chat request's JSON: its texts and images and a little for the
+/// keys and settings around them.
+fn body_capacity(request: &ChatRequest) -> usize {
+    let messages: usize = request
+        .messages
+        .iter()
+        .map(|message| {
+            let parts: usize = message
+                .parts
+                .iter()
+                .map(|part| match part {
+                    crate::chat::Part::Text(text) => text.len(),
+                    crate::chat::Part::Image(crate::chat::Image::Base64 { data, .. }) => {
+                        data.len() + 32
+                    }
+                    crate::chat::Part::Image(crate::chat::Image::Url(url)) => url.len() + 32,
+                })
+                .sum();
+            let calls: usize = message
+                .tool_calls
+                .iter()
+                .map(|call| call.name.len() + call.arguments.len() + 64)
+                .sum();
+            parts + calls + message.thinking.as_ref().map_or(0, String::len) + 64
+        })
+        .sum();
+    // Text may grow a little by escaping; an eighth more covers the usual case.
+    1024 + messages + messages / 8
+}
+
+/// About the size of an embeddings request's JSON.
+fn embed_capacity(request: &EmbedRequest) -> usize {
+    let inputs: usize = request.inputs.iter().map(|input| input.len() + 4).sum();
+    256 + inputs + inputs / 8
 }
 
 /// Reads what is left of a finished answer's body, briefly, so its connection goes back

@@ -129,8 +129,13 @@ impl Pool {
     }
 
     /// The pool of a backend's configured servers.
-    pub fn for_config(config: &crate::config::UpstreamConfig) -> Pool {
-        Pool::new(&config.base_urls, config.max_failures, config.cooldown)
+    pub fn for_config(config: &super::UpstreamConfig) -> Pool {
+        let urls: Vec<String> = config
+            .base_urls
+            .iter()
+            .map(|url| url.as_str().to_owned())
+            .collect();
+        Pool::new(&urls, config.max_failures, config.cooldown)
     }
 
     /// The base URL of a member.

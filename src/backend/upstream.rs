@@ -13,16 +13,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use awc::error::{ConnectError, SendRequestError};
-use awc::http::header::AUTHORIZATION;
 use awc::http::Uri;
 use bytes::Bytes;
 use futures::Stream;
 use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
+use super::error_body::{self, UpstreamMessage};
 use super::pool::{InFlight, Pool};
-use crate::config::UpstreamConfig;
-use crate::error::{parse_upstream_error, GatewayError};
+use super::UpstreamConfig;
+use crate::error::GatewayError;
 
 /// The most of an upstream's error body that is read to find its message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -104,8 +105,8 @@ impl Upstream {
     }
 
     /// The first server's base URL (they all serve the same API).
-    pub fn first_url(&self) -> &str {
-        self.pool.url(0)
+    pub fn first_url(&self) -> &super::BaseUrl {
+        &self.config.base_urls[0]
     }
 
     fn request(
@@ -119,8 +120,8 @@ impl Upstream {
             // awc reports the address it cannot parse when the request is sent.
             Err(unparsed) => self.client.request(method, unparsed),
         };
-        match &self.config.authorization {
-            Some(value) => request.insert_header((AUTHORIZATION, value.clone())),
+        match &self.config.auth {
+            Some(auth) => request.insert_header((auth.name.clone(), auth.value.clone())),
             None => request,
         }
     }
@@ -244,10 +245,33 @@ impl Upstream {
         path: &'static str,
         body: Vec<u8>,
     ) -> Result<T, GatewayError> {
+        let body = self.post_for_body(path, body).await?;
+        self.parse_json(path, &body)
+    }
+
+    /// POSTs JSON and returns the whole answer's body, for a decoder that reads it
+    /// borrowed.
+    pub async fn post_for_body(
+        &self,
+        path: &'static str,
+        body: Vec<u8>,
+    ) -> Result<Bytes, GatewayError> {
         let (response, _place) = self
             .dispatch(awc::http::Method::POST, path, Some(Bytes::from(body)))
             .await?;
-        self.read_json(path, response).await
+        self.read_body(response).await
+    }
+
+    /// Decodes the answer of `path`, naming it when it is not the expected JSON.
+    fn parse_json<'a, T: Deserialize<'a>>(
+        &self,
+        path: &'static str,
+        body: &'a [u8],
+    ) -> Result<T, GatewayError> {
+        serde_json::from_slice(body).map_err(|e| GatewayError::UpstreamProtocol {
+            backend: self.backend.clone(),
+            detail: format!("{path} did not answer with the expected JSON: {e}"),
+        })
     }
 
     async fn read_json<T, S>(
@@ -259,18 +283,23 @@ impl Upstream {
         T: DeserializeOwned,
         S: Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
     {
+        let body = self.read_body(response).await?;
+        self.parse_json(path, &body)
+    }
+
+    /// The whole body of a successful answer, once the status says success.
+    async fn read_body<S>(&self, response: awc::ClientResponse<S>) -> Result<Bytes, GatewayError>
+    where
+        S: Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+    {
         let mut response = self.check_status(response).await?;
-        let body = tokio::time::timeout(
+        tokio::time::timeout(
             self.config.idle_timeout,
             response.body().limit(JSON_BODY_LIMIT),
         )
         .await
         .map_err(|_| self.timeout("the body stalled"))?
-        .map_err(|e| self.unreachable(format!("reading the body failed: {e}")))?;
-        serde_json::from_slice(&body).map_err(|e| GatewayError::UpstreamProtocol {
-            backend: self.backend.clone(),
-            detail: format!("{path} did not answer with the expected JSON: {e}"),
-        })
+        .map_err(|e| self.unreachable(format!("reading the body failed: {e}")))
     }
 
     /// Sends with the response timeout; on failure, also says whether nothing reached
@@ -339,14 +368,22 @@ impl Upstream {
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-        let (message, kind, code) = parse_upstream_error(&body).unwrap_or_else(|| {
+        let UpstreamMessage {
+            message,
+            kind,
+            code,
+        } = error_body::parse_body(&body).unwrap_or_else(|| {
             let text = String::from_utf8_lossy(&body).trim().to_owned();
             let message = if text.is_empty() {
                 format!("backend '{}' answered {status}", self.backend)
             } else {
                 text
             };
-            (message, None, None)
+            UpstreamMessage {
+                message,
+                kind: None,
+                code: None,
+            }
         });
         Err(GatewayError::UpstreamStatus {
             backend: self.backend.clone(),

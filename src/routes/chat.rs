@@ -18,35 +18,22 @@ use crate::router::Router;
 
 use super::{respond, Caller, RequestBody};
 
-/// Routes the request and hands it to `attempt`; for an alias, each target in turn
-/// while the failure is one another server might not have.
-///
-/// The request travels boxed: it is over half a kilobyte, and every async frame on the
-/// way to the backend would otherwise hold its own copy and copy it on each move.
+/// Routes the model the client asked for and hands each target to `attempt`; for an
+/// alias, each target in turn while the failure is one another server might not have.
+/// The request is only borrowed, so every target sees the same one, uncopied.
 async fn with_fallback<'r, T, F, Fut>(
     router: &'r Router,
-    request: Box<ChatRequest>,
+    asked: &'r str,
     mut attempt: F,
 ) -> Result<T, GatewayError>
 where
-    F: FnMut(&'r str, &'r Backend, Box<ChatRequest>) -> Fut,
+    F: FnMut(&'r str, &'r Backend, &'r str) -> Fut,
     Fut: std::future::Future<Output = Result<T, GatewayError>>,
 {
-    let asked = request.model.clone();
-    let routes = router.resolve(&asked)?;
-    let mut request = Some(request);
+    let routes = router.resolve(asked)?;
     for (number, route) in routes.iter().enumerate() {
         let last = number + 1 == routes.len();
-        // Only a request that may be retried elsewhere is copied.
-        let mut this_try = match (last, request.as_ref()) {
-            (false, Some(request)) => request.clone(),
-            _ => match request.take() {
-                Some(request) => request,
-                None => break,
-            },
-        };
-        this_try.model = route.model.to_owned();
-        match attempt(route.name, route.backend, this_try).await {
+        match attempt(route.name, route.backend, route.model).await {
             Err(error) if !last && error.worth_another_target() => {
                 log::warn!(
                     "{asked}: target {}/{} failed ({error}); trying the next",
@@ -57,7 +44,7 @@ where
             outcome => return outcome,
         }
     }
-    Err(GatewayError::ModelNotFound(asked))
+    Err(GatewayError::ModelNotFound(asked.to_owned()))
 }
 
 /// Starts the answer as a stream, holding the response until the first event so that
@@ -65,10 +52,11 @@ where
 async fn start_chat(
     router: &Router,
     caller: &Caller,
-    request: Box<ChatRequest>,
+    asked: &str,
+    request: &ChatRequest,
 ) -> Result<EventStream, GatewayError> {
-    with_fallback(router, request, |name, backend, request| {
-        start_one(name, backend, caller, request)
+    with_fallback(router, asked, |name, backend, model| {
+        start_one(name, backend, caller, model, request)
     })
     .await
 }
@@ -77,13 +65,14 @@ async fn start_chat(
 async fn complete(
     router: &Router,
     caller: &Caller,
-    request: Box<ChatRequest>,
+    asked: &str,
+    request: &ChatRequest,
 ) -> Result<Completion, GatewayError> {
-    with_fallback(router, request, |name, backend, request| async move {
+    with_fallback(router, asked, |name, backend, model| async move {
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_called();
         }
-        let completion = until_client_gone(caller, backend.complete(*request)).await;
+        let completion = until_client_gone(caller, backend.complete(model, request)).await;
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_answered();
         }
@@ -130,13 +119,14 @@ async fn start_one(
     name: &str,
     backend: &Backend,
     caller: &Caller,
-    request: Box<ChatRequest>,
+    model: &str,
+    request: &ChatRequest,
 ) -> Result<EventStream, GatewayError> {
     if let Some(stopwatch) = &caller.stopwatch {
         stopwatch.upstream_called();
     }
     let first = async {
-        let events = backend.chat(*request).await;
+        let events = backend.chat(model, request).await;
         if let Some(stopwatch) = &caller.stopwatch {
             stopwatch.upstream_answered();
         }
@@ -163,9 +153,8 @@ pub async fn openai_chat(
             include_usage,
             request,
         } = openai::parse_chat(&body.bytes()?)?;
-        let request = Box::new(request);
         if stream {
-            let events = start_chat(&router, &caller, request).await?;
+            let events = start_chat(&router, &caller, &model, &request).await?;
             let renderer = SseRenderer::new(model, include_usage);
             Ok(HttpResponse::Ok()
                 .content_type("text/event-stream")
@@ -173,7 +162,7 @@ pub async fn openai_chat(
                 .insert_header(("x-accel-buffering", "no"))
                 .streaming(render_stream(events, renderer)))
         } else {
-            let completion = complete(&router, &caller, request).await?;
+            let completion = complete(&router, &caller, &model, &request).await?;
             Ok(HttpResponse::Ok().json(openai::render_completion(&model, &completion)))
         }
     };
@@ -230,15 +219,14 @@ async fn ollama_answer(
         stream,
         request,
     } = parsed;
-    let request = Box::new(request);
     if stream {
-        let events = start_chat(router, caller, request).await?;
+        let events = start_chat(router, caller, &model, &request).await?;
         let renderer = NdjsonRenderer::new(shape, model, timing);
         return Ok(HttpResponse::Ok()
             .content_type("application/x-ndjson")
             .streaming(render_stream(events, renderer)));
     }
-    let completion = complete(router, caller, request).await?;
+    let completion = complete(router, caller, &model, &request).await?;
     let value = ollama::render_completion(shape, &model, &completion, &timing)?;
     Ok(json_utf8(&value))
 }

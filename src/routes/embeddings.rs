@@ -16,25 +16,24 @@ use super::chat::{json_utf8, until_client_gone};
 use super::{respond, Caller, RequestBody};
 
 /// Routes and embeds, trying an alias's targets in turn; no inputs means the client
-/// only wanted the model loaded, which needs no upstream call.
+/// only wanted the model loaded, which needs no upstream call. The request is only
+/// borrowed, so every target sees the same one, uncopied.
 async fn embed(
     router: &Router,
     caller: &Caller,
-    request: EmbedRequest,
+    asked: &str,
+    request: &EmbedRequest,
 ) -> Result<Embeddings, GatewayError> {
-    let routes = router.resolve(&request.model)?;
+    let routes = router.resolve(asked)?;
     if request.inputs.is_empty() {
         return Ok(Embeddings::default());
     }
     for (attempt, route) in routes.iter().enumerate() {
         let last = attempt + 1 == routes.len();
-        let mut this_try = request.clone();
-        this_try.model = route.model.to_owned();
-        match embed_one(route.name, route.backend, caller, this_try).await {
+        match embed_one(route.name, route.backend, caller, route.model, request).await {
             Err(error) if !last && error.worth_another_target() => {
                 log::warn!(
-                    "{}: target {}/{} failed ({error}); trying the next",
-                    request.model,
+                    "{asked}: target {}/{} failed ({error}); trying the next",
                     route.name,
                     route.model
                 );
@@ -42,20 +41,21 @@ async fn embed(
             outcome => return outcome,
         }
     }
-    Err(GatewayError::ModelNotFound(request.model))
+    Err(GatewayError::ModelNotFound(asked.to_owned()))
 }
 
 async fn embed_one(
     name: &str,
     backend: &Backend,
     caller: &Caller,
-    request: EmbedRequest,
+    model: &str,
+    request: &EmbedRequest,
 ) -> Result<Embeddings, GatewayError> {
     let expected = request.inputs.len();
     if let Some(stopwatch) = &caller.stopwatch {
         stopwatch.upstream_called();
     }
-    let embeddings = until_client_gone(caller, backend.embed(request)).await;
+    let embeddings = until_client_gone(caller, backend.embed(model, request)).await;
     if let Some(stopwatch) = &caller.stopwatch {
         stopwatch.upstream_answered();
     }
@@ -82,7 +82,7 @@ pub async fn openai_embeddings(
 ) -> HttpResponse {
     let answer = async {
         let parsed = openai::parse(&body.bytes()?)?;
-        let embeddings = embed(&router, &caller, parsed.request).await?;
+        let embeddings = embed(&router, &caller, &parsed.model, &parsed.request).await?;
         Ok(HttpResponse::Ok().json(openai::render(&parsed.model, &embeddings, parsed.base64)))
     };
     respond(Dialect::OpenAi, answer.await)
@@ -96,7 +96,7 @@ pub async fn ollama_embed(
     let started = Instant::now();
     let answer = async {
         let parsed = ollama::parse_embed(&body.bytes()?)?;
-        let embeddings = embed(&router, &caller, parsed.request).await?;
+        let embeddings = embed(&router, &caller, &parsed.model, &parsed.request).await?;
         let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Ok(json_utf8(&ollama::render_embed(
             &parsed.model,
@@ -114,7 +114,7 @@ pub async fn ollama_embeddings_legacy(
 ) -> HttpResponse {
     let answer = async {
         let parsed = ollama::parse_legacy(&body.bytes()?)?;
-        let embeddings = embed(&router, &caller, parsed.request).await?;
+        let embeddings = embed(&router, &caller, &parsed.model, &parsed.request).await?;
         Ok(json_utf8(&ollama::render_legacy(&embeddings)))
     };
     respond(Dialect::Ollama, answer.await)

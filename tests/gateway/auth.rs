@@ -162,6 +162,30 @@ async fn the_upstream_key_comes_from_the_environment_only() {
 }
 
 #[actix_web::test]
+async fn the_upstream_key_travels_in_the_configured_header() {
+    std::env::set_var("SWITCHYARD_TEST_UPSTREAM_HEADER_KEY", "sk-in-header");
+    let gateway = harness::start(
+        "[[backends]]\nname = \"keyed\"\nkind = \"ollama\"\nurl = \"{mock}\"\napi_key_env = \"SWITCHYARD_TEST_UPSTREAM_HEADER_KEY\"\napi_key_header = \"x-api-key\"\n",
+    )
+    .await;
+    let body =
+        json!({"model": "keyed/mock-header", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+    let answer = send(
+        client().post(format!("{}/api/chat", gateway.base)),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = gateway.mock.requests_for("mock-header");
+    assert_eq!(
+        seen[0].headers.get("x-api-key").map(String::as_str),
+        Some("sk-in-header")
+    );
+    assert!(!seen[0].headers.contains_key("authorization"));
+}
+
+#[actix_web::test]
 async fn metrics_count_what_each_user_spends() {
     let (gateway, _) = with_keys("metrics").await;
     let url = format!("{}/v1/chat/completions", gateway.base);

@@ -56,9 +56,8 @@ pub fn parse_embed(body: &[u8]) -> Result<ParsedEmbed, GatewayError> {
         })?,
     };
     Ok(ParsedEmbed {
-        model: wire.model.clone(),
+        model: wire.model,
         request: EmbedRequest {
-            model: wire.model,
             inputs,
             dimensions: wire.dimensions,
             ollama_extras: extras([
@@ -74,9 +73,8 @@ pub fn parse_embed(body: &[u8]) -> Result<ParsedEmbed, GatewayError> {
 pub fn parse_legacy(body: &[u8]) -> Result<ParsedEmbed, GatewayError> {
     let wire: WireLegacy = crate::dialect::parse_body(body)?;
     Ok(ParsedEmbed {
-        model: wire.model.clone(),
+        model: wire.model,
         request: EmbedRequest {
-            model: wire.model,
             inputs: if wire.prompt.is_empty() {
                 Vec::new()
             } else {

@@ -64,7 +64,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat, GatewayError> {
         .enumerate()
         .map(|(index, message)| parse_message(index, message))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut request = ChatRequest::new(wire.model.clone(), messages);
+    let mut request = ChatRequest::new(messages);
     request.sampling = parse_options(wire.options.unwrap_or_default())?;
     request.format = parse_format(wire.format)?;
     request.tools = wire.tools.unwrap_or_default();
@@ -131,7 +131,7 @@ pub fn parse_generate(body: &[u8]) -> Result<ParsedChat, GatewayError> {
     } else {
         messages.clear();
     }
-    let mut request = ChatRequest::new(wire.model.clone(), messages);
+    let mut request = ChatRequest::new(messages);
     request.sampling = parse_options(wire.options.unwrap_or_default())?;
     request.format = parse_format(wire.format)?;
     request.think = parse_think(wire.think)?;

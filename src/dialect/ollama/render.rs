@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::chat::{Completion, Event, FinishReason, ToolCall, Usage};
 use crate::dialect::StreamRenderer;
@@ -163,16 +163,12 @@ fn wire_tool_calls(calls: &[ToolCall]) -> Result<Vec<Value>, String> {
         .iter()
         .enumerate()
         .map(|(index, call)| {
-            let arguments: Value = if call.arguments.trim().is_empty() {
-                Value::Object(Map::new())
-            } else {
-                serde_json::from_str(&call.arguments).map_err(|e| {
-                    format!(
-                        "the model called {} with arguments that are not JSON: {e}",
-                        call.name
-                    )
-                })?
-            };
+            let arguments = call.arguments_value().map_err(|e| {
+                format!(
+                    "the model called {} with arguments that are not JSON: {e}",
+                    call.name
+                )
+            })?;
             if !arguments.is_object() {
                 return Err(format!(
                     "the model called {} with arguments that are not a JSON object",

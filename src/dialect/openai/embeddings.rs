@@ -56,10 +56,9 @@ pub fn parse(body: &[u8]) -> Result<ParsedEmbeddings, GatewayError> {
         }
     };
     Ok(ParsedEmbeddings {
-        model: wire.model.clone(),
+        model: wire.model,
         base64,
         request: EmbedRequest {
-            model: wire.model,
             inputs,
             dimensions: wire.dimensions,
             ollama_extras: Default::default(),

@@ -136,7 +136,6 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat, GatewayError> {
     let mut passthrough = wire.extra;
     passthrough.remove("stream_options");
     let request = ChatRequest {
-        model: wire.model.clone(),
         messages,
         sampling: Sampling {
             max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
