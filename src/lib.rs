@@ -14,6 +14,7 @@ pub mod error;
 pub mod framing;
 mod hangup;
 pub mod metrics;
+pub mod pipeline;
 pub mod router;
 mod routes;
 pub mod server;
