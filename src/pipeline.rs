@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, Route};
 use bytes::{Bytes, BytesMut};
 use futures::future::{select, Either};
@@ -25,9 +25,9 @@ use crate::dialect::{Dialect, ParsedChat, StreamRenderer};
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 use crate::hangup::{client_gone, ClientSocket};
-use crate::metrics::Metrics;
+use crate::metrics::{CountedAtEnd, Metrics};
 use crate::router::Router;
-use crate::timing::Stopwatch;
+use crate::timing::{self, Stopwatch};
 
 /// Largest accepted request body, per the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +41,8 @@ pub struct Caller {
     pub socket: Option<ClientSocket>,
     /// Where the upstream call's start and answer are noted for `Server-Timing`.
     pub stopwatch: Option<Stopwatch>,
+    /// The request, for a stream to count and log itself when it ends.
+    request: HttpRequest,
 }
 
 /// The user name of requests served without keys, shared rather than allocated each time.
@@ -71,6 +73,7 @@ impl FromRequest for Caller {
             metrics,
             socket,
             stopwatch,
+            request: request.clone(),
         }))
     }
 }
@@ -190,7 +193,10 @@ async fn answer_chat<D: Dialect>(
             answer.insert_header(header);
         }
         let renderer = dialect.stream_renderer(model, reply);
-        Ok(answer.streaming(render_stream(events, renderer)))
+        let ledger = StreamLedger::new(caller);
+        let mut answer = answer.streaming(render_stream(events, renderer, ledger));
+        answer.extensions_mut().insert(CountedAtEnd);
+        Ok(answer)
     } else {
         let completion = complete(router, caller, &model, request).await?;
         dialect.render_completion(&model, reply, &completion)
@@ -394,15 +400,62 @@ fn until_client_gone<'c, T>(
     }
 }
 
+/// Counts and logs a streamed answer when it ends, with the outcome it really had: 200
+/// for a clean end, the error's status for one that failed half way, 499 for a client
+/// that left (the stream is dropped before its end).
+struct StreamLedger {
+    metrics: web::Data<Metrics>,
+    request: HttpRequest,
+    stopwatch: Option<Stopwatch>,
+    closed: bool,
+}
+
+impl StreamLedger {
+    fn new(caller: &Caller) -> StreamLedger {
+        StreamLedger {
+            metrics: caller.metrics.clone(),
+            request: caller.request.clone(),
+            stopwatch: caller.stopwatch.clone(),
+            closed: false,
+        }
+    }
+
+    /// Records the stream's outcome, once.
+    fn close(&mut self, status: StatusCode) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let route = self.request.match_pattern();
+        self.metrics
+            .request(route.as_deref().unwrap_or("unmatched"), status);
+        if let Some(stopwatch) = &self.stopwatch {
+            timing::log_outcome(
+                self.request.method(),
+                self.request.path(),
+                status,
+                stopwatch,
+            );
+        }
+    }
+}
+
+impl Drop for StreamLedger {
+    fn drop(&mut self) {
+        // Dropped before its end: actix drops the body of a client that went away.
+        self.close(GatewayError::ClientGone.status());
+    }
+}
+
 /// The most rendered bytes held back to join with events that are already there.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
 /// Relays events as rendered bytes as they arrive, events that arrived together in one
-/// write. When the client goes away, actix drops this stream and with it the upstream
-/// request.
+/// write, and has the ledger record how the stream ended. When the client goes away,
+/// actix drops this stream and with it the upstream request.
 fn render_stream<R>(
     events: EventStream,
     mut renderer: R,
+    mut ledger: StreamLedger,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>>
 where
     R: StreamRenderer + 'static,
@@ -417,11 +470,17 @@ where
                 Some(Err(error)) => {
                     log::warn!("stream ended by an upstream error: {error}");
                     renderer.error(&error, &mut out);
+                    ledger.close(error.status());
                     yield Ok(out.split().freeze());
                     return;
                 }
                 None => {
                     renderer.end(&mut out);
+                    ledger.close(if renderer.failed() {
+                        StatusCode::BAD_GATEWAY
+                    } else {
+                        StatusCode::OK
+                    });
                     yield Ok(out.split().freeze());
                     return;
                 }

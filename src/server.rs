@@ -13,7 +13,7 @@ use crate::auth::KeyStore;
 use crate::backend::Pools;
 use crate::config::Config;
 use crate::dialect::ollama::Ollama;
-use crate::metrics::Metrics;
+use crate::metrics::{CountedAtEnd, Metrics};
 use crate::pipeline::BodyLimit;
 use crate::router::Router;
 use crate::routes;
@@ -113,7 +113,7 @@ pub async fn serve(shared: Shared) -> std::io::Result<()> {
 
 /// What every request passes through, in one middleware rather than two (each layer
 /// boxes the request's future once more): the stopwatch behind `Server-Timing` and the
-/// count by route pattern and status. The key check belongs to each dialect's scope,
+/// count by route pattern and status, with the request's log line. The key check belongs to each dialect's scope,
 /// which answers a refusal in its dialect.
 async fn front_door(
     request: ServiceRequest,
@@ -122,10 +122,26 @@ async fn front_door(
     let stopwatch = timing::start(&request);
     let metrics = request.app_data::<web::Data<Metrics>>().cloned();
     let mut response = next.call(request).await?;
+    timing::stamp(&mut response, &stopwatch);
+    // A stream counts itself when it ends, with its real outcome (`pipeline`).
+    if response
+        .response()
+        .extensions()
+        .get::<CountedAtEnd>()
+        .is_some()
+    {
+        return Ok(response);
+    }
     if let Some(metrics) = metrics {
         let route = response.request().match_pattern();
         metrics.request(route.as_deref().unwrap_or("unmatched"), response.status());
     }
-    timing::stamp(&mut response, &stopwatch);
+    let request = response.request();
+    timing::log_outcome(
+        request.method(),
+        request.path(),
+        response.status(),
+        &stopwatch,
+    );
     Ok(response)
 }

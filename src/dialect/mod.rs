@@ -89,6 +89,11 @@ pub trait StreamRenderer {
     fn end(&mut self, out: &mut BytesMut);
     /// Writes the one error event that ends a failed stream.
     fn error(&mut self, error: &GatewayError, out: &mut BytesMut);
+    /// Whether the renderer itself ended the stream with an error event (an answer it
+    /// could not write in its dialect), so the stream counts as failed.
+    fn failed(&self) -> bool {
+        false
+    }
 }
 
 /// Parses a request body, answering a 400 that names the problem (serde's message

@@ -355,4 +355,8 @@ impl StreamRenderer for NdjsonRenderer {
             write_ndjson(out, &serde_json::json!({ "error": error.to_string() }));
         }
     }
+
+    fn failed(&self) -> bool {
+        self.failed
+    }
 }
