@@ -273,3 +273,238 @@ fn parse_image_url(url: &str) -> Option<Image> {
     }
     (url.starts_with("http://") || url.starts_with("https://")).then(|| Image::Url(url.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(body: Value) -> Result<ParsedChat<Reply>, GatewayError> {
+        parse_chat(body.to_string().as_bytes())
+    }
+
+    /// The `param` of the 400 a body is refused with.
+    fn refused(body: Value) -> Option<String> {
+        match parse(body) {
+            Err(GatewayError::BadRequest { param, .. }) => param,
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    fn user(content: Value) -> Value {
+        json!({"model": "m", "messages": [{"role": "user", "content": content}]})
+    }
+
+    #[test]
+    fn every_field_reaches_the_canonical_request() {
+        let parsed = parse(json!({
+            "model": "oa/gpt",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}},
+                    {"type": "image_url", "image_url": "https://example.com/a.png"}
+                ]},
+                {"role": "assistant", "content": null, "reasoning_content": "hmm",
+                 "tool_calls": [{"id": "call_1", "type": "function",
+                                 "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "name": "f", "content": "42"}
+            ],
+            "max_tokens": 10,
+            "max_completion_tokens": 20,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "seed": 7,
+            "stop": ["x", "y"],
+            "frequency_penalty": 0.1,
+            "presence_penalty": 0.2,
+            "n": 1,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "s", "schema": {"type": "object"}, "strict": true}},
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": "auto",
+            "parallel_tool_calls": false,
+            "reasoning_effort": "low",
+            "reasoning": {"effort": "high"},
+            "top_k": 40,
+            "min_p": 0.05,
+            "typical_p": 0.7,
+            "repeat_penalty": 1.1,
+            "repeat_last_n": 64,
+            "cache_prompt": true
+        }))
+        .unwrap();
+        assert_eq!(parsed.model, "oa/gpt");
+        assert!(parsed.stream);
+        assert_eq!(
+            parsed.reply,
+            Reply {
+                include_usage: true
+            }
+        );
+        let request = parsed.request;
+        assert_eq!(request.model, "oa/gpt");
+        assert_eq!(
+            request.sampling,
+            Sampling {
+                max_tokens: Some(20),
+                temperature: Some(0.5),
+                top_p: Some(0.9),
+                seed: Some(7),
+                stop: vec!["x".into(), "y".into()],
+                frequency_penalty: Some(0.1),
+                presence_penalty: Some(0.2),
+                top_k: Some(40),
+                min_p: Some(0.05),
+                typical_p: Some(0.7),
+                repeat_penalty: Some(1.1),
+                repeat_last_n: Some(64),
+                ollama_runtime: Map::new(),
+            }
+        );
+        assert_eq!(
+            request.format,
+            Some(OutputFormat::Schema {
+                name: Some("s".into()),
+                schema: json!({"type": "object"}),
+                strict: Some(true),
+            })
+        );
+        assert_eq!(request.tools.len(), 1);
+        assert_eq!(request.tools[0].function.name, "f");
+        assert_eq!(request.tool_choice, Some(json!("auto")));
+        assert_eq!(request.parallel_tool_calls, Some(false));
+        assert_eq!(request.think, Some(Think::Effort("high".into())));
+        assert_eq!(request.keep_alive, None);
+        assert_eq!(request.generation, None);
+        // Unmodelled fields travel on; stream_options is the client side's.
+        assert_eq!(
+            request.passthrough,
+            json!({"cache_prompt": true}).as_object().unwrap().clone()
+        );
+        let [developer, user, assistant, tool] = &request.messages[..] else {
+            panic!("four messages: {:?}", request.messages);
+        };
+        assert_eq!(*developer, Message::text(Role::Developer, "be brief"));
+        assert_eq!(
+            user.parts,
+            vec![
+                Part::Text("look".into()),
+                Part::Image(Image::Base64 {
+                    mime: Some("image/jpeg".into()),
+                    data: "AAAA".into()
+                }),
+                Part::Image(Image::Url("https://example.com/a.png".into())),
+            ]
+        );
+        assert_eq!(assistant.role, Role::Assistant);
+        assert!(assistant.parts.is_empty());
+        assert_eq!(assistant.thinking.as_deref(), Some("hmm"));
+        assert_eq!(
+            assistant.tool_calls,
+            vec![ToolCall {
+                id: Some("call_1".into()),
+                name: "f".into(),
+                arguments: "{\"a\":1}".into()
+            }]
+        );
+        assert_eq!(tool.tool_call_id.as_deref(), Some("call_1"));
+        assert_eq!(tool.tool_name.as_deref(), Some("f"));
+        assert_eq!(tool.parts, vec![Part::Text("42".into())]);
+    }
+
+    #[test]
+    fn absent_fields_stay_absent() {
+        let parsed = parse(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                  "stop": "end", "max_tokens": 5, "response_format": {"type": "text"}}))
+        .unwrap();
+        assert!(!parsed.stream);
+        assert!(!parsed.reply.include_usage);
+        let request = parsed.request;
+        assert_eq!(request.sampling.max_tokens, Some(5));
+        assert_eq!(request.sampling.stop, vec!["end".to_owned()]);
+        assert_eq!(request.sampling.temperature, None);
+        assert_eq!(request.format, None);
+        assert_eq!(request.think, None);
+        assert!(request.tools.is_empty() && request.passthrough.is_empty());
+        // A name on a non-tool message is not a tool name.
+        let named = parse(
+            json!({"model": "m", "messages": [{"role": "user", "name": "bob", "content": "hi"}]}),
+        )
+        .unwrap();
+        assert_eq!(named.request.messages[0].tool_name, None);
+        let json_object = parse(
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                       "response_format": {"type": "json_object"}}),
+        )
+        .unwrap();
+        assert_eq!(json_object.request.format, Some(OutputFormat::Json));
+    }
+
+    #[test]
+    fn each_refusal_names_its_field() {
+        let param = |name: &str| Some(name.to_owned());
+        let chat = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            for (key, value) in extra.as_object().unwrap() {
+                body[key] = value.clone();
+            }
+            body
+        };
+        // Not JSON, or a required field missing: serde's message, no field to name.
+        assert!(matches!(
+            parse_chat(b"{bad"),
+            Err(GatewayError::BadRequest { param: None, .. })
+        ));
+        assert_eq!(refused(json!({"messages": []})), None);
+        assert_eq!(refused(chat(json!({"model": ""}))), param("model"));
+        assert_eq!(
+            refused(json!({"model": "m", "messages": []})),
+            param("messages")
+        );
+        assert_eq!(refused(chat(json!({"n": 2}))), param("n"));
+        assert_eq!(refused(chat(json!({"stop": 3}))), param("stop"));
+        assert_eq!(refused(chat(json!({"stop": ["a", 3]}))), param("stop"));
+        assert_eq!(
+            refused(chat(json!({"response_format": {"type": "yaml"}}))),
+            param("response_format")
+        );
+        assert_eq!(
+            refused(chat(
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "s"}}})
+            )),
+            param("response_format")
+        );
+        assert_eq!(
+            refused(json!({"model": "m", "messages": [{"role": "robot", "content": "hi"}]})),
+            param("messages")
+        );
+        assert_eq!(refused(user(json!(3))), param("messages"));
+        assert_eq!(refused(user(json!([{"type": "audio"}]))), param("messages"));
+        assert_eq!(
+            refused(user(json!([{"text": "no type"}]))),
+            param("messages")
+        );
+        assert_eq!(refused(user(json!([{"type": "text"}]))), param("messages"));
+        assert_eq!(
+            refused(user(json!([{"type": "image_url"}]))),
+            param("messages")
+        );
+        assert_eq!(
+            refused(user(
+                json!([{"type": "image_url", "image_url": {"url": "ftp://x"}}])
+            )),
+            param("messages")
+        );
+        assert_eq!(
+            refused(user(
+                json!([{"type": "image_url", "image_url": {"url": "data:image/png,AAAA"}}])
+            )),
+            param("messages")
+        );
+    }
+}

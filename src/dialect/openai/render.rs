@@ -354,3 +354,246 @@ fn type_for_status(status: u16) -> &'static str {
 pub fn render_error(error: &GatewayError) -> HttpResponse {
     error_response(error).body(json!({ "error": error_object(error) }).to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::chat::ToolCallDelta;
+
+    use super::*;
+
+    /// The JSON of each SSE event, `[DONE]` as a string.
+    fn events(out: &[u8]) -> Vec<Value> {
+        std::str::from_utf8(out)
+            .unwrap()
+            .split("\n\n")
+            .filter(|event| !event.is_empty())
+            .map(|event| {
+                let data = event.strip_prefix("data: ").unwrap();
+                serde_json::from_str(data).unwrap_or_else(|_| Value::from(data))
+            })
+            .collect()
+    }
+
+    fn stream(include_usage: bool, input: Vec<Event>) -> Vec<Value> {
+        let mut renderer = SseRenderer::new("oa/m".into(), include_usage);
+        let mut out = BytesMut::new();
+        for event in input {
+            renderer.event(event, &mut out);
+        }
+        renderer.end(&mut out);
+        events(&out)
+    }
+
+    fn delta(index: usize, id: Option<&str>, name: Option<&str>, arguments: &str) -> Event {
+        Event::ToolCall(ToolCallDelta {
+            index,
+            id: id.map(str::to_owned),
+            name: name.map(str::to_owned),
+            arguments: arguments.to_owned(),
+        })
+    }
+
+    fn usage() -> Usage {
+        Usage {
+            prompt_tokens: 7,
+            completion_tokens: 5,
+            ..Usage::default()
+        }
+    }
+
+    #[test]
+    fn whole_answer() {
+        let completion = Completion {
+            text: "Hello".into(),
+            thinking: "hmm".into(),
+            finish_reason: Some(FinishReason::Length),
+            usage: Some(usage()),
+            ..Completion::default()
+        };
+        let value = serde_json::to_value(render_completion("oa/m", &completion)).unwrap();
+        assert!(value["id"].as_str().unwrap().starts_with("chatcmpl-"));
+        assert_eq!(value["object"], "chat.completion");
+        assert_eq!(value["model"], "oa/m");
+        assert!(value["created"].as_u64().unwrap() > 0);
+        assert_eq!(
+            value["choices"],
+            json!([{"index": 0, "logprobs": null, "finish_reason": "length",
+                    "message": {"role": "assistant", "content": "Hello", "reasoning_content": "hmm"}}])
+        );
+        assert_eq!(
+            value["usage"],
+            json!({"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12})
+        );
+    }
+
+    #[test]
+    fn whole_answer_with_tool_calls() {
+        let completion = Completion {
+            tool_calls: vec![ToolCall {
+                id: Some("call_1".into()),
+                name: "f".into(),
+                arguments: "{\"a\":1}".into(),
+            }],
+            ..Completion::default()
+        };
+        let value = serde_json::to_value(render_completion("m", &completion)).unwrap();
+        let choice = &value["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(
+            choice["message"],
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]})
+        );
+        assert_eq!(value["usage"]["total_tokens"], 0);
+    }
+
+    #[test]
+    fn stream_chunk_sequence() {
+        let chunks = stream(
+            false,
+            vec![
+                Event::Thinking("hm".into()),
+                Event::Text("Hel".into()),
+                Event::Text("lo".into()),
+                Event::Usage(usage()),
+                Event::Finish(FinishReason::Stop),
+            ],
+        );
+        assert_eq!(chunks.len(), 5, "{chunks:?}");
+        let deltas: Vec<&Value> = chunks[..4]
+            .iter()
+            .map(|c| &c["choices"][0]["delta"])
+            .collect();
+        // `role` once, in the first chunk only.
+        assert_eq!(
+            *deltas[0],
+            json!({"role": "assistant", "reasoning_content": "hm"})
+        );
+        assert_eq!(*deltas[1], json!({"content": "Hel"}));
+        assert_eq!(*deltas[2], json!({"content": "lo"}));
+        // The finish in its own chunk, with an empty delta.
+        assert_eq!(*deltas[3], json!({}));
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
+        assert!(chunks[..3]
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null()));
+        // One id and one `created` for the whole stream; no usage unless asked for.
+        for chunk in &chunks[..4] {
+            assert_eq!(chunk["id"], chunks[0]["id"]);
+            assert_eq!(chunk["created"], chunks[0]["created"]);
+            assert_eq!(chunk["object"], "chat.completion.chunk");
+            assert_eq!(chunk["model"], "oa/m");
+            assert!(chunk.get("usage").is_none());
+        }
+        assert_eq!(chunks[4], "[DONE]");
+    }
+
+    #[test]
+    fn usage_chunk_when_asked_for() {
+        let chunks = stream(true, vec![Event::Text("a".into()), Event::Usage(usage())]);
+        assert_eq!(chunks.len(), 4, "{chunks:?}");
+        // A stream that ended without a finish reason says `stop`.
+        assert_eq!(chunks[1]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunks[2]["choices"], json!([]));
+        assert_eq!(
+            chunks[2]["usage"],
+            json!({"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12})
+        );
+        assert_eq!(chunks[2]["id"], chunks[0]["id"]);
+        assert_eq!(chunks[3], "[DONE]");
+        // An empty stream still opens with the role and finishes.
+        let empty = stream(false, Vec::new());
+        assert_eq!(
+            empty[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        assert_eq!(empty[1]["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn stream_tool_calls() {
+        let chunks = stream(
+            false,
+            vec![
+                delta(0, Some("call_a"), Some("get_weather"), ""),
+                delta(0, None, None, "{\"city\":"),
+                delta(5, None, Some("get_time"), "{}"),
+                delta(0, None, None, "\"Tokyo\"}"),
+                Event::Finish(FinishReason::Stop),
+            ],
+        );
+        let calls: Vec<&Value> = chunks[..4]
+            .iter()
+            .map(|c| &c["choices"][0]["delta"]["tool_calls"][0])
+            .collect();
+        assert_eq!(
+            *calls[0],
+            json!({"index": 0, "id": "call_a", "type": "function",
+                   "function": {"name": "get_weather", "arguments": ""}})
+        );
+        assert_eq!(
+            *calls[1],
+            json!({"index": 0, "function": {"arguments": "{\"city\":"}})
+        );
+        // Upstream index 5 is this stream's second call; a call without an id gets one.
+        assert_eq!(calls[2]["index"], 1);
+        assert!(calls[2]["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(calls[2]["function"]["name"], "get_time");
+        assert_eq!(
+            *calls[3],
+            json!({"index": 0, "function": {"arguments": "\"Tokyo\"}"}})
+        );
+        // A `stop` after tool calls is reported as `tool_calls`.
+        assert_eq!(chunks[4]["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn error_event_and_body() {
+        let mut renderer = SseRenderer::new("m".into(), true);
+        let mut out = BytesMut::new();
+        renderer.event(Event::Text("a".into()), &mut out);
+        let error = GatewayError::UpstreamStatus {
+            backend: "oa".into(),
+            status: 429,
+            message: "slow down".into(),
+            kind: None,
+            code: None,
+            retry_after: Some("7".into()),
+        };
+        renderer.error(&error, &mut out);
+        let chunks = events(&out);
+        assert_eq!(chunks.len(), 2);
+        // The error ends the stream: no finish, no usage, no `[DONE]`.
+        assert_eq!(
+            chunks[1],
+            json!({"error": {"message": "slow down", "type": "rate_limit_error", "param": null, "code": null}})
+        );
+        let response = render_error(&error);
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "7");
+        let bad = GatewayError::bad_field("n", "n must be 1");
+        assert_eq!(
+            error_object(&bad),
+            json!({"message": "n must be 1", "type": "invalid_request_error", "param": "n", "code": null})
+        );
+        assert_eq!(
+            error_object(&GatewayError::Unauthorized { missing: false })["code"],
+            "invalid_api_key"
+        );
+        assert_eq!(
+            error_object(&GatewayError::ModelNotFound("x".into()))["code"],
+            "model_not_found"
+        );
+        let timeout = GatewayError::UpstreamTimeout {
+            backend: "b".into(),
+            detail: "slow".into(),
+        };
+        assert_eq!(
+            (
+                error_object(&timeout)["type"].clone(),
+                error_object(&timeout)["code"].clone()
+            ),
+            (json!("server_error"), json!("timeout"))
+        );
+    }
+}
