@@ -1,5 +1,5 @@
-//! API keys: the key store (re-read when its file changes) and the check in front of
-//! `/v1/` and `/api/`.
+//! API keys: the key store (re-read when its file changes) and the check each dialect's
+//! scope makes before its routes.
 //!
 //! Keys are kept only as SHA-256 digests and every presented key is compared against
 //! all of them in constant time, so neither timing nor a memory dump gives a key away.
@@ -188,16 +188,10 @@ fn presented_key(request: &ServiceRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Decides whether a request may pass: `/v1/` and `/api/` need a key (when keys are
-/// configured); `/health`, `/` and `/metrics` stay open. A known key's user is noted
-/// on the request; a refusal says why.
+/// Decides whether a request to a dialect's scope may pass (when keys are configured);
+/// the open routes (`/health`, `/`, `/metrics`) are mounted outside every scope and
+/// never come here. A known key's user is noted on the request; a refusal says why.
 pub fn admit(request: &ServiceRequest) -> Result<(), GatewayError> {
-    let path = request.path();
-    let guarded =
-        path.starts_with("/v1/") || path.starts_with("/api/") || path == "/v1" || path == "/api";
-    if !guarded {
-        return Ok(());
-    }
     let Some(store) = request.app_data::<web::Data<KeyStore>>() else {
         return Ok(());
     };

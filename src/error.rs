@@ -1,15 +1,12 @@
 //! One error type for everything a request can run into, and the one place that decides
-//! its HTTP status and how each dialect spells it.
+//! its HTTP status and whether another target is worth trying. How an error is written
+//! is each dialect's job (`crate::dialect`).
 //!
 //! Where an error came from picks its status, as a proxy must: the client's fault is a
 //! 4xx, an upstream that cannot be reached is 502, one that is too slow is 504, and an
 //! upstream's own error status is passed on with its message translated.
 
 use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
-use serde_json::{json, Value};
-
-use crate::dialect::Dialect;
 
 /// Everything that can go wrong with a request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -111,64 +108,6 @@ impl GatewayError {
             }
         }
     }
-
-    /// The OpenAI error object: `{"message","type","param","code"}`.
-    pub fn openai_error(&self) -> Value {
-        let (kind, code): (&str, Option<&str>) = match self {
-            GatewayError::BadRequest { .. }
-            | GatewayError::RouteNotFound { .. }
-            | GatewayError::PayloadTooLarge { .. }
-            | GatewayError::ClientGone => ("invalid_request_error", None),
-            GatewayError::Unauthorized { .. } => ("invalid_request_error", Some("invalid_api_key")),
-            GatewayError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
-            GatewayError::UpstreamTimeout { .. } => ("server_error", Some("timeout")),
-            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => {
-                ("server_error", None)
-            }
-            GatewayError::UpstreamStatus {
-                status, kind, code, ..
-            } => (
-                kind.as_deref()
-                    .unwrap_or_else(|| openai_type_for_status(*status)),
-                code.as_deref(),
-            ),
-        };
-        let param = match self {
-            GatewayError::BadRequest { param, .. } => param.as_deref(),
-            _ => None,
-        };
-        json!({"message": self.to_string(), "type": kind, "param": param, "code": code})
-    }
-
-    /// The whole error answer in the caller's dialect.
-    pub fn response(&self, dialect: Dialect) -> HttpResponse {
-        let body = match dialect {
-            Dialect::OpenAi => json!({ "error": self.openai_error() }),
-            Dialect::Ollama => json!({ "error": self.to_string() }),
-        };
-        let mut response = HttpResponse::build(self.status());
-        response.content_type("application/json");
-        if let GatewayError::UpstreamStatus {
-            retry_after: Some(retry_after),
-            ..
-        } = self
-        {
-            response.insert_header(("retry-after", retry_after.as_str()));
-        }
-        response.body(body.to_string())
-    }
-}
-
-/// The OpenAI `type` that goes with a status when the upstream named none.
-fn openai_type_for_status(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        429 => "rate_limit_error",
-        400..=499 => "invalid_request_error",
-        _ => "server_error",
-    }
 }
 
 #[cfg(test)]
@@ -194,6 +133,7 @@ mod tests {
             code: None,
             retry_after: None,
         };
-        assert_eq!(upstream.openai_error()["type"], "rate_limit_error");
+        assert_eq!(upstream.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(upstream.worth_another_target());
     }
 }

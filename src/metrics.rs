@@ -3,6 +3,11 @@
 
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
+/// Marks an answer whose request is counted (and logged) when its body ends, with the
+/// outcome it really had, rather than when its headers leave: a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct CountedAtEnd;
+
 /// The server's counters.
 pub struct Metrics {
     registry: Registry,

@@ -1,20 +1,20 @@
-//! The HTTP server: builds the actix app (routes, auth guard, per-worker backends) and
+//! The HTTP server: builds the actix app (routes, per-worker backends) and
 //! starts it, so that `main` and the tests start exactly the same thing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Condition, Logger, Next};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpServer};
 
-use crate::auth::{self, KeyStore};
+use crate::auth::KeyStore;
 use crate::backend::Pools;
 use crate::config::Config;
-use crate::dialect::Dialect;
-use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::dialect::ollama::Ollama;
+use crate::metrics::{CountedAtEnd, Metrics};
+use crate::pipeline::BodyLimit;
 use crate::router::Router;
 use crate::routes;
 use crate::timing;
@@ -48,10 +48,6 @@ impl Shared {
     }
 }
 
-/// Largest accepted request body, per the configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
-
 /// Binds the listener and returns the server (not yet awaited) and its address.
 pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let config = shared.config.clone();
@@ -71,7 +67,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .app_data(web::Data::new(BodyLimit(config.body_limit)))
             .app_data(web::Data::new(routes::ListingCache::default()))
             .configure(routes::configure)
-            .default_service(web::to(not_found))
+            .default_service(web::to(routes::not_found::<Ollama>))
             .wrap(from_fn(front_door))
             // Method, path, status, size and time only: no headers, so no keys.
             .wrap(Condition::new(
@@ -115,34 +111,37 @@ pub async fn serve(shared: Shared) -> std::io::Result<()> {
     server.await
 }
 
-/// What every request passes through, in one middleware rather than three (each
-/// layer boxes the request's future once more): the stopwatch behind `Server-Timing`,
-/// the key check, and the count by route pattern and status.
+/// What every request passes through, in one middleware rather than two (each layer
+/// boxes the request's future once more): the stopwatch behind `Server-Timing` and the
+/// count by route pattern and status, with the request's log line. The key check belongs to each dialect's scope,
+/// which answers a refusal in its dialect.
 async fn front_door(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let stopwatch = timing::start(&request);
     let metrics = request.app_data::<web::Data<Metrics>>().cloned();
-    let mut response = match auth::admit(&request) {
-        Ok(()) => next.call(request).await?.map_into_left_body(),
-        Err(refusal) => {
-            let answer = refusal.response(Dialect::of_path(request.path()));
-            request.into_response(answer).map_into_right_body()
-        }
-    };
+    let mut response = next.call(request).await?;
+    timing::stamp(&mut response, &stopwatch);
+    // A stream counts itself when it ends, with its real outcome (`pipeline`).
+    if response
+        .response()
+        .extensions()
+        .get::<CountedAtEnd>()
+        .is_some()
+    {
+        return Ok(response);
+    }
     if let Some(metrics) = metrics {
         let route = response.request().match_pattern();
         metrics.request(route.as_deref().unwrap_or("unmatched"), response.status());
     }
-    timing::stamp(&mut response, &stopwatch);
+    let request = response.request();
+    timing::log_outcome(
+        request.method(),
+        request.path(),
+        response.status(),
+        &stopwatch,
+    );
     Ok(response)
-}
-
-async fn not_found(request: HttpRequest) -> HttpResponse {
-    GatewayError::RouteNotFound {
-        method: request.method().to_string(),
-        path: request.path().to_owned(),
-    }
-    .response(Dialect::of_path(request.path()))
 }

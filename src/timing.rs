@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::HttpMessage;
 
 /// When a request arrived and when its upstream call went out and came back.
@@ -93,22 +94,29 @@ pub fn start(request: &ServiceRequest) -> Stopwatch {
     stopwatch
 }
 
-/// Writes `Server-Timing` on the answer and the request's debug log line.
+/// Writes `Server-Timing` on the answer.
 pub fn stamp<B>(response: &mut ServiceResponse<B>, stopwatch: &Stopwatch) {
     let (gateway, upstream) = stopwatch.spans();
-    log::debug!(
-        "{} {} {}: gateway {} ms, upstream {}",
-        response.request().method(),
-        response.request().path(),
-        response.status().as_u16(),
-        Millis(gateway),
-        upstream.map_or("not called".to_owned(), |u| format!("{} ms", Millis(u)))
-    );
     if let Ok(value) = HeaderValue::try_from(header_value(gateway, upstream)) {
         response
             .headers_mut()
             .insert(HeaderName::from_static("server-timing"), value);
     }
+}
+
+/// Writes the request's debug log line with its outcome: when the answer is sent for a
+/// whole one, at the stream's end for a stream.
+pub fn log_outcome(method: &Method, path: &str, status: StatusCode, stopwatch: &Stopwatch) {
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let (gateway, upstream) = stopwatch.spans();
+    log::debug!(
+        "{method} {path} {}: gateway {} ms, upstream {}",
+        status.as_u16(),
+        Millis(gateway),
+        upstream.map_or("not called".to_owned(), |u| format!("{} ms", Millis(u)))
+    );
 }
 
 #[cfg(test)]

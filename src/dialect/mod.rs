@@ -1,32 +1,84 @@
-//! What the gateway speaks to clients: a file per API. A dialect parses its wire JSON
-//! into the canonical request and renders canonical events back as its own stream
-//! framing or one JSON body; it knows nothing of backends.
+//! What the gateway speaks to clients: a folder per API behind one trait, [`Dialect`].
+//! A dialect parses its wire JSON into the canonical request and renders canonical
+//! events, whole answers and errors back in its own framing; it knows nothing of
+//! backends, and the pipeline that joins the two (`crate::pipeline`) knows nothing of
+//! wire formats.
 
 pub mod ollama;
 pub mod openai;
 
-use bytes::{Bytes, BytesMut};
-use futures::{FutureExt, Stream, StreamExt};
+use actix_web::{HttpResponse, HttpResponseBuilder};
+use bytes::BytesMut;
 
-use crate::chat::{Event, EventStream};
+use crate::chat::{ChatRequest, Completion, Event};
 use crate::error::GatewayError;
 
-/// The API a client speaks, which decides how answers and errors are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    Ollama,
+/// A parsed chat request: the canonical request plus what only the client side needs.
+#[derive(Debug)]
+pub struct ParsedChat<R> {
+    /// The model as the client named it (with any backend prefix or alias): what is
+    /// routed, and what the answer names.
+    pub model: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    pub request: ChatRequest,
+    /// What rendering the answer needs beyond the events (options, a clock).
+    pub reply: R,
 }
 
-impl Dialect {
-    /// The dialect of a route: `/v1/...` is OpenAI's, everything else Ollama's.
-    pub fn of_path(path: &str) -> Dialect {
-        if path == "/v1" || path.starts_with("/v1/") {
-            Dialect::OpenAi
-        } else {
-            Dialect::Ollama
-        }
+/// One API the gateway speaks to clients. The pipeline (`serve_chat`) does the rest
+/// (routing, fallback, hang-up, timing, metrics), the same for every dialect; a dialect
+/// only reads its wire format and writes it back.
+pub trait Dialect: Sized + 'static {
+    /// What a parsed request keeps for rendering its answer.
+    type Reply;
+    /// Writes a stream of events in this dialect's framing.
+    type Renderer: StreamRenderer + 'static;
+
+    /// The `Content-Type` of a streamed answer.
+    const STREAM_CONTENT_TYPE: &'static str;
+    /// Further headers of a streamed answer (SSE wants proxies not to buffer it).
+    const STREAM_HEADERS: &'static [(&'static str, &'static str)] = &[];
+
+    /// Parses a chat request body; a 400 names the field at fault.
+    fn parse_chat(&self, body: &[u8]) -> Result<ParsedChat<Self::Reply>, GatewayError>;
+
+    /// An answer that needs no upstream call, given once the model is known to route:
+    /// Ollama's empty request, which only loads the model. `None` for a real request.
+    fn answer_locally(&self, parsed: &ParsedChat<Self::Reply>) -> Option<HttpResponse> {
+        let _ = parsed;
+        None
     }
+
+    /// The renderer of a streamed answer naming `model` as the client asked for it.
+    fn stream_renderer(&self, model: String, reply: Self::Reply) -> Self::Renderer;
+
+    /// A whole answer as one response.
+    fn render_completion(
+        &self,
+        model: &str,
+        reply: Self::Reply,
+        completion: &Completion,
+    ) -> Result<HttpResponse, GatewayError>;
+
+    /// An error answer, with its status: how this dialect's clients read failures. It
+    /// takes no `self`, so a scope's key check and unknown routes can answer with it.
+    fn render_error(error: &GatewayError) -> HttpResponse;
+}
+
+/// Starts an error answer with the error's status and the headers it carries (an
+/// upstream's `Retry-After`), for each dialect to add its body.
+pub fn error_response(error: &GatewayError) -> HttpResponseBuilder {
+    let mut response = HttpResponse::build(error.status());
+    response.content_type("application/json");
+    if let GatewayError::UpstreamStatus {
+        retry_after: Some(retry_after),
+        ..
+    } = error
+    {
+        response.insert_header(("retry-after", retry_after.as_str()));
+    }
+    response
 }
 
 /// Turns a stream of events into a dialect's stream framing.
@@ -37,58 +89,10 @@ pub trait StreamRenderer {
     fn end(&mut self, out: &mut BytesMut);
     /// Writes the one error event that ends a failed stream.
     fn error(&mut self, error: &GatewayError, out: &mut BytesMut);
-}
-
-/// The most rendered bytes held back to join with events that are already there.
-const COALESCE_LIMIT: usize = 16 * 1024;
-
-/// Relays events as rendered bytes as they arrive, events that arrived together in one
-/// write. When the client goes away, actix drops this stream and with it the upstream
-/// request.
-pub fn render_stream<R>(
-    events: EventStream,
-    mut renderer: R,
-) -> impl Stream<Item = Result<Bytes, actix_web::Error>>
-where
-    R: StreamRenderer + 'static,
-{
-    async_stream::stream! {
-        let mut events = events;
-        let mut out = BytesMut::with_capacity(512);
-        let mut next = events.next().await;
-        loop {
-            match next {
-                Some(Ok(event)) => renderer.event(event, &mut out),
-                Some(Err(error)) => {
-                    log::warn!("stream ended by an upstream error: {error}");
-                    renderer.error(&error, &mut out);
-                    yield Ok(out.split().freeze());
-                    return;
-                }
-                None => {
-                    renderer.end(&mut out);
-                    yield Ok(out.split().freeze());
-                    return;
-                }
-            }
-            // Events that have already arrived (several often come in one read) go out
-            // as one chunk, up to a bound: nothing waits, and the client gets fewer,
-            // fuller chunks.
-            let ready = if out.len() < COALESCE_LIMIT {
-                events.next().now_or_never()
-            } else {
-                None
-            };
-            next = match ready {
-                Some(ready) => ready,
-                None => {
-                    if !out.is_empty() {
-                        yield Ok(out.split().freeze());
-                    }
-                    events.next().await
-                }
-            };
-        }
+    /// Whether the renderer itself ended the stream with an error event (an answer it
+    /// could not write in its dialect), so the stream counts as failed.
+    fn failed(&self) -> bool {
+        false
     }
 }
 

@@ -1,79 +1,15 @@
 //! `POST /v1/embeddings`, `POST /api/embed` and the legacy `POST /api/embeddings`.
+//! Each parses and renders in its dialect; routing, fallback, hang-up and timing are the
+//! pipeline's (`pipeline::embed`).
 
 use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
 
-use crate::backend::Backend;
-use crate::dialect::ollama::embeddings as ollama;
-use crate::dialect::openai::embeddings as openai;
-use crate::dialect::Dialect;
-use crate::embed::{EmbedRequest, Embeddings};
-use crate::error::GatewayError;
+use crate::dialect::ollama::{self as ollama_dialect, embeddings as ollama, json_utf8};
+use crate::dialect::openai::{self as openai_dialect, embeddings as openai};
+use crate::pipeline::{embed, Caller, RequestBody};
 use crate::router::Router;
-
-use super::chat::{json_utf8, until_client_gone};
-use super::{respond, Caller, RequestBody};
-
-/// Routes and embeds, trying an alias's targets in turn; no inputs means the client
-/// only wanted the model loaded, which needs no upstream call. The request is only
-/// borrowed, so every target sees the same one, uncopied.
-async fn embed(
-    router: &Router,
-    caller: &Caller,
-    asked: &str,
-    request: &EmbedRequest,
-) -> Result<Embeddings, GatewayError> {
-    let routes = router.resolve(asked)?;
-    if request.inputs.is_empty() {
-        return Ok(Embeddings::default());
-    }
-    for (attempt, route) in routes.iter().enumerate() {
-        let last = attempt + 1 == routes.len();
-        match embed_one(route.name, route.backend, caller, route.model, request).await {
-            Err(error) if !last && error.worth_another_target() => {
-                log::warn!(
-                    "{asked}: target {}/{} failed ({error}); trying the next",
-                    route.name,
-                    route.model
-                );
-            }
-            outcome => return outcome,
-        }
-    }
-    Err(GatewayError::ModelNotFound(asked.to_owned()))
-}
-
-async fn embed_one(
-    name: &str,
-    backend: &Backend,
-    caller: &Caller,
-    model: &str,
-    request: &EmbedRequest,
-) -> Result<Embeddings, GatewayError> {
-    let expected = request.inputs.len();
-    if let Some(stopwatch) = &caller.stopwatch {
-        stopwatch.upstream_called();
-    }
-    let embeddings = until_client_gone(caller, backend.embed(model, request)).await;
-    if let Some(stopwatch) = &caller.stopwatch {
-        stopwatch.upstream_answered();
-    }
-    let embeddings = embeddings?;
-    caller
-        .metrics
-        .tokens(&caller.user, name, embeddings.prompt_tokens, 0);
-    if embeddings.vectors.len() != expected {
-        return Err(GatewayError::UpstreamProtocol {
-            backend: name.to_owned(),
-            detail: format!(
-                "asked for {expected} vectors, got {}",
-                embeddings.vectors.len()
-            ),
-        });
-    }
-    Ok(embeddings)
-}
 
 pub async fn openai_embeddings(
     body: RequestBody,
@@ -82,10 +18,12 @@ pub async fn openai_embeddings(
 ) -> HttpResponse {
     let answer = async {
         let parsed = openai::parse(&body.bytes()?)?;
-        let embeddings = embed(&router, &caller, &parsed.model, &parsed.request).await?;
+        let embeddings = embed(&router, &caller, &parsed.model, parsed.request).await?;
         Ok(HttpResponse::Ok().json(openai::render(&parsed.model, &embeddings, parsed.base64)))
     };
-    respond(Dialect::OpenAi, answer.await)
+    answer
+        .await
+        .unwrap_or_else(|error| openai_dialect::render_error(&error))
 }
 
 pub async fn ollama_embed(
@@ -96,7 +34,7 @@ pub async fn ollama_embed(
     let started = Instant::now();
     let answer = async {
         let parsed = ollama::parse_embed(&body.bytes()?)?;
-        let embeddings = embed(&router, &caller, &parsed.model, &parsed.request).await?;
+        let embeddings = embed(&router, &caller, &parsed.model, parsed.request).await?;
         let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Ok(json_utf8(&ollama::render_embed(
             &parsed.model,
@@ -104,7 +42,9 @@ pub async fn ollama_embed(
             total_ns,
         )))
     };
-    respond(Dialect::Ollama, answer.await)
+    answer
+        .await
+        .unwrap_or_else(|error| ollama_dialect::render_error(&error))
 }
 
 pub async fn ollama_embeddings_legacy(
@@ -114,8 +54,10 @@ pub async fn ollama_embeddings_legacy(
 ) -> HttpResponse {
     let answer = async {
         let parsed = ollama::parse_legacy(&body.bytes()?)?;
-        let embeddings = embed(&router, &caller, &parsed.model, &parsed.request).await?;
+        let embeddings = embed(&router, &caller, &parsed.model, parsed.request).await?;
         Ok(json_utf8(&ollama::render_legacy(&embeddings)))
     };
-    respond(Dialect::Ollama, answer.await)
+    answer
+        .await
+        .unwrap_or_else(|error| ollama_dialect::render_error(&error))
 }

@@ -1,58 +1,99 @@
-//! The routes of both dialects: each handler reads the body, lets its dialect parse it,
-//! routes the model, calls the backend and lets its dialect render the answer.
+//! The route table: each dialect mounted as its own scope, which carries the dialect so
+//! that its key check, unknown routes, 413s and body errors answer in it, and the open
+//! routes (`/`, `/health`, `/metrics`) beside them.
 
-mod chat;
 mod embeddings;
 mod models;
 
-use std::sync::Arc;
-
-use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
-use bytes::BytesMut;
-use futures::StreamExt;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{HttpServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, HttpRequest, HttpResponse, Scope};
 
 pub use models::ListingCache;
 
-use bytes::Bytes;
-
-use crate::auth::User;
+use crate::auth;
+use crate::dialect::ollama::{Ollama, Shape};
+use crate::dialect::openai::OpenAi;
 use crate::dialect::Dialect;
 use crate::error::GatewayError;
-use crate::hangup::ClientSocket;
 use crate::metrics::Metrics;
-use crate::server::BodyLimit;
-use crate::timing::Stopwatch;
+use crate::pipeline::chat_route;
 
 /// The Ollama version reported to clients that gate features on it.
 pub const OLLAMA_COMPAT_VERSION: &str = "0.13.0";
 
-/// Registers every route.
+/// Registers every route: one line per dialect, then the open routes.
+///
+/// actix takes the first scope whose prefix matches a path and does not fall through to
+/// the next, so a more specific prefix goes first: a dialect at `/v1/messages` is
+/// mounted above the line for `/v1`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/chat/completions", web::post().to(chat::openai_chat))
-        .route("/v1/models", web::get().to(models::openai_models))
-        .route("/v1/models/{model:.+}", web::get().to(models::openai_model))
-        .route(
-            "/v1/embeddings",
-            web::post().to(embeddings::openai_embeddings),
-        )
-        .route("/api/chat", web::post().to(chat::ollama_chat))
-        .route("/api/generate", web::post().to(chat::ollama_generate))
-        .route("/api/embed", web::post().to(embeddings::ollama_embed))
-        .route(
-            "/api/embeddings",
-            web::post().to(embeddings::ollama_embeddings_legacy),
-        )
-        .route("/api/show", web::post().to(models::ollama_show))
-        .route("/api/ps", web::get().to(models::ollama_ps))
-        .route("/api/tags", web::get().to(models::ollama_tags))
-        .route("/api/tags", web::head().to(HttpResponse::Ok))
-        .route("/api/version", web::get().to(version))
-        .route("/api/version", web::head().to(HttpResponse::Ok))
+    cfg.service(mount::<OpenAi>("/v1", openai))
+        .service(mount::<Ollama>("/api", ollama))
+        // Open: probes and scrapers carry no key.
         .route("/health", web::get().to(models::health))
         .route("/metrics", web::get().to(metrics))
         .route("/", web::get().to(root))
         .route("/", web::head().to(root));
+}
+
+/// A dialect's scope: its routes, its key check and its 404, all answering in `D`.
+fn mount<D: Dialect>(prefix: &str, routes: fn(Scope) -> Scope) -> impl HttpServiceFactory {
+    routes(web::scope(prefix))
+        .default_service(web::to(not_found::<D>))
+        .wrap(from_fn(key_check::<D>))
+}
+
+/// OpenAI's routes, under `/v1`.
+fn openai(scope: Scope) -> Scope {
+    scope
+        .route("/chat/completions", chat_route(OpenAi))
+        .route("/models", web::get().to(models::openai_models))
+        .route("/models/{model:.+}", web::get().to(models::openai_model))
+        .route("/embeddings", web::post().to(embeddings::openai_embeddings))
+}
+
+/// Ollama's routes, under `/api`.
+fn ollama(scope: Scope) -> Scope {
+    scope
+        .route("/chat", chat_route(Ollama(Shape::Chat)))
+        .route("/generate", chat_route(Ollama(Shape::Generate)))
+        .route("/embed", web::post().to(embeddings::ollama_embed))
+        .route(
+            "/embeddings",
+            web::post().to(embeddings::ollama_embeddings_legacy),
+        )
+        .route("/show", web::post().to(models::ollama_show))
+        .route("/ps", web::get().to(models::ollama_ps))
+        .route("/tags", web::get().to(models::ollama_tags))
+        .route("/tags", web::head().to(HttpResponse::Ok))
+        .route("/version", web::get().to(version))
+        .route("/version", web::head().to(HttpResponse::Ok))
+}
+
+/// The key check of a dialect's scope: a refusal is answered in the dialect and goes
+/// no further.
+async fn key_check<D: Dialect>(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    match auth::admit(&request) {
+        Ok(()) => Ok(next.call(request).await?.map_into_left_body()),
+        Err(refusal) => {
+            let answer = D::render_error(&refusal);
+            Ok(request.into_response(answer).map_into_right_body())
+        }
+    }
+}
+
+/// A path that is no route, answered in the dialect of the scope it fell in (Ollama's
+/// outside every scope, as Ollama serves `/`).
+pub async fn not_found<D: Dialect>(request: HttpRequest) -> HttpResponse {
+    D::render_error(&GatewayError::RouteNotFound {
+        method: request.method().to_string(),
+        path: request.path().to_owned(),
+    })
 }
 
 async fn root() -> HttpResponse {
@@ -67,106 +108,6 @@ async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
         .body(metrics.render())
 }
 
-/// Who is asking, for counting what they spend.
-pub struct Caller {
-    pub user: Arc<str>,
-    pub metrics: web::Data<Metrics>,
-    /// The client's socket, to notice it hanging up before the answer starts.
-    pub socket: Option<ClientSocket>,
-    /// Where the upstream call's start and answer are noted for `Server-Timing`.
-    pub stopwatch: Option<Stopwatch>,
-}
-
-/// The user name of requests served without keys, shared rather than allocated each time.
-fn anonymous() -> Arc<str> {
-    static ANONYMOUS: std::sync::LazyLock<Arc<str>> =
-        std::sync::LazyLock::new(|| Arc::from("anonymous"));
-    ANONYMOUS.clone()
-}
-
-impl FromRequest for Caller {
-    type Error = actix_web::Error;
-    type Future = std::future::Ready<Result<Caller, actix_web::Error>>;
-
-    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let user = request
-            .extensions()
-            .get::<User>()
-            .map(|user| user.0.clone())
-            .unwrap_or_else(anonymous);
-        let metrics = request
-            .app_data::<web::Data<Metrics>>()
-            .cloned()
-            .unwrap_or_else(|| web::Data::new(Metrics::new()));
-        let socket = request.conn_data::<ClientSocket>().copied();
-        let stopwatch = request.extensions().get::<Stopwatch>().cloned();
-        std::future::ready(Ok(Caller {
-            user,
-            metrics,
-            socket,
-            stopwatch,
-        }))
-    }
-}
-
 async fn version() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "version": OLLAMA_COMPAT_VERSION }))
-}
-
-/// A request's whole body, or why it could not be read (too large, cut off). Reading
-/// never fails the extraction, so each handler answers the problem in its dialect.
-pub struct RequestBody(Result<Bytes, GatewayError>);
-
-impl RequestBody {
-    /// The body's bytes, or the error to answer with.
-    pub fn bytes(self) -> Result<Bytes, GatewayError> {
-        self.0
-    }
-}
-
-impl FromRequest for RequestBody {
-    type Error = actix_web::Error;
-    type Future = futures::future::LocalBoxFuture<'static, Result<RequestBody, actix_web::Error>>;
-
-    fn from_request(request: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
-        let limit = request
-            .app_data::<web::Data<BodyLimit>>()
-            .map_or(BodyLimit(usize::MAX), |limit| *limit.get_ref());
-        let announced = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let payload = payload.take();
-        Box::pin(async move { Ok(RequestBody(read_body(announced, payload, limit).await)) })
-    }
-}
-
-/// Reads the whole request body, refusing one over the limit before reading it when
-/// the client announced its length.
-async fn read_body(
-    announced: Option<usize>,
-    mut payload: actix_web::dev::Payload,
-    limit: BodyLimit,
-) -> Result<Bytes, GatewayError> {
-    let too_large = GatewayError::PayloadTooLarge { limit: limit.0 };
-    if announced.is_some_and(|length| length > limit.0) {
-        return Err(too_large);
-    }
-    let mut body = BytesMut::with_capacity(announced.unwrap_or(1024).min(limit.0));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            GatewayError::bad_request(format!("reading the request body failed: {e}"))
-        })?;
-        if body.len() + chunk.len() > limit.0 {
-            return Err(too_large);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
-/// The handler's outcome as an answer: errors in the route's dialect.
-fn respond(dialect: Dialect, outcome: Result<HttpResponse, GatewayError>) -> HttpResponse {
-    outcome.unwrap_or_else(|error| error.response(dialect))
 }

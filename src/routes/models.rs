@@ -11,15 +11,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::backend::ModelEntry;
-use crate::dialect::ollama::timestamp;
-use crate::dialect::openai::model_object;
+use crate::dialect::ollama::{self, json_utf8, timestamp};
+use crate::dialect::openai::{self, model_object};
 use crate::dialect::unix_now;
-use crate::dialect::Dialect;
 use crate::error::GatewayError;
+use crate::pipeline::RequestBody;
 use crate::router::Router;
-
-use super::chat::json_utf8;
-use super::{respond, RequestBody};
 
 /// How long a listing waits for any one backend.
 const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,7 +112,7 @@ pub async fn openai_model(
     let models = all_models(&router, &cache).await;
     match models.iter().find(|(name, _)| *name == *id) {
         Some((name, model)) => HttpResponse::Ok().json(openai_entry(name, model, unix_now())),
-        None => GatewayError::ModelNotFound(id.into_inner()).response(Dialect::OpenAi),
+        None => openai::render_error(&GatewayError::ModelNotFound(id.into_inner())),
     }
 }
 
@@ -180,7 +177,9 @@ pub async fn ollama_show(body: RequestBody, router: web::Data<Router>) -> HttpRe
         }
         Ok(json_utf8(&shown))
     };
-    respond(Dialect::Ollama, answer.await)
+    answer
+        .await
+        .unwrap_or_else(|error| ollama::render_error(&error))
 }
 
 /// `GET /api/ps`: the models Ollama backends have loaded, named `backend/model`.

@@ -323,6 +323,26 @@ async fn unknown_routes_answer_in_their_dialect() {
     ollama_error(&answer);
 }
 
+#[actix_web::test]
+async fn each_scope_answers_whole_path_segments_only() {
+    let gateway = harness::start("").await;
+    // `/v1` itself and a wrong method on a route are the OpenAI scope's.
+    for answer in [
+        gateway.get("/v1").await,
+        gateway.get("/v1/").await,
+        gateway.get("/v1/chat/completions").await,
+    ] {
+        assert_eq!(answer.status, 404);
+        openai_error(&answer);
+    }
+    // A path that only starts with a scope's letters is in no scope: Ollama's, like `/`.
+    for path in ["/v1x", "/api", "/apix", "/metricsx"] {
+        let answer = gateway.get(path).await;
+        assert_eq!(answer.status, 404, "{path}");
+        assert!(ollama_error(&answer).contains("is not a route"), "{path}");
+    }
+}
+
 /// An upstream that starts a stream in its protocol, then resets the connection.
 async fn resetting_upstream() -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -429,3 +429,58 @@ async fn events_that_arrive_together_leave_together_and_apart_leave_apart() {
         assert_eq!(chunk.matches("\"content\":\"w").count(), 1, "{chunk}");
     }
 }
+
+/// The value of `switchyard_requests_total` for one route and status (0 when absent).
+fn requests_counted(metrics: &str, route: &str, status: u16) -> u64 {
+    let prefix = format!("switchyard_requests_total{{route=\"{route}\",status=\"{status}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |count| count.parse().unwrap())
+}
+
+#[actix_web::test]
+async fn a_stream_counts_with_the_outcome_it_really_had() {
+    let gateway = harness::start("").await;
+    let stream = |model: &str| json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]});
+    // Clean, failed half way (an upstream's error event; a cut-off upstream): all start
+    // with 200, only the first ends well.
+    let clean = gateway.post("/v1/chat/completions", &stream("echo")).await;
+    assert_eq!(clean.status, 200);
+    let failed = gateway
+        .post("/v1/chat/completions", &stream("oa/mock-errstream"))
+        .await;
+    assert_eq!(failed.status, 200);
+    assert!(
+        failed.body.contains("mock failed mid-stream"),
+        "{}",
+        failed.body
+    );
+    let cut = gateway.post("/api/chat", &stream("ol/mock-truncate")).await;
+    assert_eq!(cut.status, 200);
+    assert!(cut.ndjson().last().unwrap()["error"].is_string());
+    // A client that leaves half way.
+    let mut response = client()
+        .post(format!("{}/api/chat", gateway.base))
+        .insert_header(("content-type", "application/json"))
+        .send_body(stream("ol/mock-slow").to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.next().await.expect("a first chunk").unwrap();
+    drop(response);
+    let mut metrics = String::new();
+    for _ in 0..80 {
+        metrics = gateway.get("/metrics").await.body;
+        if requests_counted(&metrics, "/api/chat", 499) == 1 {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let chat = "/v1/chat/completions";
+    assert_eq!(requests_counted(&metrics, chat, 200), 1, "{metrics}");
+    assert_eq!(requests_counted(&metrics, chat, 500), 1, "{metrics}");
+    assert_eq!(requests_counted(&metrics, "/api/chat", 200), 0, "{metrics}");
+    assert_eq!(requests_counted(&metrics, "/api/chat", 502), 1, "{metrics}");
+    assert_eq!(requests_counted(&metrics, "/api/chat", 499), 1, "{metrics}");
+}

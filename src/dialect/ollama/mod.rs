@@ -4,24 +4,69 @@
 pub mod embeddings;
 mod render;
 
-pub use render::{load_response, render_completion, timestamp, NdjsonRenderer, Shape, Timing};
+pub use render::{
+    json_utf8, load_response, render_completion, render_error, timestamp, NdjsonRenderer, Shape,
+    Timing,
+};
 
+use actix_web::HttpResponse;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::chat::{
-    ChatRequest, Generation, Image, Message, OutputFormat, Part, Role, Sampling, Think, Tool,
-    ToolCall, WireToolCall,
+    ChatRequest, Completion, Generation, Image, Message, OutputFormat, Part, Role, Sampling, Think,
+    Tool, ToolCall, WireToolCall,
 };
+use crate::dialect::{Dialect, ParsedChat};
 use crate::error::GatewayError;
 
-/// A parsed `/api/chat` request.
-#[derive(Debug)]
-pub struct ParsedChat {
-    /// The model as the client named it.
-    pub model: String,
-    pub stream: bool,
-    pub request: ChatRequest,
+/// Ollama's API, in the answer shape of one of its two generating routes; both shapes
+/// read and write errors alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ollama(pub Shape);
+
+impl Dialect for Ollama {
+    /// The request's clock: Ollama answers report durations the upstream may not give.
+    type Reply = Timing;
+    type Renderer = NdjsonRenderer;
+
+    const STREAM_CONTENT_TYPE: &'static str = "application/x-ndjson";
+
+    fn parse_chat(&self, body: &[u8]) -> Result<ParsedChat<Timing>, GatewayError> {
+        match self.0 {
+            Shape::Chat => parse_chat(body),
+            Shape::Generate => parse_generate(body),
+        }
+    }
+
+    fn answer_locally(&self, parsed: &ParsedChat<Timing>) -> Option<HttpResponse> {
+        // Nothing to generate: Ollama only loads the model (or unloads it).
+        parsed.request.messages.is_empty().then(|| {
+            json_utf8(&load_response(
+                self.0,
+                &parsed.model,
+                parsed.request.keep_alive.as_ref(),
+            ))
+        })
+    }
+
+    fn stream_renderer(&self, model: String, timing: Timing) -> NdjsonRenderer {
+        NdjsonRenderer::new(self.0, model, timing)
+    }
+
+    fn render_completion(
+        &self,
+        model: &str,
+        timing: Timing,
+        completion: &Completion,
+    ) -> Result<HttpResponse, GatewayError> {
+        let value = render_completion(self.0, model, completion, &timing)?;
+        Ok(json_utf8(&value))
+    }
+
+    fn render_error(error: &GatewayError) -> HttpResponse {
+        render_error(error)
+    }
 }
 
 #[derive(Deserialize)]
@@ -53,7 +98,8 @@ struct WireMessage {
 
 /// Parses an `/api/chat` body. An empty `messages` asks Ollama only to load the model;
 /// the caller answers that without an upstream call.
-pub fn parse_chat(body: &[u8]) -> Result<ParsedChat, GatewayError> {
+pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<Timing>, GatewayError> {
+    let timing = Timing::start();
     let wire: WireRequest = crate::dialect::parse_body(body)?;
     if wire.model.is_empty() {
         return Err(GatewayError::bad_field("model", "model is required"));
@@ -74,6 +120,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat, GatewayError> {
         model: wire.model,
         stream: wire.stream.unwrap_or(true),
         request,
+        reply: timing,
     })
 }
 
@@ -100,7 +147,8 @@ struct WireGenerate {
 /// Parses an `/api/generate` body into a chat of an optional system message and the
 /// prompt, with what only completions have kept beside it. An empty prompt asks Ollama
 /// only to load the model.
-pub fn parse_generate(body: &[u8]) -> Result<ParsedChat, GatewayError> {
+pub fn parse_generate(body: &[u8]) -> Result<ParsedChat<Timing>, GatewayError> {
+    let timing = Timing::start();
     let wire: WireGenerate = crate::dialect::parse_body(body)?;
     if wire.model.is_empty() {
         return Err(GatewayError::bad_field("model", "model is required"));
@@ -146,6 +194,7 @@ pub fn parse_generate(body: &[u8]) -> Result<ParsedChat, GatewayError> {
         model: wire.model,
         stream: wire.stream.unwrap_or(true),
         request,
+        reply: timing,
     })
 }
 

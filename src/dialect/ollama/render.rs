@@ -1,16 +1,32 @@
 //! Ollama answers: NDJSON lines as events arrive, or one JSON object, in the shape of
-//! `/api/chat` (`message`) or `/api/generate` (`response`).
+//! `/api/chat` (`message`) or `/api/generate` (`response`); errors as `{"error":"..."}`,
+//! in a body or as the line that ends a failed stream.
 
 use std::time::{Duration, Instant, SystemTime};
 
+use actix_web::HttpResponse;
 use bytes::BytesMut;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::chat::{Completion, Event, FinishReason, ToolCall, Usage};
-use crate::dialect::StreamRenderer;
+use crate::dialect::{error_response, StreamRenderer};
 use crate::error::GatewayError;
 use crate::framing::write_ndjson;
+
+/// One Ollama JSON answer, written with the line separators escaped like the streams.
+pub fn json_utf8<T: Serialize>(value: &T) -> HttpResponse {
+    let mut body = BytesMut::new();
+    crate::framing::write_ollama_json(&mut body, value);
+    HttpResponse::Ok()
+        .content_type("application/json; charset=utf-8")
+        .body(body.freeze())
+}
+
+/// The whole error answer: `{"error": "..."}` with the error's status.
+pub fn render_error(error: &GatewayError) -> HttpResponse {
+    error_response(error).body(serde_json::json!({ "error": error.to_string() }).to_string())
+}
 
 /// Which route's answer shape to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,5 +350,9 @@ impl StreamRenderer for NdjsonRenderer {
         if !self.failed {
             write_ndjson(out, &serde_json::json!({ "error": error.to_string() }));
         }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
     }
 }

@@ -1,0 +1,486 @@
+//! The one path every generating request takes, whatever dialect it came in:
+//! `serve_chat::<D>` reads the body, lets the dialect parse it, routes the model (an
+//! alias's targets in turn while the failure is one another server might not have),
+//! calls the backend, gives up when the client leaves, notes the `Server-Timing` marks
+//! and the tokens spent, and lets the dialect render the answer or the error.
+//! Embeddings take the same fallback, hang-up and timing.
+//!
+//! Dialects know nothing of backends and backends nothing of dialects; this module is
+//! where the two meet, through the canonical types of `chat.rs` and `embed.rs`.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, Route};
+use bytes::{Bytes, BytesMut};
+use futures::future::{select, Either};
+use futures::{FutureExt, Stream, StreamExt};
+
+use crate::auth::User;
+use crate::backend::Backend;
+use crate::chat::{peek_first, ChatRequest, Completion, Event, EventStream};
+use crate::dialect::{Dialect, ParsedChat, StreamRenderer};
+use crate::embed::{EmbedRequest, Embeddings};
+use crate::error::GatewayError;
+use crate::hangup::{client_gone, ClientSocket};
+use crate::metrics::{CountedAtEnd, Metrics};
+use crate::router::Router;
+use crate::timing::{self, Stopwatch};
+
+/// Largest accepted request body, per the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Who is asking, for counting what they spend.
+pub struct Caller {
+    pub user: Arc<str>,
+    pub metrics: web::Data<Metrics>,
+    /// The client's socket, to notice it hanging up before the answer starts.
+    pub socket: Option<ClientSocket>,
+    /// Where the upstream call's start and answer are noted for `Server-Timing`.
+    pub stopwatch: Option<Stopwatch>,
+    /// The request, for a stream to count and log itself when it ends.
+    request: HttpRequest,
+}
+
+/// The user name of requests served without keys, shared rather than allocated each time.
+fn anonymous() -> Arc<str> {
+    static ANONYMOUS: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from("anonymous"));
+    ANONYMOUS.clone()
+}
+
+impl FromRequest for Caller {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Caller, actix_web::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let user = request
+            .extensions()
+            .get::<User>()
+            .map(|user| user.0.clone())
+            .unwrap_or_else(anonymous);
+        let metrics = request
+            .app_data::<web::Data<Metrics>>()
+            .cloned()
+            .unwrap_or_else(|| web::Data::new(Metrics::new()));
+        let socket = request.conn_data::<ClientSocket>().copied();
+        let stopwatch = request.extensions().get::<Stopwatch>().cloned();
+        std::future::ready(Ok(Caller {
+            user,
+            metrics,
+            socket,
+            stopwatch,
+            request: request.clone(),
+        }))
+    }
+}
+
+impl Caller {
+    fn upstream_called(&self) {
+        if let Some(stopwatch) = &self.stopwatch {
+            stopwatch.upstream_called();
+        }
+    }
+
+    fn upstream_answered(&self) {
+        if let Some(stopwatch) = &self.stopwatch {
+            stopwatch.upstream_answered();
+        }
+    }
+}
+
+/// A request's whole body, or why it could not be read (too large, cut off). Reading
+/// never fails the extraction, so each handler answers the problem in its dialect.
+pub struct RequestBody(Result<Bytes, GatewayError>);
+
+impl RequestBody {
+    /// The body's bytes, or the error to answer with.
+    pub fn bytes(self) -> Result<Bytes, GatewayError> {
+        self.0
+    }
+}
+
+impl FromRequest for RequestBody {
+    type Error = actix_web::Error;
+    type Future = futures::future::LocalBoxFuture<'static, Result<RequestBody, actix_web::Error>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let limit = request
+            .app_data::<web::Data<BodyLimit>>()
+            .map_or(BodyLimit(usize::MAX), |limit| *limit.get_ref());
+        let announced = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let payload = payload.take();
+        Box::pin(async move { Ok(RequestBody(read_body(announced, payload, limit).await)) })
+    }
+}
+
+/// Reads the whole request body, refusing one over the limit before reading it when
+/// the client announced its length.
+async fn read_body(
+    announced: Option<usize>,
+    mut payload: actix_web::dev::Payload,
+    limit: BodyLimit,
+) -> Result<Bytes, GatewayError> {
+    let too_large = GatewayError::PayloadTooLarge { limit: limit.0 };
+    if announced.is_some_and(|length| length > limit.0) {
+        return Err(too_large);
+    }
+    let mut body = BytesMut::with_capacity(announced.unwrap_or(1024).min(limit.0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            GatewayError::bad_request(format!("reading the request body failed: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit.0 {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The route that serves `dialect`'s chat requests: `POST` into [`serve_chat`].
+pub fn chat_route<D: Dialect + Copy>(dialect: D) -> Route {
+    web::post().to(
+        move |body: RequestBody, router: web::Data<Router>, caller: Caller| {
+            serve_chat(dialect, body, router, caller)
+        },
+    )
+}
+
+/// Serves one chat request of any dialect, from body to answer; failures are answered
+/// in the dialect, with their real status.
+pub async fn serve_chat<D: Dialect>(
+    dialect: D,
+    body: RequestBody,
+    router: web::Data<Router>,
+    caller: Caller,
+) -> HttpResponse {
+    answer_chat(&dialect, body, &router, &caller)
+        .await
+        .unwrap_or_else(|error| D::render_error(&error))
+}
+
+async fn answer_chat<D: Dialect>(
+    dialect: &D,
+    body: RequestBody,
+    router: &Router,
+    caller: &Caller,
+) -> Result<HttpResponse, GatewayError> {
+    let parsed = dialect.parse_chat(&body.bytes()?)?;
+    if let Some(answer) = dialect.answer_locally(&parsed) {
+        // Only a name that routes may be "loaded".
+        router.resolve(&parsed.model)?;
+        return Ok(answer);
+    }
+    let ParsedChat {
+        model,
+        stream,
+        request,
+        reply,
+    } = parsed;
+    // Boxed once, then only borrowed: every async frame below holds a pointer, not
+    // half a kilobyte of request.
+    let request = Box::new(request);
+    if stream {
+        let events = start_stream(router, caller, &model, &request).await?;
+        let mut answer = HttpResponse::Ok();
+        answer.content_type(D::STREAM_CONTENT_TYPE);
+        for &header in D::STREAM_HEADERS {
+            answer.insert_header(header);
+        }
+        let renderer = dialect.stream_renderer(model, reply);
+        let ledger = StreamLedger::new(caller);
+        let mut answer = answer.streaming(render_stream(events, renderer, ledger));
+        answer.extensions_mut().insert(CountedAtEnd);
+        Ok(answer)
+    } else {
+        let completion = complete(router, caller, &model, &request).await?;
+        dialect.render_completion(&model, reply, &completion)
+    }
+}
+
+/// One target of a routed model name.
+pub struct Target<'r> {
+    /// The backend's configured name, for metrics and logs.
+    pub name: &'r str,
+    pub backend: &'r Backend,
+    /// The model as the upstream knows it.
+    pub model: &'r str,
+    /// Whether no target follows this one.
+    pub last: bool,
+}
+
+/// Routes `asked` and hands each target to `attempt` in turn: an alias's targets while
+/// the failure is one another server might not have, a plain name's one target.
+async fn with_fallback<'r, T, F, Fut>(
+    router: &'r Router,
+    asked: &'r str,
+    mut attempt: F,
+) -> Result<T, GatewayError>
+where
+    F: FnMut(Target<'r>) -> Fut,
+    Fut: Future<Output = Result<T, GatewayError>>,
+{
+    let routes = router.resolve(asked)?;
+    for (number, route) in routes.iter().enumerate() {
+        let last = number + 1 == routes.len();
+        let target = Target {
+            name: route.name,
+            backend: route.backend,
+            model: route.model,
+            last,
+        };
+        match attempt(target).await {
+            Err(error) if !last && error.worth_another_target() => {
+                log::warn!(
+                    "{asked}: target {}/{} failed ({error}); trying the next",
+                    route.name,
+                    route.model
+                );
+            }
+            outcome => return outcome,
+        }
+    }
+    Err(GatewayError::ModelNotFound(asked.to_owned()))
+}
+
+/// Starts the answer as a stream, holding the response until the first event so that
+/// an early upstream failure keeps its real status. Tokens are counted as the usage
+/// event passes.
+async fn start_stream(
+    router: &Router,
+    caller: &Caller,
+    asked: &str,
+    request: &ChatRequest,
+) -> Result<EventStream, GatewayError> {
+    with_fallback(router, asked, |target| {
+        async move {
+            caller.upstream_called();
+            let first = async {
+                // The one place a streamed chat meets a backend.
+                let events = target.backend.chat(target.model, request).await;
+                caller.upstream_answered();
+                peek_first(events?).await
+            };
+            let events = until_client_gone(caller, first).await?;
+            let (metrics, user, name) = (
+                caller.metrics.clone(),
+                caller.user.clone(),
+                target.name.to_owned(),
+            );
+            let events: EventStream = Box::pin(events.inspect(move |item| {
+                if let Ok(Event::Usage(usage)) = item {
+                    metrics.tokens(&user, &name, usage.prompt_tokens, usage.completion_tokens);
+                }
+            }));
+            Ok(events)
+        }
+    })
+    .await
+}
+
+/// The whole answer, for a client that did not ask to stream.
+async fn complete(
+    router: &Router,
+    caller: &Caller,
+    asked: &str,
+    request: &ChatRequest,
+) -> Result<Completion, GatewayError> {
+    with_fallback(router, asked, |target| {
+        async move {
+            caller.upstream_called();
+            // The one place a whole chat answer is asked of a backend.
+            let completion =
+                until_client_gone(caller, target.backend.complete(target.model, request)).await;
+            caller.upstream_answered();
+            let completion = completion?;
+            if let Some(usage) = completion.usage {
+                caller.metrics.tokens(
+                    &caller.user,
+                    target.name,
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                );
+            }
+            Ok(completion)
+        }
+    })
+    .await
+}
+
+/// Routes and embeds, trying an alias's targets in turn; no inputs means the client
+/// only wanted the model loaded, which needs no upstream call.
+pub async fn embed(
+    router: &Router,
+    caller: &Caller,
+    asked: &str,
+    request: EmbedRequest,
+) -> Result<Embeddings, GatewayError> {
+    if request.inputs.is_empty() {
+        router.resolve(asked)?;
+        return Ok(Embeddings::default());
+    }
+    let expected = request.inputs.len();
+    let request = &request;
+    with_fallback(router, asked, |target| {
+        async move {
+            caller.upstream_called();
+            // The one place an embedding request meets a backend.
+            let embeddings =
+                until_client_gone(caller, target.backend.embed(target.model, request)).await;
+            caller.upstream_answered();
+            let embeddings = embeddings?;
+            caller
+                .metrics
+                .tokens(&caller.user, target.name, embeddings.prompt_tokens, 0);
+            if embeddings.vectors.len() != expected {
+                return Err(GatewayError::UpstreamProtocol {
+                    backend: target.name.to_owned(),
+                    detail: format!(
+                        "asked for {expected} vectors, got {}",
+                        embeddings.vectors.len()
+                    ),
+                });
+            }
+            Ok(embeddings)
+        }
+    })
+    .await
+}
+
+/// Runs `work` unless the client leaves first; then `work`, and the upstream request it
+/// holds, is dropped.
+///
+/// `work` (a backend call, awc's future included) is kilobytes. It is boxed here, before
+/// any async state is built, so that the handler frames above it stay small instead of
+/// each carrying it and copying it as they are created.
+fn until_client_gone<'c, T>(
+    caller: &'c Caller,
+    work: impl Future<Output = Result<T, GatewayError>> + 'c,
+) -> impl Future<Output = Result<T, GatewayError>> + 'c {
+    let work = Box::pin(work);
+    async move {
+        match select(work, pin!(client_gone(caller.socket))).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right(_) => {
+                log::info!(
+                    "client left before its answer was complete; upstream request cancelled"
+                );
+                Err(GatewayError::ClientGone)
+            }
+        }
+    }
+}
+
+/// Counts and logs a streamed answer when it ends, with the outcome it really had: 200
+/// for a clean end, the error's status for one that failed half way, 499 for a client
+/// that left (the stream is dropped before its end).
+struct StreamLedger {
+    metrics: web::Data<Metrics>,
+    request: HttpRequest,
+    stopwatch: Option<Stopwatch>,
+    closed: bool,
+}
+
+impl StreamLedger {
+    fn new(caller: &Caller) -> StreamLedger {
+        StreamLedger {
+            metrics: caller.metrics.clone(),
+            request: caller.request.clone(),
+            stopwatch: caller.stopwatch.clone(),
+            closed: false,
+        }
+    }
+
+    /// Records the stream's outcome, once.
+    fn close(&mut self, status: StatusCode) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let route = self.request.match_pattern();
+        self.metrics
+            .request(route.as_deref().unwrap_or("unmatched"), status);
+        if let Some(stopwatch) = &self.stopwatch {
+            timing::log_outcome(
+                self.request.method(),
+                self.request.path(),
+                status,
+                stopwatch,
+            );
+        }
+    }
+}
+
+impl Drop for StreamLedger {
+    fn drop(&mut self) {
+        // Dropped before its end: actix drops the body of a client that went away.
+        self.close(GatewayError::ClientGone.status());
+    }
+}
+
+/// The most rendered bytes held back to join with events that are already there.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Relays events as rendered bytes as they arrive, events that arrived together in one
+/// write, and has the ledger record how the stream ended. When the client goes away,
+/// actix drops this stream and with it the upstream request.
+fn render_stream<R>(
+    events: EventStream,
+    mut renderer: R,
+    mut ledger: StreamLedger,
+) -> impl Stream<Item = Result<Bytes, actix_web::Error>>
+where
+    R: StreamRenderer + 'static,
+{
+    async_stream::stream! {
+        let mut events = events;
+        let mut out = BytesMut::with_capacity(512);
+        let mut next = events.next().await;
+        loop {
+            match next {
+                Some(Ok(event)) => renderer.event(event, &mut out),
+                Some(Err(error)) => {
+                    log::warn!("stream ended by an upstream error: {error}");
+                    renderer.error(&error, &mut out);
+                    ledger.close(error.status());
+                    yield Ok(out.split().freeze());
+                    return;
+                }
+                None => {
+                    renderer.end(&mut out);
+                    ledger.close(if renderer.failed() {
+                        StatusCode::BAD_GATEWAY
+                    } else {
+                        StatusCode::OK
+                    });
+                    yield Ok(out.split().freeze());
+                    return;
+                }
+            }
+            // Events that have already arrived (several often come in one read) go out
+            // as one chunk, up to a bound: nothing waits, and the client gets fewer,
+            // fuller chunks.
+            let ready = if out.len() < COALESCE_LIMIT {
+                events.next().now_or_never()
+            } else {
+                None
+            };
+            next = match ready {
+                Some(ready) => ready,
+                None => {
+                    if !out.is_empty() {
+                        yield Ok(out.split().freeze());
+                    }
+                    events.next().await
+                }
+            };
+        }
+    }
+}
