@@ -167,6 +167,7 @@ url = "{mock}/v1"
             ] {
                 let request = gateway.request(path, &body);
                 gateway.send(&request, &mut Vec::with_capacity(1 << 20));
+                // A failure here is retried by the measurement (see `transient`).
             }
         }
         gateway
@@ -185,35 +186,44 @@ url = "{mock}/v1"
     }
 
     /// Sends `request` and reads the answer into `answer` (sized by the caller, so that
-    /// reading allocates nothing); panics unless the status is 200.
-    fn send(&self, request: &[u8], answer: &mut Vec<u8>) {
+    /// reading allocates nothing); whether the status is 200.
+    fn send(&self, request: &[u8], answer: &mut Vec<u8>) -> bool {
         answer.clear();
         let mut stream = TcpStream::connect(self.address).expect("the gateway accepts");
         stream.write_all(request).expect("the request is sent");
         stream.read_to_end(answer).expect("the answer is read");
-        assert!(
-            answer.starts_with(b"HTTP/1.1 200"),
-            "status: {}",
-            String::from_utf8_lossy(&answer[..answer.len().min(300)])
-        );
+        answer.starts_with(b"HTTP/1.1 200")
     }
 
     /// Peak bytes above the idle baseline while one request is served, and the bytes
     /// still held a moment after it.
+    ///
+    /// The mock closes a connection idle for 5 s while the gateway's client pool keeps
+    /// it for 15, so after a slow 16 MB request (a debug build, a busy machine) the next
+    /// request can be sent on a connection the mock has closed and answered 502. That
+    /// request is measured again, on a fresh connection, up to twice.
     fn transient(&self, path: &str, body: &str) -> (usize, isize) {
         let request = self.request(path, body);
         let mut answer = Vec::with_capacity(1 << 20);
-        std::thread::sleep(Duration::from_millis(100));
-        let baseline = CURRENT.load(Ordering::SeqCst);
-        PEAK.store(baseline, Ordering::SeqCst);
-        self.send(&request, &mut answer);
-        let peak = PEAK.load(Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(100));
-        let after = CURRENT.load(Ordering::SeqCst);
-        (
-            peak.saturating_sub(baseline),
-            after as isize - baseline as isize,
-        )
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(100));
+            let baseline = CURRENT.load(Ordering::SeqCst);
+            PEAK.store(baseline, Ordering::SeqCst);
+            let answered = self.send(&request, &mut answer);
+            let peak = PEAK.load(Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            let after = CURRENT.load(Ordering::SeqCst);
+            if answered {
+                return (
+                    peak.saturating_sub(baseline),
+                    after as isize - baseline as isize,
+                );
+            }
+        }
+        panic!(
+            "{path}: no 200 in three tries; the last answer: {}",
+            String::from_utf8_lossy(&answer[..answer.len().min(300)])
+        );
     }
 }
 
