@@ -17,6 +17,7 @@
 //! | `slow`        | 50 pieces, 100 ms apart (for cancellation) |
 //! | `chunksN`     | N pieces of text (`w0 `, `w1 ` ...) instead of the default 5 |
 //! | `gapN`        | N ms between pieces |
+//! | `bytesN`      | about N bytes of prose and code (newlines, quotes, non-ASCII) in pieces of ~40 bytes: a long answer |
 //!
 //! Otherwise it streams `Hello from the mock 🦀` in five pieces with usage 7 + 5.
 //! Every request is recorded (path, headers, body) and served at `GET /_requests`
@@ -189,10 +190,18 @@ impl Script {
                     .ok()
             })
             .map(Duration::from_millis);
-        let pieces: Vec<String> = match count {
-            Some(n) => (0..n).map(|i| format!("w{i} ")).collect(),
-            None if slow => (0..50).map(|i| format!("s{i} ")).collect(),
-            None => PIECES.iter().map(|p| (*p).to_owned()).collect(),
+        let bytes = model.split("bytes").nth(1).and_then(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        });
+        let pieces: Vec<String> = match (count, bytes) {
+            (_, Some(n)) => long_answer(n),
+            (Some(n), None) => (0..n).map(|i| format!("w{i} ")).collect(),
+            (None, None) if slow => (0..50).map(|i| format!("s{i} ")).collect(),
+            (None, None) => PIECES.iter().map(|p| (*p).to_owned()).collect(),
         };
         let status = model
             .split("status")
@@ -222,6 +231,38 @@ impl Script {
             gap: gap.or(slow.then(|| Duration::from_millis(100))),
         }
     }
+}
+
+/// About `size` bytes of what a model writes when it answers at length (prose, then code
+/// with quotes, backslashes and newlines, and some non-ASCII), cut into pieces of about
+/// 40 bytes as a model server streams them. Long answers are where decoding and
+/// re-encoding JSON strings costs per byte, so the text has the escapes real ones have.
+fn long_answer(size: usize) -> Vec<String> {
+    const LINES: [&str; 6] = [
+        "The function reads the whole file first, then splits it on blank lines — each block is one record.\n",
+        "```rust\nlet path = std::path::Path::new(\"config/switchyard.toml\");\n",
+        "if line.ends_with('\\\\') {\n    continued.push_str(&line[..line.len() - 1]);\n}\n```\n",
+        "Note: «naïve» parsers treat \"\\t\" as a tab; this one keeps it as written.\n",
+        "- step 1: run `cargo test --test gateway` and check the output;\n",
+        "\t{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Tokyo\"}}\n",
+    ];
+    let mut text = String::with_capacity(size + 128);
+    let mut line = 0;
+    while text.len() < size {
+        text.push_str(LINES[line % LINES.len()]);
+        line += 1;
+    }
+    let mut pieces = Vec::with_capacity(text.len() / 40 + 1);
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(40);
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        pieces.push(rest[..cut].to_owned());
+        rest = &rest[cut..];
+    }
+    pieces
 }
 
 /// Counts a stream as cancelled if it is dropped before its end.
