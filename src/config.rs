@@ -65,6 +65,12 @@ struct RawServer {
     /// How long in-flight requests may run on after SIGTERM or Ctrl-C.
     #[serde(default = "default_shutdown_secs")]
     shutdown_timeout_secs: u64,
+    /// Proxies whose forwarded client address is believed (CIDR blocks or addresses).
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    /// Who may read `/metrics` and `/health`'s detail.
+    #[serde(default)]
+    metrics: MetricsAccess,
 }
 
 impl Default for RawServer {
@@ -73,8 +79,23 @@ impl Default for RawServer {
             listen: default_listen(),
             body_limit_bytes: default_body_limit(),
             shutdown_timeout_secs: default_shutdown_secs(),
+            trusted_proxies: Vec::new(),
+            metrics: MetricsAccess::default(),
         }
     }
+}
+
+/// Who may read the operational routes' detail (`/metrics`, `/health` per backend).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// Anyone who can reach the gateway.
+    Public,
+    /// Callers on this machine that no proxy relayed.
+    #[default]
+    Loopback,
+    /// Callers with an admin key.
+    Key,
 }
 
 fn default_listen() -> String {
@@ -95,6 +116,9 @@ struct RawAuth {
     /// Serve without keys on a non-loopback address.
     #[serde(default)]
     allow_anonymous: bool,
+    /// Keys that may read the operational routes (and use the API, as user `admin`).
+    #[serde(default)]
+    admin_keys: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,9 +147,23 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub keys_file: Option<PathBuf>,
     pub allow_anonymous: bool,
+    /// `auth.admin_keys`, kept out of every debug print.
+    pub admin_keys: AdminKeys,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub metrics_access: MetricsAccess,
     pub default_backend: Option<String>,
     pub backends: Vec<BackendConfig>,
     pub aliases: Vec<Alias>,
+}
+
+/// Admin keys from the configuration: secrets, so their `Debug` says only how many.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AdminKeys(pub Vec<String>);
+
+impl std::fmt::Debug for AdminKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminKeys(<{} set>)", self.0.len())
+    }
 }
 
 /// A model name that stands for several targets, tried in order: the first that answers
@@ -291,7 +329,27 @@ impl RawConfig {
             }
         }
         let aliases = check_aliases(self.models, &backends, default_backend.is_some())?;
+        let trusted_proxies = self
+            .server
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                crate::peer::parse_network(text)
+                    .map_err(|e| ConfigError(format!("server.trusted_proxies[{index}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (index, key) in self.auth.admin_keys.iter().enumerate() {
+            if key.trim().is_empty() || key.trim() != key {
+                return err(format!(
+                    "auth.admin_keys[{index}] must be a non-empty key without surrounding spaces"
+                ));
+            }
+        }
         Ok(Config {
+            admin_keys: AdminKeys(self.auth.admin_keys),
+            trusted_proxies,
+            metrics_access: self.server.metrics,
             aliases,
             listen,
             body_limit: self.server.body_limit_bytes,

@@ -21,6 +21,13 @@ pub enum GatewayError {
     /// No key, or a key that is not in the keys file.
     #[error("{}", if *.missing { "missing API key: send it as `X-API-Key: KEY` or `Authorization: Bearer KEY`" } else { "Incorrect API key provided" })]
     Unauthorized { missing: bool },
+    /// A known key that cannot be used now (disabled, expired), or a relayed request
+    /// with no key where only local callers may go without one.
+    #[error("{message}")]
+    KeyRefused { message: String },
+    /// The key may not do this (a model outside its list).
+    #[error("{message}")]
+    Forbidden { message: String },
     /// The model name routes to no backend.
     #[error("model '{0}' not found: no backend serves it (name it as BACKEND/MODEL, or configure routing.default_backend)")]
     ModelNotFound(String),
@@ -90,7 +97,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::Unauthorized { .. } | GatewayError::KeyRefused { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::ModelNotFound(_) | GatewayError::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }

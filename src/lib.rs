@@ -15,6 +15,7 @@ pub mod framing;
 mod hangup;
 pub mod keys;
 pub mod metrics;
+pub mod peer;
 pub mod pipeline;
 pub mod router;
 mod routes;

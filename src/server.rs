@@ -9,11 +9,12 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Condition, Logger, Next};
 use actix_web::{web, App, HttpServer};
 
-use crate::auth::KeyStore;
+use crate::auth::{Anonymous, KeyStore};
 use crate::backend::Pools;
 use crate::config::Config;
 use crate::dialect::ollama::Ollama;
 use crate::metrics::{CountedAtEnd, Metrics};
+use crate::peer::TrustedProxies;
 use crate::pipeline::BodyLimit;
 use crate::router::Router;
 use crate::routes;
@@ -31,9 +32,9 @@ pub struct Shared {
 impl Shared {
     /// Loads the keys and applies the contract's rule on anonymous serving.
     pub fn prepare(config: Config) -> Result<Shared, String> {
-        let anonymous_allowed = config.listen.ip().is_loopback() || config.allow_anonymous;
-        let keys = KeyStore::load(config.keys_file.clone(), anonymous_allowed)?;
-        if keys.is_empty() && !anonymous_allowed {
+        let anonymous = Anonymous::for_config(&config);
+        let keys = KeyStore::load(config.keys_file.clone(), &config.admin_keys.0, anonymous)?;
+        if keys.is_empty() && anonymous == Anonymous::Never {
             return Err(format!(
                 "server.listen {} is not a loopback address and no API keys are configured: set auth.keys_file, or auth.allow_anonymous = true to serve without keys",
                 config.listen
@@ -65,14 +66,20 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .app_data(metrics.clone())
             .app_data(web::Data::new(Router::new(&config, &pools)))
             .app_data(web::Data::new(BodyLimit(config.body_limit)))
+            .app_data(web::Data::new(config.metrics_access))
+            .app_data(web::Data::new(TrustedProxies(
+                config.trusted_proxies.clone(),
+            )))
             .app_data(web::Data::new(routes::ListingCache::default()))
             .configure(routes::configure)
             .default_service(web::to(routes::not_found::<Ollama>))
             .wrap(from_fn(front_door))
-            // Method, path, status, size and time only: no headers, so no keys.
+            // The client (the address a trusted proxy relayed for, else the peer),
+            // method, path, status, size and time only: no headers, so no keys.
             .wrap(Condition::new(
                 access_log,
-                Logger::new("%a \"%r\" %s %b %Dms"),
+                Logger::new("%{client}xi \"%r\" %s %b %Dms")
+                    .custom_request_replace("client", crate::peer::client_of),
             ))
     })
     .on_connect(crate::hangup::remember_socket)

@@ -305,3 +305,75 @@ fn health_exits_zero_for_a_serving_gateway_and_one_for_none() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no answer"));
 }
+
+/// A request a trusted proxy relayed is logged with the address it relayed for; from
+/// an untrusted peer, the forwarded header is not believed.
+#[test]
+fn logs_name_the_client_a_trusted_proxy_relayed_for() {
+    for (trusted, expected) in [("[\"127.0.0.1/32\"]", "203.0.113.9"), ("[]", "127.0.0.1")] {
+        let dir = scratch(&format!("proxies-{}", trusted.len()));
+        std::fs::write(
+            dir.join("keys.json"),
+            r#"{"sk-proxied-0123456789": "alice"}"#,
+        )
+        .unwrap();
+        let port = free_port();
+        let config = write_config(
+            &dir,
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\ntrusted_proxies = {trusted}\n[auth]\nkeys_file = \"{}\"\n",
+                dir.join("keys.json").display()
+            ),
+        );
+        let mut child = gateway(&dir)
+            .arg("--config")
+            .arg(&config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let _running = Running(child);
+        let started = receiver
+            .iter()
+            .find(|line| line.contains("listening on"))
+            .is_some();
+        assert!(started);
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\nX-API-Key: sk-wrong\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        let mut seen = Vec::new();
+        while let Ok(line) = receiver.recv_timeout(Duration::from_secs(5)) {
+            let done = line.contains("\"GET /v1/models HTTP/1.1\" 401");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        let refusal = seen
+            .iter()
+            .find(|l| l.contains("refused"))
+            .expect("a refusal line");
+        assert!(
+            refusal.contains(&format!(" {expected} GET /v1/models")),
+            "{refusal}"
+        );
+        let access = seen.last().unwrap();
+        assert!(
+            access.contains(&format!("{expected} \"GET /v1/models")),
+            "{access}"
+        );
+        assert!(!access.contains("sk-wrong") && !refusal.contains("sk-wrong"));
+    }
+}

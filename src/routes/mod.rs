@@ -102,7 +102,12 @@ async fn root() -> HttpResponse {
         .body("Ollama is running")
 }
 
-async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+async fn metrics(request: HttpRequest, metrics: web::Data<Metrics>) -> HttpResponse {
+    if let Err(refusal) = auth::may_see_operations(&request) {
+        // The operational routes belong to no dialect; OpenAI's error shape is the one
+        // scrapers and people most often read.
+        return crate::dialect::openai::render_error(&refusal);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())

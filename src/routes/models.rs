@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -215,11 +215,14 @@ pub async fn ollama_ps(router: web::Data<Router>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "models": models }))
 }
 
-pub async fn health(router: web::Data<Router>) -> HttpResponse {
+/// `/health`: the status for anyone (probes carry no key), each backend's detail only
+/// for callers that may see the metrics.
+pub async fn health(request: HttpRequest, router: web::Data<Router>) -> HttpResponse {
     let backends = router.health();
     let degraded = backends.iter().any(|b| b["available"] == false);
-    HttpResponse::Ok().json(json!({
-        "status": if degraded { "degraded" } else { "ok" },
-        "backends": backends,
-    }))
+    let status = if degraded { "degraded" } else { "ok" };
+    if crate::auth::may_see_operations(&request).is_err() {
+        return HttpResponse::Ok().json(json!({ "status": status }));
+    }
+    HttpResponse::Ok().json(json!({ "status": status, "backends": backends }))
 }

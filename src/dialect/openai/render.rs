@@ -318,7 +318,10 @@ pub fn error_object(error: &GatewayError) -> Value {
         | GatewayError::RouteNotFound { .. }
         | GatewayError::PayloadTooLarge { .. }
         | GatewayError::ClientGone => ("invalid_request_error", None),
-        GatewayError::Unauthorized { .. } => ("invalid_request_error", Some("invalid_api_key")),
+        GatewayError::Unauthorized { .. } | GatewayError::KeyRefused { .. } => {
+            ("invalid_request_error", Some("invalid_api_key"))
+        }
+        GatewayError::Forbidden { .. } => ("permission_error", Some("model_not_allowed")),
         GatewayError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
         GatewayError::UpstreamTimeout { .. } => ("server_error", Some("timeout")),
         GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => {

@@ -1,0 +1,216 @@
+//! Who may come in: relayed requests never served anonymously, the operational routes'
+//! access modes, admin keys, and keys that are disabled or expired.
+
+use serde_json::json;
+
+use crate::harness::{self, client, send, Answer, Harness};
+
+const RELAY_HEADERS: [(&str, &str); 5] = [
+    ("CF-Connecting-IP", "203.0.113.7"),
+    ("CF-Ray", "8c0ffee-AMS"),
+    ("X-Forwarded-For", "203.0.113.7"),
+    ("X-Real-IP", "203.0.113.7"),
+    ("Forwarded", "for=203.0.113.7;proto=https"),
+];
+
+/// A gateway with `server` and `auth` lines added to those sections.
+async fn start(server: &str, auth: &str) -> Harness {
+    harness::start_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[auth]\n{auth}\n[routing]\ndefault_backend = \"echo\"\n[[backends]]\nname = \"oa\"\nkind = \"openai\"\nurl = \"{{mock}}/v1\"\n[[backends]]\nname = \"echo\"\nkind = \"echo\"\n"
+    ))
+    .await
+}
+
+fn keys_file(name: &str, content: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-access-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("keys.json");
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+async fn call(gateway: &Harness, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let url = format!("{}{path}", gateway.base);
+    let mut request = match method {
+        "GET" => client().get(&url),
+        _ => client().post(&url),
+    };
+    for &(name, value) in headers {
+        request = request.insert_header((name, value));
+    }
+    let body =
+        json!({"model": "echo", "stream": false, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+    send(request, (method == "POST").then_some(body.as_str())).await
+}
+
+#[actix_web::test]
+async fn relayed_requests_are_never_served_anonymously() {
+    let gateway = start("", "").await;
+    for path in ["/v1/chat/completions", "/api/chat"] {
+        assert_eq!(
+            call(&gateway, "POST", path, &[]).await.status,
+            200,
+            "{path}"
+        );
+        for header in RELAY_HEADERS {
+            let answer = call(&gateway, "POST", path, &[header]).await;
+            assert_eq!(answer.status, 401, "{path} with {}", header.0);
+            let body = answer.json();
+            let message = if path.starts_with("/v1") {
+                assert_eq!(body["error"]["code"], "invalid_api_key");
+                body["error"]["message"].as_str().unwrap().to_owned()
+            } else {
+                body["error"].as_str().unwrap().to_owned()
+            };
+            assert!(message.contains("proxy or tunnel"), "{message}");
+            assert!(
+                message.contains("switchyard keys add"),
+                "says how: {message}"
+            );
+        }
+    }
+}
+
+#[actix_web::test]
+async fn allow_anonymous_serves_relayed_requests_on_purpose() {
+    let gateway = start("", "allow_anonymous = true").await;
+    for header in RELAY_HEADERS {
+        let answer = call(&gateway, "POST", "/api/chat", &[header]).await;
+        assert_eq!(answer.status, 200, "{}", header.0);
+    }
+}
+
+#[actix_web::test]
+async fn metrics_and_health_detail_follow_server_metrics() {
+    // loopback, the default: local callers yes, relayed no.
+    let gateway = start("", "").await;
+    assert_eq!(call(&gateway, "GET", "/metrics", &[]).await.status, 200);
+    let relayed = call(&gateway, "GET", "/metrics", &[RELAY_HEADERS[2]]).await;
+    assert_eq!(relayed.status, 403, "{}", relayed.body);
+    assert!(call(&gateway, "GET", "/health", &[]).await.json()["backends"].is_array());
+    let health = call(&gateway, "GET", "/health", &[RELAY_HEADERS[0]]).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), json!({"status": "ok"}));
+
+    let gateway = start("metrics = \"public\"", "allow_anonymous = true").await;
+    let relayed = call(&gateway, "GET", "/metrics", &[RELAY_HEADERS[2]]).await;
+    assert_eq!(relayed.status, 200);
+    assert!(call(&gateway, "GET", "/health", &[RELAY_HEADERS[2]])
+        .await
+        .json()["backends"]
+        .is_array());
+
+    let keys = keys_file(
+        "metrics-key",
+        r#"{"sk-user-0123456789": "alice", "sk-boss-0123456789": {"user": "boss", "admin": true}}"#,
+    );
+    let gateway = start(
+        "metrics = \"key\"",
+        &format!(
+            "keys_file = \"{}\"\nadmin_keys = [\"sk-root-0123456789\"]",
+            keys.display()
+        ),
+    )
+    .await;
+    assert_eq!(call(&gateway, "GET", "/metrics", &[]).await.status, 401);
+    let user = call(
+        &gateway,
+        "GET",
+        "/metrics",
+        &[("X-API-Key", "sk-user-0123456789")],
+    )
+    .await;
+    assert_eq!(user.status, 403);
+    assert!(user.body.contains("admin key"), "{}", user.body);
+    for admin in ["sk-root-0123456789", "sk-boss-0123456789"] {
+        let bearer = format!("Bearer {admin}");
+        let answer = call(&gateway, "GET", "/metrics", &[("Authorization", &bearer)]).await;
+        assert_eq!(answer.status, 200, "{admin}");
+        assert!(answer.body.contains("switchyard_requests_total"));
+        let health = call(&gateway, "GET", "/health", &[("Authorization", &bearer)]).await;
+        assert!(health.json()["backends"].is_array());
+    }
+    let health = call(
+        &gateway,
+        "GET",
+        "/health",
+        &[("X-API-Key", "sk-user-0123456789")],
+    )
+    .await;
+    assert_eq!(health.json(), json!({"status": "ok"}));
+    // An admin key is a key for the API too, as user "admin".
+    let chat = call(
+        &gateway,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-API-Key", "sk-root-0123456789")],
+    )
+    .await;
+    assert_eq!(chat.status, 200);
+}
+
+#[actix_web::test]
+async fn disabled_and_expired_keys_are_refused_and_say_which() {
+    let path = keys_file(
+        "states",
+        r#"{"sk-live-0123456789": {"user": "alice", "expires": "2999-01-01"},
+            "sk-off-0123456789ab": {"user": "bob", "disabled": true},
+            "sk-old-0123456789ab": {"user": "carol", "expires": "2020-01-01T00:00:00Z"}}"#,
+    );
+    let gateway = start("", &format!("keys_file = \"{}\"", path.display())).await;
+    let ok = call(
+        &gateway,
+        "POST",
+        "/v1/chat/completions",
+        &[("X-API-Key", "sk-live-0123456789")],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    for (key, word) in [
+        ("sk-off-0123456789ab", "disabled"),
+        ("sk-old-0123456789ab", "expired"),
+    ] {
+        let answer = call(
+            &gateway,
+            "POST",
+            "/v1/chat/completions",
+            &[("X-API-Key", key)],
+        )
+        .await;
+        assert_eq!(answer.status, 401);
+        let error = &answer.json()["error"];
+        assert_eq!(error["code"], "invalid_api_key");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(word), "{message}");
+        assert!(!message.contains(key), "the key stays masked: {message}");
+        let answer = call(&gateway, "POST", "/api/chat", &[("X-API-Key", key)]).await;
+        assert_eq!(answer.status, 401);
+        assert!(answer.json()["error"].as_str().unwrap().contains(word));
+    }
+    // Disabled by an edit: refused within about a second, without a restart.
+    std::fs::write(
+        &path,
+        r#"{"sk-live-0123456789": {"user": "alice", "disabled": true}}"#,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let answer = call(
+            &gateway,
+            "POST",
+            "/v1/chat/completions",
+            &[("X-API-Key", "sk-live-0123456789")],
+        )
+        .await;
+        if answer.status == 401 {
+            assert!(answer.body.contains("disabled"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit was not picked up"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
