@@ -269,6 +269,28 @@ pub fn admit(request: &ServiceRequest) -> Result<(), GatewayError> {
     }
 }
 
+/// Whether the request's key may use `model` (the name as the client sent it, before
+/// aliases resolve): a key with a `models` list is refused any other with 403, before
+/// anything reaches a backend. Anonymous callers and keys without a list may use any.
+pub fn may_use(request: &actix_web::HttpRequest, model: &str) -> Result<(), GatewayError> {
+    let extensions = request.extensions();
+    let Some(Key(policy)) = extensions.get::<Key>() else {
+        return Ok(());
+    };
+    if policy.allows_model(model) {
+        Ok(())
+    } else {
+        Err(GatewayError::Forbidden {
+            message: format!(
+                "API key {} ({}) may not use model '{model}'; its models are: {}",
+                policy.masked,
+                policy.user,
+                policy.model_patterns().join(", ")
+            ),
+        })
+    }
+}
+
 /// Whether a caller may see the operational detail (`/metrics`, `/health` per backend),
 /// by `server.metrics`: anyone (`public`), callers on this machine that no proxy relayed
 /// (`loopback`), or callers with an admin key (`key`).

@@ -79,6 +79,11 @@ impl FromRequest for Caller {
 }
 
 impl Caller {
+    /// Whether this caller's key may use `model` (403 when not).
+    pub fn may_use(&self, model: &str) -> Result<(), GatewayError> {
+        crate::auth::may_use(&self.request, model)
+    }
+
     fn upstream_called(&self) {
         if let Some(stopwatch) = &self.stopwatch {
             stopwatch.upstream_called();
@@ -174,6 +179,7 @@ async fn answer_chat<D: Dialect>(
     caller: &Caller,
 ) -> Result<HttpResponse, GatewayError> {
     let parsed = dialect.parse_chat(&body.bytes()?)?;
+    caller.may_use(&parsed.model)?;
     if let Some(answer) = dialect.answer_locally(&parsed) {
         // Only a name that routes may be "loaded".
         router.resolve(&parsed.model)?;
@@ -323,6 +329,7 @@ pub async fn embed(
     asked: &str,
     request: EmbedRequest,
 ) -> Result<Embeddings, GatewayError> {
+    caller.may_use(asked)?;
     if request.inputs.is_empty() {
         router.resolve(asked)?;
         return Ok(Embeddings::default());

@@ -88,6 +88,8 @@ pub struct KeyPolicy {
     /// The key as `sk-…a1b2`, for messages and listings.
     pub masked: String,
     models: Option<GlobSet>,
+    /// The globs as written, for messages.
+    patterns: Vec<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub max_concurrent: Option<u64>,
@@ -101,6 +103,11 @@ impl KeyPolicy {
     /// Whether the key may ask for `model` (the name as the client sent it).
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|set| set.is_match(model))
+    }
+
+    /// The `models` globs as written (empty: every model).
+    pub fn model_patterns(&self) -> &[String] {
+        &self.patterns
     }
 
     /// Whether the key has any per-key limit, so answers carry rate-limit headers.
@@ -238,6 +245,7 @@ pub fn policy(key: &str, entry: &KeyEntry) -> Result<KeyPolicy, KeysError> {
         key_id: Arc::from(key_id(key).as_str()),
         masked: mask(key),
         models,
+        patterns: entry.models.clone(),
         rpm: entry.rpm,
         tpm: entry.tpm,
         max_concurrent: entry.max_concurrent,

@@ -10,6 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::auth::may_use;
 use crate::backend::ModelEntry;
 use crate::dialect::ollama::{self, json_utf8, timestamp};
 use crate::dialect::openai::{self, model_object};
@@ -91,6 +92,7 @@ fn openai_entry(id: &str, model: &ModelEntry, now: u64) -> Value {
 }
 
 pub async fn openai_models(
+    request: HttpRequest,
     router: web::Data<Router>,
     cache: web::Data<ListingCache>,
 ) -> HttpResponse {
@@ -98,25 +100,45 @@ pub async fn openai_models(
     let data: Vec<Value> = all_models(&router, &cache)
         .await
         .iter()
+        .filter(|(id, _)| may_use(&request, id).is_ok())
         .map(|(id, model)| openai_entry(id, model, now))
         .collect();
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }
 
-/// `GET /v1/models/{id}`: one listed model.
+/// `GET /v1/models/{id}`: a listed model; or a name that routes to one (an unprefixed
+/// name the default backend lists, so `"model": "llama3"` and `/v1/models/llama3` agree),
+/// or to the echo backend, which answers any name: a chat with such a name works, so
+/// its entry exists too.
 pub async fn openai_model(
+    request: HttpRequest,
     id: web::Path<String>,
     router: web::Data<Router>,
     cache: web::Data<ListingCache>,
 ) -> HttpResponse {
-    let models = all_models(&router, &cache).await;
-    match models.iter().find(|(name, _)| *name == *id) {
-        Some((name, model)) => HttpResponse::Ok().json(openai_entry(name, model, unix_now())),
-        None => openai::render_error(&GatewayError::ModelNotFound(id.into_inner())),
+    if let Err(refusal) = may_use(&request, &id) {
+        return openai::render_error(&refusal);
     }
+    let models = all_models(&router, &cache).await;
+    let listed = |name: &str| models.iter().find(|(listed, _)| *listed == name);
+    if let Some((name, model)) = listed(&id) {
+        return HttpResponse::Ok().json(openai_entry(name, model, unix_now()));
+    }
+    let route = match router.route(&id) {
+        Ok(route) => route,
+        Err(error) => return openai::render_error(&error),
+    };
+    if let Some((_, model)) = listed(&format!("{}/{}", route.name, route.model)) {
+        return HttpResponse::Ok().json(openai_entry(&id, model, unix_now()));
+    }
+    if route.backend.kind_name() == "echo" {
+        return HttpResponse::Ok().json(model_object(&id, unix_now(), route.name));
+    }
+    openai::render_error(&GatewayError::ModelNotFound(id.into_inner()))
 }
 
 pub async fn ollama_tags(
+    request: HttpRequest,
     router: web::Data<Router>,
     cache: web::Data<ListingCache>,
 ) -> HttpResponse {
@@ -124,6 +146,7 @@ pub async fn ollama_tags(
     let models: Vec<Value> = all_models(&router, &cache)
         .await
         .iter()
+        .filter(|(id, _)| may_use(&request, id).is_ok())
         .map(|(id, model)| {
             let model = model.clone();
             // Clients group models by digest, so each name gets its own.
@@ -156,7 +179,11 @@ pub struct ShowRequest {
 
 /// `POST /api/show`: Ollama's own description where the backend is Ollama, what the
 /// gateway knows otherwise.
-pub async fn ollama_show(body: RequestBody, router: web::Data<Router>) -> HttpResponse {
+pub async fn ollama_show(
+    http: HttpRequest,
+    body: RequestBody,
+    router: web::Data<Router>,
+) -> HttpResponse {
     let answer = async {
         let request: ShowRequest = crate::dialect::parse_body(&body.bytes()?)?;
         let model = request
@@ -164,6 +191,7 @@ pub async fn ollama_show(body: RequestBody, router: web::Data<Router>) -> HttpRe
             .or(request.name)
             .filter(|m| !m.is_empty())
             .ok_or_else(|| GatewayError::bad_field("model", "model is required"))?;
+        may_use(&http, &model)?;
         // An alias is described by its first target.
         let routes = router.resolve(&model)?;
         let Some(route) = routes.first() else {

@@ -16,7 +16,7 @@ const RELAY_HEADERS: [(&str, &str); 5] = [
 /// A gateway with `server` and `auth` lines added to those sections.
 async fn start(server: &str, auth: &str) -> Harness {
     harness::start_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[auth]\n{auth}\n[routing]\ndefault_backend = \"echo\"\n[[backends]]\nname = \"oa\"\nkind = \"openai\"\nurl = \"{{mock}}/v1\"\n[[backends]]\nname = \"echo\"\nkind = \"echo\"\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[auth]\n{auth}\n[routing]\ndefault_backend = \"echo\"\n[[backends]]\nname = \"oa\"\nkind = \"openai\"\nurl = \"{{mock}}/v1\"\n[[backends]]\nname = \"ol\"\nkind = \"ollama\"\nurl = \"{{mock}}\"\n[[backends]]\nname = \"echo\"\nkind = \"echo\"\n"
     ))
     .await
 }
@@ -213,4 +213,103 @@ async fn disabled_and_expired_keys_are_refused_and_say_which() {
         );
         actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+#[actix_web::test]
+async fn a_key_uses_only_its_models_and_lists_only_them() {
+    let path = keys_file(
+        "models",
+        r#"{"sk-narrow-0123456789": {"user": "friend", "models": ["oa/*", "echo"]},
+            "sk-wide-0123456789ab": "owner"}"#,
+    );
+    let gateway = start("", &format!("keys_file = \"{}\"", path.display())).await;
+    let narrow = [("X-API-Key", "sk-narrow-0123456789")];
+    let ask = |model: &str, path: &str| {
+        let body = if path.contains("embed") {
+            json!({"model": model, "input": "hi"})
+        } else {
+            json!({"model": model, "stream": false, "messages": [{"role": "user", "content": "hi"}]})
+        };
+        let request = client()
+            .post(format!("{}{path}", gateway.base))
+            .insert_header(narrow[0]);
+        async move { send(request, Some(&body.to_string())).await }
+    };
+    assert_eq!(
+        ask("oa/mock-allowed", "/v1/chat/completions").await.status,
+        200
+    );
+    assert_eq!(ask("echo", "/api/chat").await.status, 200);
+    for path in [
+        "/v1/chat/completions",
+        "/api/chat",
+        "/api/generate",
+        "/v1/embeddings",
+        "/api/embed",
+    ] {
+        let answer = ask("echo/other", path).await;
+        assert_eq!(answer.status, 403, "{path}: {}", answer.body);
+        let message = if path.starts_with("/v1") {
+            let error = &answer.json()["error"];
+            assert_eq!(error["type"], "permission_error");
+            error["message"].as_str().unwrap().to_owned()
+        } else {
+            answer.json()["error"].as_str().unwrap().to_owned()
+        };
+        assert!(
+            message.contains("echo/other") && message.contains("oa/*"),
+            "{message}"
+        );
+    }
+    let forbidden = ask("oa/mock-forbidden-check", "/v1/chat/completions").await;
+    assert_eq!(forbidden.status, 200, "a glob over a prefix allows it");
+    // A refused request never reached a backend.
+    let refused = ask("ol/mock-never", "/api/chat").await;
+    assert_eq!(refused.status, 403);
+    assert!(gateway.mock.requests_for("mock-never").is_empty());
+    let allowed_here = call(
+        &gateway,
+        "POST",
+        "/api/chat",
+        &[("X-API-Key", "sk-wide-0123456789ab")],
+    )
+    .await;
+    assert_eq!(allowed_here.status, 200);
+    // The listings hold only what the key may use.
+    let listed = call(&gateway, "GET", "/v1/models", &narrow).await.json();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !ids.is_empty() && ids.iter().all(|id| id.starts_with("oa/")),
+        "{ids:?}"
+    );
+    let tags = call(&gateway, "GET", "/api/tags", &narrow).await.json();
+    assert!(tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["name"].as_str().unwrap().starts_with("oa/")));
+    let all = call(
+        &gateway,
+        "GET",
+        "/v1/models",
+        &[("X-API-Key", "sk-wide-0123456789ab")],
+    )
+    .await
+    .json();
+    assert!(all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == "echo/echo"));
+    assert_eq!(
+        call(&gateway, "GET", "/v1/models/echo/echo", &narrow)
+            .await
+            .status,
+        403
+    );
 }

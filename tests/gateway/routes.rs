@@ -304,7 +304,28 @@ async fn one_model_by_id() {
         (model["id"].clone(), model["object"].clone()),
         (json!("ol/mock-model:latest"), json!("model"))
     );
-    let missing = gateway.get("/v1/models/nope").await;
+    // A model its backend does not list is not found.
+    let missing = gateway.get("/v1/models/ol/nope").await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"]["code"], "model_not_found");
+}
+
+#[actix_web::test]
+async fn every_name_a_chat_accepts_has_an_entry() {
+    let gateway = harness::start_config(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[routing]\ndefault_backend = \"ol\"\n[[backends]]\nname = \"ol\"\nkind = \"ollama\"\nurl = \"{mock}\"\n[[backends]]\nname = \"echo\"\nkind = \"echo\"\n[[models]]\nname = \"chat\"\ntargets = [\"ol/mock-model:latest\"]\n",
+    )
+    .await;
+    // Unprefixed, through the default backend's listing; an alias; echo takes any name.
+    for id in ["mock-model:latest", "chat", "echo/echo", "echo/anything"] {
+        let answer = gateway.get(&format!("/v1/models/{id}")).await;
+        assert_eq!(answer.status, 200, "{id}: {}", answer.body);
+        assert_eq!(answer.json()["id"], id);
+        let show = gateway.post("/api/show", &json!({"model": id})).await;
+        assert_eq!(show.status, 200, "/api/show {id}: {}", show.body);
+    }
+    for id in ["not-there", "ol/not-there"] {
+        let answer = gateway.get(&format!("/v1/models/{id}")).await;
+        assert_eq!(answer.status, 404, "{id}");
+    }
 }
