@@ -377,3 +377,50 @@ fn logs_name_the_client_a_trusted_proxy_relayed_for() {
         assert!(!access.contains("sk-wrong") && !refusal.contains("sk-wrong"));
     }
 }
+
+/// The README says to copy the example to config/switchyard.toml: so copied, it starts
+/// with nothing installed and no upstream key, and answers the README's "echo" examples.
+#[test]
+fn the_copied_example_config_starts_and_answers_echo() {
+    let dir = scratch("example");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/switchyard.example.toml"
+        ),
+        dir.join("config/switchyard.toml"),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = gateway(&dir)
+        .env_remove("OPENAI_API_KEY")
+        .env("SWITCHYARD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "listening on");
+    let _running = Running(child);
+    let answer = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"echo","messages":[{"role":"user","content":"Hello from switchyard"}]}"#,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"content\":\"Hello from switchyard\""),
+        "{answer}"
+    );
+    let answer = http(
+        port,
+        "POST",
+        "/api/generate",
+        r#"{"model":"echo","prompt":"Why is the sky blue?","stream":false}"#,
+    );
+    assert!(
+        answer.contains("\"response\":\"Why is the sky blue?\""),
+        "{answer}"
+    );
+    assert!(http(port, "GET", "/v1/models/echo", "").starts_with("HTTP/1.1 200"));
+}
