@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs switchyard as a systemd service: the binary, a commented configuration, a
-# keys file with one generated key (printed once), and a hardened unit running as a
+# keys file with one generated admin key (printed once), and a hardened unit running as a
 # system user with its state under /var/lib/switchyard.
 set -euo pipefail
 
@@ -10,7 +10,7 @@ usage: scripts/install.sh [--prefix DIR] [--user NAME] [--binary PATH] [--destdi
   Installs switchyard as a systemd service:
     PREFIX/bin/switchyard                     the binary (built with cargo unless --binary)
     /etc/switchyard/switchyard.toml           a commented configuration (kept if present)
-    /etc/switchyard/keys.json                 one generated key, printed once (kept if present)
+    /etc/switchyard/keys.json                 one generated admin key, printed once (kept if present)
     /etc/systemd/system/switchyard.service    a hardened unit; state under /var/lib/switchyard
   then creates the system user and enables the service.
 Options:
@@ -128,7 +128,7 @@ else
     fi
     # Readable by the service's group only: the file holds keys.
     write "$etc/keys.json" 0640 "$user" <<KEYS
-{"$key": "admin"}
+{"$key": {"user": "admin", "admin": true, "note": "made by install.sh"}}
 KEYS
     echo
     echo "Your key (shown once; it is in $etc/keys.json): $key"

@@ -229,8 +229,9 @@ def test_install_into_a_destdir_writes_a_working_service(tmp_path):
     keys_file = tmp_path / "etc/switchyard/keys.json"
     assert oct(keys_file.stat().st_mode & 0o777) == "0o640"
     keys = json.loads(keys_file.read_text())
-    [(key, user)] = keys.items()
-    assert user == "admin" and key.startswith("sk-") and len(key) >= 32
+    [(key, entry)] = keys.items()
+    assert entry["user"] == "admin" and entry["admin"] is True
+    assert key.startswith("sk-") and len(key) >= 32
     assert result.stdout.count(key) == 1, "the key is printed exactly once"
     unit = (tmp_path / "etc/systemd/system/switchyard.service").read_text()
     assert "ExecStart=/opt/sy/bin/switchyard serve --config /etc/switchyard/switchyard.toml" in unit
