@@ -424,3 +424,78 @@ fn the_copied_example_config_starts_and_answers_echo() {
     );
     assert!(http(port, "GET", "/v1/models/echo", "").starts_with("HTTP/1.1 200"));
 }
+
+/// `switchyard keys`: eight `add`s at once all land, a reader never sees half a file,
+/// and disable, enable and remove edit the entries they name.
+#[test]
+fn keys_commands_edit_the_file_safely() {
+    let dir = scratch("keys-cli");
+    let keys = dir.join("keys.json");
+    let _ = std::fs::remove_file(&keys);
+    let config = write_config(
+        &dir,
+        &format!("[auth]\nkeys_file = \"{}\"\n", keys.display()),
+    );
+    let keys_cmd = |args: &[&str]| {
+        let mut command = gateway(&dir);
+        command.arg("--config").arg(&config).arg("keys").args(args);
+        command
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (keys, stop) = (keys.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(text) = std::fs::read_to_string(&keys) {
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .unwrap_or_else(|e| panic!("a half-written file: {e}: {text}"));
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    let adds: Vec<Child> = (0..8)
+        .map(|n| {
+            keys_cmd(&["add", &format!("user{n}"), "--rpm", "60"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut printed = Vec::new();
+    for add in adds {
+        let output = add.wait_with_output().unwrap();
+        assert!(output.status.success());
+        printed.push(String::from_utf8(output.stdout).unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let list = keys_cmd(&["list", "--json"]).output().unwrap();
+    let entries: Vec<serde_json::Value> = String::from_utf8(list.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 8);
+    // Each generated key was printed once, and the listing masks it.
+    let key = printed[0].lines().last().unwrap().to_owned();
+    assert!(key.starts_with("sk-") && key.len() >= 32, "{key}");
+    let table = String::from_utf8(keys_cmd(&["list"]).output().unwrap().stdout).unwrap();
+    assert!(!table.contains(&key) && table.contains("rpm 60"), "{table}");
+    assert!(keys_cmd(&["disable", "user3"]).status().unwrap().success());
+    assert!(
+        String::from_utf8(keys_cmd(&["list"]).output().unwrap().stdout)
+            .unwrap()
+            .lines()
+            .any(|line| line.starts_with("user3") && line.contains("disabled"))
+    );
+    assert!(keys_cmd(&["enable", "user3"]).status().unwrap().success());
+    assert!(keys_cmd(&["remove", &key]).status().unwrap().success());
+    let missing = keys_cmd(&["remove", "nobody"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let left = std::fs::read_to_string(&keys).unwrap();
+    assert!(!left.contains(&key) && !left.contains("disabled"));
+    assert_eq!(left.matches("\"user\"").count(), 7);
+}
