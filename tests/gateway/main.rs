@@ -7,6 +7,7 @@ mod auth;
 mod errors;
 mod failover;
 mod matrix;
+mod providers;
 mod routes;
 mod streams;
 mod translation;
