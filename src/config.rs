@@ -253,6 +253,7 @@ impl Config {
                             ""
                         }
                     );
+                    let _ = writeln!(out, "  {:<20} {}", "", resolved(upstream));
                 }
                 None => {
                     let _ = writeln!(out, "  {:<12} {:<7} built in", backend.name, "echo");
@@ -281,6 +282,33 @@ impl Config {
         };
         out
     }
+}
+
+/// What a backend with an upstream resolved to, beyond its addresses: the preset it
+/// came from, the variables its keys are read from (names only: `check` output is
+/// pasted into issues) and its timeouts.
+fn resolved(upstream: &crate::backend::UpstreamConfig) -> String {
+    let mut parts = Vec::new();
+    if let Some(preset) = upstream.preset {
+        parts.push(format!("preset {preset}"));
+    }
+    let vars: Vec<String> = upstream
+        .keys
+        .iter()
+        .map(|key| format!("${}", key.env))
+        .collect();
+    parts.push(match vars.len() {
+        0 => "no key".to_owned(),
+        1 => format!("key from {}", vars[0]),
+        _ => format!("keys in turn from {}", vars.join(", ")),
+    });
+    parts.push(format!(
+        "timeouts connect {}s, response {}s, idle {}s",
+        upstream.connect_timeout.as_secs_f64(),
+        upstream.response_timeout.as_secs_f64(),
+        upstream.idle_timeout.as_secs_f64()
+    ));
+    parts.join("; ")
 }
 
 impl RawConfig {

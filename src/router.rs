@@ -93,7 +93,8 @@ impl Router {
         &self.aliases
     }
 
-    /// Each backend's name, kind and upstream servers' states, for `/health`.
+    /// Each backend's name, kind, upstream servers' states and, where it has keys,
+    /// which rest (by variable name, never the key), for `/health`.
     pub fn health(&self) -> Vec<serde_json::Value> {
         self.backends
             .iter()
@@ -103,6 +104,9 @@ impl Router {
                 if let Some(pool) = pool {
                     entry["upstreams"] = serde_json::Value::from(pool.report());
                     entry["available"] = serde_json::Value::from(pool.any_healthy());
+                    if let Some(keys) = pool.key_report() {
+                        entry["keys"] = serde_json::Value::from(keys);
+                    }
                 }
                 entry
             })

@@ -198,6 +198,88 @@ fn check_names_the_offending_key_and_fails() {
 }
 
 #[test]
+fn check_prints_what_provider_presets_resolve_to() {
+    let dir = scratch("presets");
+    let path = write_config(
+        &dir,
+        "[[backends]]\nname = \"groq\"\nkind = \"openai\"\npreset = \"groq\"\nresponse_timeout_secs = 30\n[[backends]]\nname = \"lm\"\nkind = \"openai\"\npreset = \"lmstudio\"\nurl = \"http://127.0.0.1:5999/v1\"\n[[backends]]\nname = \"pair\"\nkind = \"openai\"\npreset = \"openai\"\napi_key_envs = [\"SWITCHYARD_CLI_KEY_1\", \"SWITCHYARD_CLI_KEY_2\"]\n",
+    );
+    let env = [
+        ("GROQ_API_KEY", "sk-groq-secret"),
+        ("SWITCHYARD_CLI_KEY_1", "sk-one-secret"),
+        ("SWITCHYARD_CLI_KEY_2", "sk-two-secret"),
+    ];
+    let output = check(&dir, &path, &env);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("https://api.groq.com/openai/v1"), "{text}");
+    assert!(text.contains("$GROQ_API_KEY"), "{text}");
+    assert!(text.contains("response 30s"), "{text}");
+    // An overriding url wins over the preset's.
+    assert!(text.contains("http://127.0.0.1:5999/v1"), "{text}");
+    assert!(!text.contains("127.0.0.1:1234"), "{text}");
+    assert!(text.contains("https://api.openai.com/v1"), "{text}");
+    assert!(
+        text.contains("$SWITCHYARD_CLI_KEY_1, $SWITCHYARD_CLI_KEY_2"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "names, never values: {text}");
+    // A hosted preset's key variable unset: the same error as an unset api_key_env.
+    let output = gateway(&dir)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("GROQ_API_KEY")
+        .envs(env[1..].iter().copied())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert!(text.contains("backends[0].api_key_env"), "{text}");
+    assert!(text.contains("$GROQ_API_KEY"), "{text}");
+    // An unknown preset is named, with the known ones.
+    let output = check(
+        &dir,
+        &path,
+        &[
+            env[0],
+            env[1],
+            env[2],
+            ("SWITCHYARD__BACKENDS__1__PRESET", "lmstudo"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert!(text.contains("backends[1].preset"), "{text}");
+    assert!(text.contains("\"lmstudio\""), "{text}");
+    assert!(text.contains("\"openrouter\""), "{text}");
+}
+
+#[test]
+fn api_key_env_and_api_key_envs_together_are_refused() {
+    let dir = scratch("both-keys");
+    let path = write_config(
+        &dir,
+        "[[backends]]\nname = \"o\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:1/v1\"\napi_key_env = \"SWITCHYARD_CLI_BOTH_A\"\napi_key_envs = [\"SWITCHYARD_CLI_BOTH_B\"]\n",
+    );
+    let output = check(
+        &dir,
+        &path,
+        &[
+            ("SWITCHYARD_CLI_BOTH_A", "a"),
+            ("SWITCHYARD_CLI_BOTH_B", "b"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8(output.stderr)
+        .unwrap()
+        .contains("backends[0].api_key_envs"));
+}
+
+#[test]
 fn refuses_anonymous_serving_off_loopback() {
     let dir = scratch("anon");
     let output = gateway(&dir)

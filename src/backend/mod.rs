@@ -8,6 +8,7 @@
 
 pub mod echo;
 mod error_body;
+pub mod keys;
 pub mod ollama;
 pub mod openai;
 pub mod pool;

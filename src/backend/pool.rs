@@ -3,13 +3,16 @@
 //! for a cool-down, then probed, and only a good probe lets it take requests again.
 //!
 //! The state is shared by all workers (atomics and one small lock per member), so an
-//! ejection seen by one worker holds for all.
+//! ejection seen by one worker holds for all. The backend's upstream keys take turns
+//! and rest here too ([`KeyRing`]), for the same reason.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use super::keys::KeyRing;
 
 /// Every backend's pool by backend name, built once at start and shared by workers.
 #[derive(Debug, Default)]
@@ -44,6 +47,8 @@ pub struct Pool {
     next: AtomicUsize,
     max_failures: u32,
     cooldown: Duration,
+    /// The backend's upstream keys, by their variables' names.
+    keys: KeyRing,
 }
 
 #[derive(Debug)]
@@ -125,17 +130,32 @@ impl Pool {
             next: AtomicUsize::new(0),
             max_failures: max_failures.max(1),
             cooldown,
+            keys: KeyRing::default(),
         }
     }
 
-    /// The pool of a backend's configured servers.
+    /// The pool of a backend's configured servers and keys.
     pub fn for_config(config: &super::UpstreamConfig) -> Pool {
         let urls: Vec<String> = config
             .base_urls
             .iter()
             .map(|url| url.as_str().to_owned())
             .collect();
-        Pool::new(&urls, config.max_failures, config.cooldown)
+        Pool {
+            keys: KeyRing::new(config.keys.iter().map(|key| key.env.as_str())),
+            ..Pool::new(&urls, config.max_failures, config.cooldown)
+        }
+    }
+
+    /// The backend's upstream keys: whose turn it is and which rest.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// Each key by its variable's name and how long it still rests, for `/health`'s
+    /// admin detail; None for a backend that sends no key.
+    pub fn key_report(&self) -> Option<Vec<Value>> {
+        (!self.keys.is_empty()).then(|| self.keys.report())
     }
 
     /// The base URL of a member.

@@ -2,8 +2,9 @@
 //! and the mapping of every transport failure onto [`GatewayError`].
 //!
 //! Requests are built from scratch: no header of the client's is copied, so its gateway
-//! key, cookies and forwarding headers never reach the upstream. Only the configured
-//! upstream key is sent.
+//! key, cookies and forwarding headers never reach the upstream. Only a configured
+//! upstream key is sent; with several, they take turns, and one the upstream refuses
+//! (401, 403, 429) rests while the request is sent again with another.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -109,18 +110,25 @@ impl Upstream {
         &self.config.base_urls[0]
     }
 
+    /// A request to `path` on server number `server`, carrying key number `key` (the
+    /// first key when none is chosen: probes do not take a turn).
     fn request(
         &self,
         method: awc::http::Method,
         server: usize,
         path: &'static str,
+        key: Option<usize>,
     ) -> awc::ClientRequest {
         let request = match self.address(server, path) {
             Ok(uri) => self.client.request(method, uri),
             // awc reports the address it cannot parse when the request is sent.
             Err(unparsed) => self.client.request(method, unparsed),
         };
-        match &self.config.auth {
+        let auth = match key {
+            Some(key) => self.config.keys.get(key),
+            None => self.config.auth.as_ref(),
+        };
+        match auth {
             Some(auth) => request.insert_header((auth.name.clone(), auth.value.clone())),
             None => request,
         }
@@ -143,14 +151,72 @@ impl Upstream {
         Ok(uri)
     }
 
-    /// Sends to the least busy healthy server. A server that cannot be connected to has
-    /// seen nothing of the request, so the next one is tried; any other failure is
-    /// final. Each outcome counts towards the server's health.
+    /// Sends with the next key in turn. An answer of 401, 403 or 429 puts that key to
+    /// rest, and the request is sent once more with another key that is not resting,
+    /// if there is one: nothing has reached the client yet, and the upstream refused
+    /// the request before doing any work for it. Otherwise the refusal is the answer.
     async fn dispatch(
         &self,
         method: awc::http::Method,
         path: &'static str,
         body: Option<Bytes>,
+    ) -> Result<Placed, GatewayError> {
+        let keys = self.pool.keys();
+        let mut key = keys.pick();
+        let mut retried = false;
+        loop {
+            let placed = self
+                .dispatch_with(method.clone(), path, body.clone(), key)
+                .await?;
+            let Some(used) = key else {
+                return Ok(placed);
+            };
+            let response = &placed.0;
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok());
+            let Some(rest) = super::keys::rest_for(response.status().as_u16(), retry_after) else {
+                return Ok(placed);
+            };
+            keys.rest(used, rest);
+            let next = if retried {
+                None
+            } else {
+                keys.other_ready(used)
+            };
+            log::warn!(
+                "backend {}: the upstream answered {} to the key in ${}; it rests {:.0}s{}",
+                self.backend,
+                response.status().as_u16(),
+                keys.env(used),
+                rest.as_secs_f64(),
+                match next {
+                    Some(next) => format!(", trying the key in ${}", keys.env(next)),
+                    None => String::new(),
+                }
+            );
+            let Some(next) = next else {
+                return Ok(placed);
+            };
+            // The refusal's body is small; reading it keeps the connection for reuse.
+            let (response, _place) = placed;
+            super::drain(response).await;
+            key = Some(next);
+            retried = true;
+        }
+    }
+
+    /// Sends to the least busy healthy server with key number `key`. A server that
+    /// cannot be connected to has seen nothing of the request, so the next one is
+    /// tried; any other failure is final. Each outcome counts towards the server's
+    /// health.
+    async fn dispatch_with(
+        &self,
+        method: awc::http::Method,
+        path: &'static str,
+        body: Option<Bytes>,
+        key: Option<usize>,
     ) -> Result<Placed, GatewayError> {
         let mut tried = Vec::new();
         let mut last_error = None;
@@ -163,7 +229,7 @@ impl Upstream {
                 }));
             };
             tried.push(place.index());
-            let request = self.request(method.clone(), place.index(), path);
+            let request = self.request(method.clone(), place.index(), path, key);
             let sent = match &body {
                 Some(body) => {
                     let request = request.content_type("application/json");
@@ -195,7 +261,7 @@ impl Upstream {
     /// Starts a probe of each server whose cool-down is over.
     fn probe(&self, due: Vec<usize>) {
         for index in due {
-            let request = self.request(awc::http::Method::GET, index, self.probe_path);
+            let request = self.request(awc::http::Method::GET, index, self.probe_path, None);
             let url = request.get_uri().to_string();
             let pool = self.pool.clone();
             let limit = self.config.connect_timeout + Duration::from_secs(5);

@@ -1,5 +1,6 @@
 //! What every backend with an upstream is configured with: its servers' addresses, the
-//! upstream key and the header it travels in, the three timeouts and the health limits.
+//! upstream key (or several, used in turn) and the header they travel in, the three
+//! timeouts and the health limits.
 //!
 //! The fields are read as written ([`UpstreamFields`], straight from serde, inside each
 //! kind's own config struct) and checked once, at start, into [`UpstreamConfig`]: URLs
@@ -27,8 +28,17 @@ pub struct UpstreamFields {
     /// How long a failed server stays out before it is probed.
     #[serde(default = "default_cooldown_secs", deserialize_with = "number")]
     cooldown_secs: f64,
+    /// A provider's name (`openai` backends only), filling `url` and `api_key_env`
+    /// where they are not written; see `openai::presets`.
+    preset: Option<String>,
     /// Environment variable holding the upstream key.
     api_key_env: Option<String>,
+    /// Several variables, each holding a key, used in turn; instead of `api_key_env`.
+    api_key_envs: Option<Vec<String>>,
+    /// The preset `api_key_env` was filled from, so that an unset variable's message
+    /// says where its name came from.
+    #[serde(skip)]
+    key_from_preset: Option<&'static str>,
     /// The header the key travels in, as the key alone; absent means
     /// `Authorization: Bearer KEY`.
     api_key_header: Option<String>,
@@ -122,12 +132,14 @@ impl BaseUrl {
     }
 }
 
-/// The header that carries the upstream key, ready to send.
+/// The header that carries one upstream key, ready to send.
 #[derive(Clone, PartialEq)]
 pub struct UpstreamAuth {
     pub name: HeaderName,
     /// Marked sensitive, so that no debug output of awc's shows it.
     pub value: HeaderValue,
+    /// The variable the key was read from: what reports show instead of the key.
+    pub env: String,
 }
 
 /// How to reach one upstream, checked.
@@ -135,8 +147,13 @@ pub struct UpstreamAuth {
 pub struct UpstreamConfig {
     /// One per upstream server.
     pub base_urls: Vec<BaseUrl>,
-    /// The key read from the environment at start, in the header it travels in.
+    /// The first key, read from the environment at start, in the header it travels
+    /// in: what a request that does not rotate keys (a health probe) sends.
     pub auth: Option<UpstreamAuth>,
+    /// Every key in the order they are used in turn (`auth` first); empty without one.
+    pub keys: Vec<UpstreamAuth>,
+    /// The provider preset the addresses and key variable came from, if any.
+    pub preset: Option<&'static str>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
@@ -150,9 +167,14 @@ impl fmt::Debug for UpstreamConfig {
         f.debug_struct("UpstreamConfig")
             .field("base_urls", &self.base_urls)
             .field(
-                "auth",
-                &self.auth.as_ref().map(|auth| (auth.name.as_str(), "<set>")),
+                "keys",
+                &self
+                    .keys
+                    .iter()
+                    .map(|auth| (auth.name.as_str(), auth.env.as_str(), "<set>"))
+                    .collect::<Vec<_>>(),
             )
+            .field("preset", &self.preset)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -163,9 +185,32 @@ impl fmt::Debug for UpstreamConfig {
 }
 
 impl UpstreamFields {
+    /// Takes the preset's name out, for the kind that knows presets to apply it; a
+    /// preset left in is refused by [`UpstreamFields::check`].
+    pub(super) fn take_preset(&mut self) -> Option<String> {
+        self.preset.take()
+    }
+
+    /// Fills the address and the key variable from a preset where they are not
+    /// written: what is written beside a preset overrides it.
+    pub(super) fn fill_from_preset(&mut self, preset: &super::openai::presets::Preset) {
+        if self.url.is_none() && self.urls.is_none() {
+            self.url = Some(preset.url.to_owned());
+        }
+        if self.api_key_env.is_none() && self.api_key_envs.is_none() {
+            self.api_key_env = preset.key_env.map(str::to_owned);
+            self.key_from_preset = preset.key_env.map(|_| preset.name);
+        }
+    }
+
     /// Checks the fields of the backend at `key` (`backends[2]`), a backend of `kind`;
     /// the error names the field at fault and what to write instead.
     pub fn check(self, key: &str, kind: &str) -> Result<UpstreamConfig, String> {
+        if self.preset.is_some() {
+            return Err(format!(
+                "{key}.preset: presets name OpenAI-compatible providers, so only a kind = \"openai\" backend takes one; give url instead"
+            ));
+        }
         let urls: Vec<(String, &String)> = match (&self.url, &self.urls) {
             (Some(url), None) => vec![(format!("{key}.url"), url)],
             (None, Some(urls)) if !urls.is_empty() => urls
@@ -175,7 +220,8 @@ impl UpstreamFields {
                 .collect(),
             (None, _) => {
                 return Err(format!(
-                    "{key}.url is missing: a {kind} backend needs the upstream's address (url, or urls for several)"
+                    "{key}.url is missing: a {kind} backend needs the upstream's address (url, or urls for several{})",
+                    if kind == "openai" { ", or preset = \"NAME\" for a known provider" } else { "" }
                 ))
             }
             (Some(_), Some(_)) => return Err(format!("{key}.urls: give url or urls, not both")),
@@ -199,7 +245,7 @@ impl UpstreamFields {
                 }
             }
         }
-        let auth = self.auth(key)?;
+        let keys = self.keys(key)?;
         let duration = |field: &str, secs: f64| {
             if secs.is_finite() && secs > 0.0 {
                 Ok(Duration::from_secs_f64(secs))
@@ -214,7 +260,9 @@ impl UpstreamFields {
         }
         Ok(UpstreamConfig {
             base_urls,
-            auth,
+            auth: keys.first().cloned(),
+            keys,
+            preset: None,
             connect_timeout: duration("connect_timeout_secs", self.connect_timeout_secs)?,
             response_timeout: duration("response_timeout_secs", self.response_timeout_secs)?,
             idle_timeout: duration("idle_timeout_secs", self.idle_timeout_secs)?,
@@ -223,10 +271,10 @@ impl UpstreamFields {
         })
     }
 
-    /// Reads the key from its variable and shapes it into its header: `Authorization:
-    /// Bearer KEY` unless `api_key_header` names another header, which gets the key
-    /// alone.
-    fn auth(&self, key: &str) -> Result<Option<UpstreamAuth>, String> {
+    /// Reads each key from its variable and shapes it into its header:
+    /// `Authorization: Bearer KEY` unless `api_key_header` names another header, which
+    /// gets the key alone.
+    fn keys(&self, key: &str) -> Result<Vec<UpstreamAuth>, String> {
         let name = match &self.api_key_header {
             None => None,
             Some(header) => match HeaderName::try_from(header.as_str()) {
@@ -238,35 +286,74 @@ impl UpstreamFields {
                 }
             },
         };
-        let Some(var) = &self.api_key_env else {
-            if name.is_some() {
+        let vars: Vec<(String, &String)> = match (&self.api_key_env, &self.api_key_envs) {
+            (Some(_), Some(_)) => {
                 return Err(format!(
-                    "{key}.api_key_header names the header for a key, but there is no api_key_env to read the key from; add one or remove api_key_header"
+                    "{key}.api_key_envs: give api_key_env (one key) or api_key_envs (several), not both"
+                ))
+            }
+            (Some(var), None) => vec![(format!("{key}.api_key_env"), var)],
+            (None, Some(vars)) if vars.is_empty() => {
+                return Err(format!(
+                    "{key}.api_key_envs is empty; name at least one variable, or remove it"
+                ))
+            }
+            (None, Some(vars)) => vars
+                .iter()
+                .enumerate()
+                .map(|(index, var)| (format!("{key}.api_key_envs[{index}]"), var))
+                .collect(),
+            (None, None) => {
+                if name.is_some() {
+                    return Err(format!(
+                        "{key}.api_key_header names the header for a key, but there is no api_key_env to read the key from; add one or remove api_key_header"
+                    ));
+                }
+                return Ok(Vec::new());
+            }
+        };
+        let mut keys = Vec::with_capacity(vars.len());
+        for (field, var) in vars {
+            if keys.iter().any(|known: &UpstreamAuth| &known.env == var) {
+                return Err(format!(
+                    "{field} names ${var} a second time; name each variable once"
                 ));
             }
-            return Ok(None);
-        };
-        let secret = match std::env::var(var) {
-            Ok(value) if !value.is_empty() => value,
-            _ => {
+            let secret = match std::env::var(var) {
+                Ok(value) if !value.is_empty() => value,
+                _ => {
+                    return Err(match self.key_from_preset {
+                        Some(preset) => format!(
+                            "{field} names ${var}, which is not set; export it (preset {preset} reads its key from ${var}) or set api_key_env to the variable that holds the key"
+                        ),
+                        None if self.api_key_envs.is_some() => format!(
+                            "{field} names ${var}, which is not set; export it or remove it from api_key_envs"
+                        ),
+                        None => format!(
+                            "{field} names ${var}, which is not set; export it or remove api_key_env"
+                        ),
+                    })
+                }
+            };
+            let (name, value) = match &name {
+                None => (
+                    AUTHORIZATION,
+                    HeaderValue::try_from(format!("Bearer {secret}")),
+                ),
+                Some(name) => (name.clone(), HeaderValue::try_from(secret)),
+            };
+            let Ok(mut value) = value else {
                 return Err(format!(
-                "{key}.api_key_env names ${var}, which is not set; export it or remove api_key_env"
-            ))
-            }
-        };
-        let (name, value) = match name {
-            None => (
-                AUTHORIZATION,
-                HeaderValue::try_from(format!("Bearer {secret}")),
-            ),
-            Some(name) => (name, HeaderValue::try_from(secret)),
-        };
-        let Ok(mut value) = value else {
-            return Err(format!(
-                "{key}.api_key_env names ${var}, which holds a character an HTTP header cannot carry (a line break?); set it to the key alone"
-            ));
-        };
-        value.set_sensitive(true);
-        Ok(Some(UpstreamAuth { name, value }))
+                    "{field} names ${var}, which holds a character an HTTP header cannot carry (a line break?); set it to the key alone"
+                ));
+            };
+            value.set_sensitive(true);
+            keys.push(UpstreamAuth {
+                name,
+                value,
+                env: var.clone(),
+            });
+        }
+        Ok(keys)
     }
 }

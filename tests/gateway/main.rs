@@ -8,6 +8,7 @@ mod auth;
 mod errors;
 mod failover;
 mod matrix;
+mod providers;
 mod routes;
 mod streams;
 mod translation;

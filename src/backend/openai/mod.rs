@@ -4,11 +4,13 @@
 //! cancellation work the same for both.
 //!
 //! `encode` writes the request, `decode` reads the answer, `config` says how the
-//! backend is configured; this file only makes the calls.
+//! backend is configured and `presets` which providers it knows by name; this file
+//! only makes the calls.
 
 mod config;
 mod decode;
 mod encode;
+pub mod presets;
 
 pub use config::OpenAiConfig;
 

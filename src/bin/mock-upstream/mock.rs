@@ -20,6 +20,18 @@
 //! | `bytesN`      | about N bytes of prose and code (newlines, quotes, non-ASCII) in pieces of ~40 bytes: a long answer |
 //!
 //! Otherwise it streams `Hello from the mock 🦀` in five pieces with usage 7 + 5.
+//!
+//! The upstream key picks a refusal, before any of the above, on every chat, generate
+//! and embeddings route (the request is recorded first, so tests see which key came):
+//!
+//! | `Authorization: Bearer ...` | answer |
+//! |---|---|
+//! | `bad-key`       | 401, an invalid-key error |
+//! | `forbidden-key` | 403 |
+//! | `busy-key`      | 429 with `Retry-After: 1` |
+//! | `busy-nohint-key` | 429 with no `Retry-After` |
+//!
+//! Any other key, or none, is accepted.
 //! Every request is recorded (path, headers, body) and served at `GET /_requests`
 //! (unless started with `--no-record`).
 
@@ -307,6 +319,31 @@ async fn begin(request: &HttpRequest, body: &[u8], state: &MockState) -> (Value,
     (body, model, script)
 }
 
+/// The refusal a refused upstream key gets (see the module's table), in OpenAI's error
+/// shape, which Ollama's clients read as well (`error` is there in both).
+fn key_refusal(request: &HttpRequest) -> Option<HttpResponse> {
+    let key = request
+        .headers()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())?
+        .strip_prefix("Bearer ")?;
+    let (status, retry_after, message) = match key {
+        "bad-key" => (401, None, "Incorrect API key provided"),
+        "forbidden-key" => (403, None, "this key may not use this model"),
+        "busy-key" => (429, Some("1"), "Rate limit reached"),
+        "busy-nohint-key" => (429, None, "Rate limit reached"),
+        _ => return None,
+    };
+    let mut response =
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or_default());
+    if let Some(secs) = retry_after {
+        response.insert_header(("retry-after", secs));
+    }
+    Some(response.json(json!({
+        "error": {"message": message, "type": "invalid_request_error", "param": null, "code": status}
+    })))
+}
+
 /// An error status with a back-off hint and a body in the caller's dialect.
 fn refuse(status: u16, body: Value) -> HttpResponse {
     let mut response =
@@ -324,6 +361,9 @@ async fn openai_chat(
     state: web::Data<MockState>,
 ) -> HttpResponse {
     let (body, model, script) = begin(&request, &body, &state).await;
+    if let Some(refusal) = key_refusal(&request) {
+        return refusal;
+    }
     if let Some(status) = script.status {
         return refuse(
             status,
@@ -462,6 +502,9 @@ async fn ollama_chat(
     state: web::Data<MockState>,
 ) -> HttpResponse {
     let (body, model, script) = begin(&request, &body, &state).await;
+    if let Some(refusal) = key_refusal(&request) {
+        return refusal;
+    }
     if let Some(status) = script.status {
         return refuse(
             status,
@@ -595,6 +638,9 @@ async fn openai_embeddings(
 ) -> HttpResponse {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     record(&state, &request, &body);
+    if let Some(refusal) = key_refusal(&request) {
+        return refusal;
+    }
     let inputs = inputs(&body);
     // Answer out of order: clients must sort by index.
     let data: Vec<Value> = inputs
@@ -616,6 +662,9 @@ async fn ollama_embed(
 ) -> HttpResponse {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     record(&state, &request, &body);
+    if let Some(refusal) = key_refusal(&request) {
+        return refusal;
+    }
     let inputs = inputs(&body);
     let embeddings: Vec<Vec<f64>> = inputs.iter().map(|i| mock_vector(i)).collect();
     HttpResponse::Ok().json(json!({"model": body["model"], "embeddings": embeddings,
