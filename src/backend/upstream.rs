@@ -67,6 +67,10 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
     .clone()
 }
 
+/// How long an idle upstream connection is kept for the next request: under the 5 s
+/// after which common servers close theirs.
+const IDLE_CONNECTION_KEPT: std::time::Duration = std::time::Duration::from_secs(4);
+
 impl Upstream {
     /// Builds the client for one backend; called once per worker. The pool is shared
     /// by all workers.
@@ -80,6 +84,10 @@ impl Upstream {
             // awc queues requests beyond 100 connections per host by default; a
             // stream holds its connection for minutes, so that cap would stall users.
             .limit(0)
+            // awc keeps an idle connection 15 s, but many servers (actix-web, uvicorn,
+            // Node) close theirs after 5 s: a request sent on such a connection fails
+            // with a broken pipe. Give idle connections up before the servers do.
+            .conn_keep_alive(IDLE_CONNECTION_KEPT)
             .timeout(config.connect_timeout)
             .handshake_timeout(config.connect_timeout)
             .rustls_0_23(tls_config());
