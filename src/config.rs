@@ -71,6 +71,9 @@ struct RawServer {
     /// Who may read `/metrics` and `/health`'s detail.
     #[serde(default)]
     metrics: MetricsAccess,
+    /// Web origins whose pages may call the gateway (CORS); none by default.
+    #[serde(default)]
+    cors_allow_origins: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -81,6 +84,7 @@ impl Default for RawServer {
             shutdown_timeout_secs: default_shutdown_secs(),
             trusted_proxies: Vec::new(),
             metrics: MetricsAccess::default(),
+            cors_allow_origins: Vec::new(),
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct Config {
     pub admin_keys: AdminKeys,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub metrics_access: MetricsAccess,
+    /// `server.cors_allow_origins`, checked: `*` or `scheme://host[:port]` each.
+    pub cors_allow_origins: Vec<String>,
     pub default_backend: Option<String>,
     pub backends: Vec<BackendConfig>,
     pub aliases: Vec<Alias>,
@@ -374,7 +380,20 @@ impl RawConfig {
                 ));
             }
         }
+        for (index, origin) in self.server.cors_allow_origins.iter().enumerate() {
+            check_origin(origin).map_err(|problem| {
+                ConfigError(format!(
+                    "server.cors_allow_origins[{index}] \"{origin}\" {problem}"
+                ))
+            })?;
+        }
+        let keys_required = (self.auth.keys_file.is_some() || !self.auth.admin_keys.is_empty())
+            && !self.auth.allow_anonymous;
+        if self.server.cors_allow_origins.iter().any(|o| o == "*") && !keys_required {
+            return err("server.cors_allow_origins \"*\" lets every web page call the gateway, so it needs keys: set auth.keys_file (and leave auth.allow_anonymous off), or name the origins");
+        }
         Ok(Config {
+            cors_allow_origins: self.server.cors_allow_origins,
             admin_keys: AdminKeys(self.auth.admin_keys),
             trusted_proxies,
             metrics_access: self.server.metrics,
@@ -477,6 +496,23 @@ fn name_the_key(path: String, message: String) -> String {
         }
         _ => format!("{path}: {message}"),
     }
+}
+
+/// An allowed CORS origin: `*`, or `scheme://host[:port]` with nothing after it, as
+/// browsers send `Origin`.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let url =
+        url::Url::parse(origin).map_err(|_| "is not an origin like https://app.example.com")?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("is not an http(s) origin like https://app.example.com");
+    }
+    if url.origin().ascii_serialization() != origin {
+        return Err("must be only scheme://host[:port], with no path or trailing slash");
+    }
+    Ok(())
 }
 
 /// Folds a multi-line message (TOML syntax errors draw the line) into one line.

@@ -74,6 +74,12 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .configure(routes::configure)
             .default_service(web::to(routes::not_found::<Ollama>))
             .wrap(from_fn(front_door))
+            // Outside the scopes' key checks, so that a browser's preflight (which
+            // carries no key) is answered for the allowed origins only.
+            .wrap(Condition::new(
+                !config.cors_allow_origins.is_empty(),
+                cors(&config.cors_allow_origins),
+            ))
             // The client (the address a trusted proxy relayed for, else the peer),
             // method, path, status, size and time only: no headers, so no keys.
             .wrap(Condition::new(
@@ -91,6 +97,31 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
     .bind(config.listen)?;
     let address = server.addrs().first().copied().unwrap_or(config.listen);
     Ok((server.run(), address))
+}
+
+/// The CORS policy for `server.cors_allow_origins`: the API's methods and the headers
+/// clients send (a key, a JSON body, Anthropic's version), and the answer headers a
+/// page may read.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "DELETE", "HEAD", "OPTIONS"])
+        .allowed_headers([
+            "authorization",
+            "x-api-key",
+            "content-type",
+            "anthropic-version",
+            "anthropic-beta",
+        ])
+        .expose_headers(["server-timing", "retry-after"])
+        .max_age(3600);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
 }
 
 /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish (bounded).

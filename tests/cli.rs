@@ -581,3 +581,30 @@ fn keys_commands_edit_the_file_safely() {
     assert!(!left.contains(&key) && !left.contains("disabled"));
     assert_eq!(left.matches("\"user\"").count(), 7);
 }
+
+#[test]
+fn cors_star_needs_keys_and_origins_must_be_origins() {
+    let dir = scratch("cors");
+    for (toml, expected) in [
+        ("[server]\ncors_allow_origins = [\"*\"]\n", "needs keys"),
+        (
+            "[server]\ncors_allow_origins = [\"https://app.example.com/\"]\n",
+            "cors_allow_origins[0]",
+        ),
+        (
+            "[server]\ncors_allow_origins = [\"app.example.com\"]\n",
+            "cors_allow_origins[0]",
+        ),
+    ] {
+        let path = write_config(&dir, toml);
+        let output = check(&dir, &path, &[]);
+        assert_eq!(output.status.code(), Some(1), "{toml}");
+        let text = String::from_utf8(output.stderr).unwrap();
+        assert!(text.contains(expected), "{toml}: {text}");
+    }
+    let path = write_config(
+        &dir,
+        "[server]\ncors_allow_origins = [\"*\"]\n[auth]\nadmin_keys = [\"sk-admin-0123456789\"]\n",
+    );
+    assert!(check(&dir, &path, &[]).status.success());
+}

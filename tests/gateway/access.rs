@@ -1,6 +1,7 @@
 //! Who may come in: relayed requests never served anonymously, the operational routes'
 //! access modes, admin keys, and keys that are disabled or expired.
 
+use actix_web::http::{header::HeaderMap, StatusCode};
 use serde_json::json;
 
 use crate::harness::{self, client, send, Answer, Harness};
@@ -312,4 +313,66 @@ async fn a_key_uses_only_its_models_and_lists_only_them() {
             .status,
         403
     );
+}
+
+async fn preflight(gateway: &Harness, origin: &str) -> (StatusCode, HeaderMap) {
+    client()
+        .request(
+            actix_web::http::Method::OPTIONS,
+            format!("{}/v1/chat/completions", gateway.base),
+        )
+        .insert_header(("Origin", origin))
+        .insert_header(("Access-Control-Request-Method", "POST"))
+        .insert_header((
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        ))
+        .send()
+        .await
+        .map(|response| (response.status(), response.headers().clone()))
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn cors_answers_the_allowed_origins_only() {
+    let keys = keys_file("cors", r#"{"sk-page-0123456789": "web"}"#);
+    let gateway = start(
+        "cors_allow_origins = [\"https://app.example.com\"]",
+        &format!("keys_file = \"{}\"", keys.display()),
+    )
+    .await;
+    // A preflight carries no key and is answered for the allowed origin.
+    let (status, allowed) = preflight(&gateway, "https://app.example.com").await;
+    assert!(status.is_success(), "{status}");
+    let header =
+        |headers: &HeaderMap, name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin").as_deref(),
+        Some("https://app.example.com")
+    );
+    let allowed_headers = header(&allowed, "access-control-allow-headers")
+        .unwrap()
+        .to_lowercase();
+    assert!(allowed_headers.contains("authorization") && allowed_headers.contains("content-type"));
+    let (_, refused) = preflight(&gateway, "https://evil.example").await;
+    assert!(header(&refused, "access-control-allow-origin").is_none());
+    // The answer itself carries the header for the allowed origin.
+    let answer = client()
+        .post(format!("{}/v1/chat/completions", gateway.base))
+        .insert_header(("Origin", "https://app.example.com"))
+        .insert_header(("X-API-Key", "sk-page-0123456789"))
+        .send_body(
+            json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        header(answer.headers(), "access-control-allow-origin").as_deref(),
+        Some("https://app.example.com")
+    );
+    // Nothing is allowed by default.
+    let plain = start("", "").await;
+    let (_, none) = preflight(&plain, "https://app.example.com").await;
+    assert!(header(&none, "access-control-allow-origin").is_none());
 }
