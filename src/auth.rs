@@ -287,6 +287,7 @@ pub fn may_use(request: &actix_web::HttpRequest, model: &str) -> Result<(), Gate
                 policy.user,
                 policy.model_patterns().join(", ")
             ),
+            code: "model_not_allowed",
         })
     }
 }
@@ -306,6 +307,7 @@ pub fn may_see_operations(request: &actix_web::HttpRequest) -> Result<(), Gatewa
             } else {
                 Err(GatewayError::Forbidden {
                     message: "the operational routes answer callers on this machine only (server.metrics = \"loopback\"); a relayed request is not local".to_owned(),
+                    code: "loopback_only",
                 })
             }
         }
@@ -334,6 +336,7 @@ pub fn may_see_operations(request: &actix_web::HttpRequest) -> Result<(), Gatewa
             } else {
                 Err(GatewayError::Forbidden {
                     message: "the operational routes need an admin key (auth.admin_keys, or \"admin\": true in the keys file) with server.metrics = \"key\"".to_owned(),
+                    code: "admin_key_required",
                 })
             }
         }

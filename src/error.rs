@@ -25,9 +25,13 @@ pub enum GatewayError {
     /// with no key where only local callers may go without one.
     #[error("{message}")]
     KeyRefused { message: String },
-    /// The key may not do this (a model outside its list).
+    /// The caller may not do this: a model outside its key's list, or operational
+    /// detail it is not admitted to. `code` says which, for OpenAI clients.
     #[error("{message}")]
-    Forbidden { message: String },
+    Forbidden {
+        message: String,
+        code: &'static str,
+    },
     /// The model name routes to no backend.
     #[error("model '{0}' not found: no backend serves it (name it as BACKEND/MODEL, or configure routing.default_backend)")]
     ModelNotFound(String),

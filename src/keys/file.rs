@@ -70,9 +70,15 @@ pub fn edit<T>(
     let outcome = change(&mut entries)?;
     let text = render(&entries);
     let temporary = sibling(path, &format!(".tmp-{}", std::process::id()));
+    // The replacement keeps the file's owner, group and mode: a keys file made readable
+    // to the service's group must stay so when an administrator edits it with sudo.
+    let existing = std::fs::metadata(path).ok();
     let written = (|| {
         let mut file = File::create(&temporary)?;
-        restrict(&file)?;
+        match &existing {
+            Some(metadata) => keep_ownership(&file, metadata)?,
+            None => restrict(&file)?,
+        }
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
@@ -102,6 +108,24 @@ fn restrict(file: &File) -> std::io::Result<()> {
 
 #[cfg(not(unix))]
 fn restrict(_: &File) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Gives the new file the old one's mode, owner and group.
+#[cfg(unix)]
+fn keep_ownership(file: &File, old: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
+    match std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid())) {
+        Ok(()) => Ok(()),
+        // Only root may give a file away; anyone else editing their own file keeps it.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn keep_ownership(_: &File, _: &std::fs::Metadata) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -136,6 +160,34 @@ mod tests {
             thread.join().unwrap().unwrap();
         }
         assert_eq!(load(&path).unwrap().len(), 8);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_edit_keeps_the_files_mode_and_group() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("switchyard-keymode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.json");
+        std::fs::write(&path, "{}").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let before = std::fs::metadata(&path).unwrap();
+        edit(&path, |entries| {
+            entries.insert(
+                "sk-mode-0123456789".into(),
+                KeyEntry {
+                    user: "m".into(),
+                    ..KeyEntry::default()
+                },
+            );
+            Ok(())
+        })
+        .unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(after.mode() & 0o777, 0o604);
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -321,7 +321,7 @@ pub fn error_object(error: &GatewayError) -> Value {
         GatewayError::Unauthorized { .. } | GatewayError::KeyRefused { .. } => {
             ("invalid_request_error", Some("invalid_api_key"))
         }
-        GatewayError::Forbidden { .. } => ("permission_error", Some("model_not_allowed")),
+        GatewayError::Forbidden { code, .. } => ("permission_error", Some(*code)),
         GatewayError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
         GatewayError::UpstreamTimeout { .. } => ("server_error", Some("timeout")),
         GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => {
