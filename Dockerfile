@@ -1,6 +1,6 @@
-# switchyard in a container: built on Debian bookworm, run on distroless's bookworm
-# image with glibc (the same Debian release, so the binary finds the glibc it was
-# linked against), as a non-root user, with no shell and no package manager.
+# switchyard in a container: a static binary (musl) on an empty base image. Nothing but
+# the binary, two example files and an empty state folder: no shell, no package manager,
+# no C library to mismatch. It runs as a non-root user and checks its own health.
 #
 #   docker build -t switchyard .
 #   docker run --rm -p 8787:8787 -e SWITCHYARD__AUTH__ALLOW_ANONYMOUS=true switchyard
@@ -10,6 +10,10 @@
 # auth.allow_anonymous = true. docker-compose.yaml sets up keys.
 
 FROM rust:1-bookworm AS build
+# musl's C compiler wrapper, for the C parts (mimalloc, ring) of a static build.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the build needs (.dockerignore keeps target/, keys and local config out of
 # the context too).
@@ -20,18 +24,22 @@ COPY src ./src
 COPY benches ./benches
 # awc carries one patch (see vendor/README.md), applied through [patch.crates-io].
 COPY vendor ./vendor
-RUN cargo build --release --locked --bin switchyard \
-    && mkdir -p /out/data
+# The machine's own architecture (x86_64 or aarch64), linked statically.
+RUN target="$(uname -m)-unknown-linux-musl" \
+    && rustup target add "$target" \
+    && cargo build --release --locked --target "$target" --bin switchyard \
+    && mkdir -p /out/data \
+    && strip -o /out/switchyard "target/$target/release/switchyard"
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM scratch
+COPY --from=build /out/switchyard /usr/local/bin/switchyard
 WORKDIR /app
-COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard
 # The examples only: a user's own config/switchyard.toml and config/keys.json (keys!)
 # are mounted at run time, never baked into the image.
 COPY config/switchyard.example.toml config/keys.example.json ./config/
-# A writable place for state, owned by the image's non-root user (uid 65532).
+# A writable place for state, owned by the non-root user the gateway runs as.
 COPY --from=build --chown=65532:65532 /out/data ./data
-USER nonroot
+USER 65532:65532
 ENV SWITCHYARD__SERVER__LISTEN=0.0.0.0:8787 \
     RUST_LOG=info
 EXPOSE 8787
