@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{Config, MetricsAccess};
 use crate::error::GatewayError;
 use crate::keys::{self, KeyEntry, KeyPolicy};
+use crate::limits::{RateLimits, RequestBudget};
 use crate::peer;
 
 /// How often the keys file is looked at for changes.
@@ -74,6 +75,8 @@ pub struct KeyStore {
     keys: RwLock<KeySet>,
     /// `auth.admin_keys`: fixed for the life of the process.
     admin: Digests,
+    /// Each limited key's request rate, kept across reloads of the file.
+    limits: RateLimits,
     /// Checked on every request, so a keys file emptied while serving on a public
     /// address locks the door, not opens it.
     anonymous: Anonymous,
@@ -129,6 +132,7 @@ impl KeyStore {
                 checked_at: Instant::now(),
             }),
             admin,
+            limits: RateLimits::default(),
             anonymous,
         })
     }
@@ -243,30 +247,43 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
 
 /// Decides whether a request to a dialect's scope may pass; the open routes (`/health`,
 /// `/`, `/metrics`) are mounted outside every scope and never come here. A known key's
-/// user and policy are noted on the request; a refusal says why.
-pub fn admit(request: &ServiceRequest) -> Result<(), GatewayError> {
+/// user and policy are noted on the request, and its request is counted against its
+/// `rpm`; a refusal says why. The key's request budget comes back either way, for the
+/// `x-ratelimit-*` headers of a limited key.
+pub fn admit(request: &ServiceRequest) -> (Result<(), GatewayError>, Option<RequestBudget>) {
     let Some(store) = request.app_data::<web::Data<KeyStore>>() else {
-        return Ok(());
+        return (Ok(()), None);
     };
     let local = peer::is_local(request.peer_addr().map(|a| a.ip()), request.headers());
-    match store.authenticate(presented_key(request.headers()), local) {
+    let (outcome, budget) = match store.authenticate(presented_key(request.headers()), local) {
         Ok(Some(policy)) => {
+            let counted = store.limits.admit(&policy);
             let mut extensions = request.extensions_mut();
             extensions.insert(User(policy.user.clone()));
-            extensions.insert(Key(policy));
-            Ok(())
+            extensions.insert(Key(policy.clone()));
+            match counted {
+                Ok(budget) => (Ok(()), budget),
+                Err(refusal) => {
+                    let spent = policy.rpm.map(|limit| RequestBudget {
+                        limit,
+                        remaining: 0,
+                    });
+                    (Err(refusal), spent)
+                }
+            }
         }
-        Ok(None) => Ok(()),
-        Err(error) => {
-            log::info!(
-                "{} {} {} refused: {error}",
-                peer::client_of(request),
-                request.method(),
-                request.path()
-            );
-            Err(error)
-        }
+        Ok(None) => (Ok(()), None),
+        Err(refusal) => (Err(refusal), None),
+    };
+    if let Err(error) = &outcome {
+        log::info!(
+            "{} {} {} refused: {error}",
+            peer::client_of(request),
+            request.method(),
+            request.path()
+        );
     }
+    (outcome, budget)
 }
 
 /// Whether the request's key may use `model` (the name as the client sent it, before

@@ -28,9 +28,12 @@ pub enum GatewayError {
     /// The caller may not do this: a model outside its key's list, or operational
     /// detail it is not admitted to. `code` says which, for OpenAI clients.
     #[error("{message}")]
-    Forbidden {
+    Forbidden { message: String, code: &'static str },
+    /// The key is over one of its limits; `retry_after_secs` says when it fits again.
+    #[error("{message}")]
+    RateLimited {
         message: String,
-        code: &'static str,
+        retry_after_secs: u64,
     },
     /// The model name routes to no backend.
     #[error("model '{0}' not found: no backend serves it (name it as BACKEND/MODEL, or configure routing.default_backend)")]
@@ -105,6 +108,7 @@ impl GatewayError {
                 StatusCode::UNAUTHORIZED
             }
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::ModelNotFound(_) | GatewayError::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod framing;
 mod hangup;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod peer;
 pub mod pipeline;

@@ -71,12 +71,19 @@ pub trait Dialect: Sized + 'static {
 pub fn error_response(error: &GatewayError) -> HttpResponseBuilder {
     let mut response = HttpResponse::build(error.status());
     response.content_type("application/json");
-    if let GatewayError::UpstreamStatus {
-        retry_after: Some(retry_after),
-        ..
-    } = error
-    {
-        response.insert_header(("retry-after", retry_after.as_str()));
+    match error {
+        GatewayError::UpstreamStatus {
+            retry_after: Some(retry_after),
+            ..
+        } => {
+            response.insert_header(("retry-after", retry_after.as_str()));
+        }
+        GatewayError::RateLimited {
+            retry_after_secs, ..
+        } => {
+            response.insert_header(("retry-after", retry_after_secs.to_string()));
+        }
+        _ => {}
     }
     response
 }

@@ -7,6 +7,7 @@ mod models;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{HttpServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpRequest, HttpResponse, Scope};
 
@@ -78,13 +79,27 @@ async fn key_check<D: Dialect>(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    match auth::admit(&request) {
-        Ok(()) => Ok(next.call(request).await?.map_into_left_body()),
+    let (admitted, budget) = auth::admit(&request);
+    let mut response = match admitted {
+        Ok(()) => next.call(request).await?.map_into_left_body(),
         Err(refusal) => {
             let answer = D::render_error(&refusal);
-            Ok(request.into_response(answer).map_into_right_body())
+            request.into_response(answer).map_into_right_body()
         }
+    };
+    if let Some(budget) = budget {
+        // The headers OpenAI's clients read, on every answer to a limited key.
+        let headers = response.headers_mut();
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderValue::from(budget.limit),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderValue::from(budget.remaining),
+        );
     }
+    Ok(response)
 }
 
 /// A path that is no route, answered in the dialect of the scope it fell in (Ollama's

@@ -376,3 +376,64 @@ async fn cors_answers_the_allowed_origins_only() {
     let (_, none) = preflight(&plain, "https://app.example.com").await;
     assert!(header(&none, "access-control-allow-origin").is_none());
 }
+
+#[actix_web::test]
+async fn a_key_over_its_rpm_gets_429_with_retry_after_in_its_dialect() {
+    let path = keys_file(
+        "rpm",
+        r#"{"sk-rpm-0123456789ab": {"user": "batch", "rpm": 3}, "sk-free-0123456789a": "free"}"#,
+    );
+    let gateway = start("", &format!("keys_file = \"{}\"", path.display())).await;
+    let ask = |path: &'static str, key: &'static str| {
+        let body = json!({"model": "oa/mock-rpm", "stream": false, "messages": [{"role": "user", "content": "hi"}]});
+        let request = client()
+            .post(format!("{}{path}", gateway.base))
+            .insert_header(("X-API-Key", key));
+        async move {
+            let mut response = request.send_body(body.to_string()).await.unwrap();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            let (limit, remaining, retry) = (
+                header("x-ratelimit-limit-requests"),
+                header("x-ratelimit-remaining-requests"),
+                header("retry-after"),
+            );
+            let body: serde_json::Value =
+                serde_json::from_slice(&response.body().await.unwrap()).unwrap();
+            (response.status().as_u16(), limit, remaining, retry, body)
+        }
+    };
+    let mut remaining = Vec::new();
+    for path in ["/v1/chat/completions", "/api/chat", "/v1/chat/completions"] {
+        let (status, limit, left, _, _) = ask(path, "sk-rpm-0123456789ab").await;
+        assert_eq!(status, 200);
+        assert_eq!(limit.as_deref(), Some("3"));
+        remaining.push(left.unwrap());
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let (status, _, left, retry, body) = ask("/v1/chat/completions", "sk-rpm-0123456789ab").await;
+    assert_eq!(status, 429);
+    assert_eq!(left.as_deref(), Some("0"));
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let (status, _, _, retry, body) = ask("/api/chat", "sk-rpm-0123456789ab").await;
+    assert_eq!(status, 429);
+    assert!(retry.is_some());
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("3 requests per minute"));
+    assert_eq!(
+        gateway.mock.requests_for("mock-rpm").len(),
+        3,
+        "refused requests never went upstream"
+    );
+    // A key without limits carries no rate-limit headers.
+    let (status, limit, _, _, _) = ask("/v1/chat/completions", "sk-free-0123456789a").await;
+    assert_eq!((status, limit), (200, None));
+}

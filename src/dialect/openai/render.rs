@@ -322,6 +322,7 @@ pub fn error_object(error: &GatewayError) -> Value {
             ("invalid_request_error", Some("invalid_api_key"))
         }
         GatewayError::Forbidden { code, .. } => ("permission_error", Some(*code)),
+        GatewayError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
         GatewayError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
         GatewayError::UpstreamTimeout { .. } => ("server_error", Some("timeout")),
         GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamProtocol { .. } => {
