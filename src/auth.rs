@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{Config, MetricsAccess};
 use crate::error::GatewayError;
 use crate::keys::{self, KeyEntry, KeyPolicy};
-use crate::limits::{RateLimits, RequestBudget};
+use crate::limits::{Budgets, RateLimits, RequestBudget};
 use crate::peer;
 
 /// How often the keys file is looked at for changes.
@@ -137,6 +137,11 @@ impl KeyStore {
         })
     }
 
+    /// The limiters of limited keys, to note the tokens an answer used.
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
     /// Whether no key is configured right now (neither in the file nor as admin keys).
     pub fn is_empty(&self) -> bool {
         self.refresh();
@@ -250,9 +255,9 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
 /// user and policy are noted on the request, and its request is counted against its
 /// `rpm`; a refusal says why. The key's request budget comes back either way, for the
 /// `x-ratelimit-*` headers of a limited key.
-pub fn admit(request: &ServiceRequest) -> (Result<(), GatewayError>, Option<RequestBudget>) {
+pub fn admit(request: &ServiceRequest) -> (Result<(), GatewayError>, Budgets) {
     let Some(store) = request.app_data::<web::Data<KeyStore>>() else {
-        return (Ok(()), None);
+        return (Ok(()), Budgets::default());
     };
     let local = peer::is_local(request.peer_addr().map(|a| a.ip()), request.headers());
     let (outcome, budget) = match store.authenticate(presented_key(request.headers()), local) {
@@ -262,18 +267,25 @@ pub fn admit(request: &ServiceRequest) -> (Result<(), GatewayError>, Option<Requ
             extensions.insert(User(policy.user.clone()));
             extensions.insert(Key(policy.clone()));
             match counted {
-                Ok(budget) => (Ok(()), budget),
+                Ok(budgets) => (Ok(()), budgets),
                 Err(refusal) => {
-                    let spent = policy.rpm.map(|limit| RequestBudget {
-                        limit,
-                        remaining: 0,
-                    });
-                    (Err(refusal), spent)
+                    // Reported as spent: the client backs off on either header.
+                    let spent = |limit: Option<u64>| {
+                        limit.map(|limit| RequestBudget {
+                            limit,
+                            remaining: 0,
+                        })
+                    };
+                    let budgets = Budgets {
+                        requests: spent(policy.rpm),
+                        tokens: spent(policy.tpm),
+                    };
+                    (Err(refusal), budgets)
                 }
             }
         }
-        Ok(None) => (Ok(()), None),
-        Err(refusal) => (Err(refusal), None),
+        Ok(None) => (Ok(()), Budgets::default()),
+        Err(refusal) => (Err(refusal), Budgets::default()),
     };
     if let Err(error) = &outcome {
         log::info!(

@@ -4,12 +4,19 @@
 //!
 //! The limiters live apart from the key store's policies, which are rebuilt on every
 //! reload of the keys file: an edit to some other key does not hand this one a fresh
-//! minute. Token budgets (`tpm`, `tokens_per_day`) are not enforced here yet.
+//! minute.
+//!
+//! Tokens per minute (`tpm`) are known only after an answer (from the usage the backend
+//! reports; a stream's when it ends), so no limiter can take them up front: each key
+//! keeps the tokens of its last minute's answers, a request is admitted while that sum
+//! is under `tpm`, and a refusal waits until enough of them are a minute old. governor
+//! has no way to charge a cost after the fact, hence the small window here.
+//! `tokens_per_day` is not enforced yet.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -25,6 +32,9 @@ use crate::keys::KeyPolicy;
 /// A key's limiter with the `rpm` it was made for.
 type Limiter = (u64, Arc<KeyLimiter>);
 
+/// (when, tokens) of each answer of one key in the last minute, oldest first.
+type Spent = VecDeque<(Instant, u64)>;
+
 /// What a limited key has left, for the `x-ratelimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestBudget {
@@ -32,16 +42,92 @@ pub struct RequestBudget {
     pub remaining: u64,
 }
 
-/// Every limited key's request limiter, by key id.
+/// What a limited key has left of each of its limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budgets {
+    pub requests: Option<RequestBudget>,
+    pub tokens: Option<RequestBudget>,
+}
+
+/// The window over which `tpm` counts.
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Every limited key's request limiter and recent token spending, by key id.
 #[derive(Default)]
 pub struct RateLimits {
     limiters: Mutex<HashMap<Arc<str>, Limiter>>,
+    spent: Mutex<HashMap<Arc<str>, Spent>>,
 }
 
 impl RateLimits {
-    /// Counts one request of `policy`'s key: its budget after this request, or a 429
-    /// saying when the next one fits. `None` for a key without `rpm`.
-    pub fn admit(&self, policy: &KeyPolicy) -> Result<Option<RequestBudget>, GatewayError> {
+    /// Admits one request of `policy`'s key against its `tpm` and `rpm`: what it has
+    /// left, or a 429 saying when the next request fits.
+    pub fn admit(&self, policy: &KeyPolicy) -> Result<Budgets, GatewayError> {
+        let tokens = self.tokens_left(policy)?;
+        let requests = self.count_request(policy)?;
+        Ok(Budgets { requests, tokens })
+    }
+
+    /// Notes the tokens an answer to `key_id` used, for its `tpm`.
+    pub fn spend(&self, key_id: &Arc<str>, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        if let Ok(mut spent) = self.spent.lock() {
+            spent
+                .entry(key_id.clone())
+                .or_default()
+                .push_back((Instant::now(), tokens));
+        }
+    }
+
+    /// The key's tokens left this minute, or a 429 when none are.
+    fn tokens_left(&self, policy: &KeyPolicy) -> Result<Option<RequestBudget>, GatewayError> {
+        let Some(tpm) = policy.tpm else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let mut spent = self
+            .spent
+            .lock()
+            .map_err(|_| GatewayError::Unauthorized { missing: false })?;
+        let window = spent.entry(policy.key_id.clone()).or_default();
+        while window
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= MINUTE)
+        {
+            window.pop_front();
+        }
+        let used: u64 = window.iter().map(|(_, tokens)| tokens).sum();
+        if used < tpm {
+            return Ok(Some(RequestBudget {
+                limit: tpm,
+                remaining: tpm - used,
+            }));
+        }
+        // Wait until enough of the minute's tokens have aged out to be under the limit.
+        let mut over = used - tpm;
+        let mut frees_at = now + MINUTE;
+        for (at, tokens) in window.iter() {
+            frees_at = *at + MINUTE;
+            if *tokens > over {
+                break;
+            }
+            over -= tokens;
+        }
+        let wait = frees_at.saturating_duration_since(now);
+        let retry_after_secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        Err(GatewayError::RateLimited {
+            message: format!(
+                "API key {} ({}) used {used} tokens in the last minute, over its limit of {tpm}; retry in {retry_after_secs} s",
+                policy.masked, policy.user
+            ),
+            retry_after_secs,
+        })
+    }
+
+    /// Counts one request against the key's `rpm`.
+    fn count_request(&self, policy: &KeyPolicy) -> Result<Option<RequestBudget>, GatewayError> {
         let Some(rpm) = policy.rpm else {
             return Ok(None);
         };
@@ -108,7 +194,7 @@ mod tests {
         let key = policy("sk-limited-0123456789", &entry).unwrap();
         let limits = RateLimits::default();
         let remaining: Vec<u64> = (0..3)
-            .map(|_| limits.admit(&key).unwrap().unwrap().remaining)
+            .map(|_| limits.admit(&key).unwrap().requests.unwrap().remaining)
             .collect();
         assert_eq!(remaining, [2, 1, 0]);
         match limits.admit(&key) {
@@ -125,6 +211,27 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(limits.admit(&open).unwrap(), None);
+        assert_eq!(limits.admit(&open).unwrap(), Budgets::default());
+    }
+
+    #[test]
+    fn tokens_spent_in_the_last_minute_hold_a_key_back() {
+        let entry = KeyEntry {
+            user: "alice".into(),
+            tpm: Some(100),
+            ..KeyEntry::default()
+        };
+        let key = policy("sk-tokens-0123456789", &entry).unwrap();
+        let limits = RateLimits::default();
+        assert_eq!(limits.admit(&key).unwrap().tokens.unwrap().remaining, 100);
+        limits.spend(&key.key_id, 60);
+        assert_eq!(limits.admit(&key).unwrap().tokens.unwrap().remaining, 40);
+        limits.spend(&key.key_id, 50);
+        match limits.admit(&key) {
+            Err(GatewayError::RateLimited {
+                retry_after_secs, ..
+            }) => assert!((59..=60).contains(&retry_after_secs), "{retry_after_secs}"),
+            other => panic!("expected a 429, got {other:?}"),
+        }
     }
 }

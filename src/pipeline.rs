@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::{select, Either};
 use futures::{FutureExt, Stream, StreamExt};
 
-use crate::auth::User;
+use crate::auth::{Key, KeyStore, User};
 use crate::backend::Backend;
 use crate::chat::{peek_first, ChatRequest, Completion, Event, EventStream};
 use crate::dialect::{Dialect, ParsedChat, StreamRenderer};
@@ -43,6 +43,35 @@ pub struct Caller {
     pub stopwatch: Option<Stopwatch>,
     /// The request, for a stream to count and log itself when it ends.
     request: HttpRequest,
+    /// Where a limited key's tokens are charged (keys with `tpm` only).
+    charge: Option<Charge>,
+}
+
+/// A key with a token budget, and the store that keeps its spending.
+#[derive(Clone)]
+struct Charge {
+    key_id: Arc<str>,
+    store: web::Data<KeyStore>,
+}
+
+/// Counts what an answer used: the token metrics, and a limited key's `tpm`.
+#[derive(Clone)]
+struct Spending {
+    metrics: web::Data<Metrics>,
+    user: Arc<str>,
+    charge: Option<Charge>,
+}
+
+impl Spending {
+    fn tokens(&self, backend: &str, prompt: u64, completion: u64) {
+        self.metrics.tokens(&self.user, backend, prompt, completion);
+        if let Some(charge) = &self.charge {
+            charge
+                .store
+                .limits()
+                .spend(&charge.key_id, prompt + completion);
+        }
+    }
 }
 
 /// The user name of requests served without keys, shared rather than allocated each time.
@@ -68,17 +97,37 @@ impl FromRequest for Caller {
             .unwrap_or_else(|| web::Data::new(Metrics::new()));
         let socket = request.conn_data::<ClientSocket>().copied();
         let stopwatch = request.extensions().get::<Stopwatch>().cloned();
+        let charge = request
+            .extensions()
+            .get::<Key>()
+            .filter(|Key(policy)| policy.tpm.is_some())
+            .and_then(|Key(policy)| {
+                Some(Charge {
+                    key_id: policy.key_id.clone(),
+                    store: request.app_data::<web::Data<KeyStore>>()?.clone(),
+                })
+            });
         std::future::ready(Ok(Caller {
             user,
             metrics,
             socket,
             stopwatch,
             request: request.clone(),
+            charge,
         }))
     }
 }
 
 impl Caller {
+    /// What counts this caller's spending, for a stream to take along.
+    fn spending(&self) -> Spending {
+        Spending {
+            metrics: self.metrics.clone(),
+            user: self.user.clone(),
+            charge: self.charge.clone(),
+        }
+    }
+
     /// Whether this caller's key may use `model` (403 when not).
     pub fn may_use(&self, model: &str) -> Result<(), GatewayError> {
         crate::auth::may_use(&self.request, model)
@@ -276,14 +325,10 @@ async fn start_stream(
                 peek_first(events?).await
             };
             let events = until_client_gone(caller, first).await?;
-            let (metrics, user, name) = (
-                caller.metrics.clone(),
-                caller.user.clone(),
-                target.name.to_owned(),
-            );
+            let (spending, name) = (caller.spending(), target.name.to_owned());
             let events: EventStream = Box::pin(events.inspect(move |item| {
                 if let Ok(Event::Usage(usage)) = item {
-                    metrics.tokens(&user, &name, usage.prompt_tokens, usage.completion_tokens);
+                    spending.tokens(&name, usage.prompt_tokens, usage.completion_tokens);
                 }
             }));
             Ok(events)
@@ -308,12 +353,9 @@ async fn complete(
             caller.upstream_answered();
             let completion = completion?;
             if let Some(usage) = completion.usage {
-                caller.metrics.tokens(
-                    &caller.user,
-                    target.name,
-                    usage.prompt_tokens,
-                    usage.completion_tokens,
-                );
+                caller
+                    .spending()
+                    .tokens(target.name, usage.prompt_tokens, usage.completion_tokens);
             }
             Ok(completion)
         }
@@ -345,8 +387,8 @@ pub async fn embed(
             caller.upstream_answered();
             let embeddings = embeddings?;
             caller
-                .metrics
-                .tokens(&caller.user, target.name, embeddings.prompt_tokens, 0);
+                .spending()
+                .tokens(target.name, embeddings.prompt_tokens, 0);
             if embeddings.vectors.len() != expected {
                 return Err(GatewayError::UpstreamProtocol {
                     backend: target.name.to_owned(),

@@ -79,7 +79,7 @@ async fn key_check<D: Dialect>(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let (admitted, budget) = auth::admit(&request);
+    let (admitted, budgets) = auth::admit(&request);
     let mut response = match admitted {
         Ok(()) => next.call(request).await?.map_into_left_body(),
         Err(refusal) => {
@@ -87,17 +87,30 @@ async fn key_check<D: Dialect>(
             request.into_response(answer).map_into_right_body()
         }
     };
-    if let Some(budget) = budget {
-        // The headers OpenAI's clients read, on every answer to a limited key.
-        let headers = response.headers_mut();
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-limit-requests"),
-            HeaderValue::from(budget.limit),
-        );
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderValue::from(budget.remaining),
-        );
+    // The headers OpenAI's clients read, on every answer to a limited key.
+    let headers = response.headers_mut();
+    for (budget, limit, remaining) in [
+        (
+            budgets.requests,
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+        ),
+        (
+            budgets.tokens,
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+        ),
+    ] {
+        if let Some(budget) = budget {
+            headers.insert(
+                HeaderName::from_static(limit),
+                HeaderValue::from(budget.limit),
+            );
+            headers.insert(
+                HeaderName::from_static(remaining),
+                HeaderValue::from(budget.remaining),
+            );
+        }
     }
     Ok(response)
 }

@@ -437,3 +437,61 @@ async fn a_key_over_its_rpm_gets_429_with_retry_after_in_its_dialect() {
     let (status, limit, _, _, _) = ask("/v1/chat/completions", "sk-free-0123456789a").await;
     assert_eq!((status, limit), (200, None));
 }
+
+#[actix_web::test]
+async fn a_key_over_its_tpm_waits_until_its_tokens_age_out() {
+    let path = keys_file(
+        "tpm",
+        r#"{"sk-tpm-whole-0123456": {"user": "w", "tpm": 30}, "sk-tpm-stream-012345": {"user": "s", "tpm": 30}}"#,
+    );
+    let gateway = start("", &format!("keys_file = \"{}\"", path.display())).await;
+    // Echo counts a token per word: 20 words in, 20 out, 40 tokens in all.
+    let words = vec!["word"; 20].join(" ");
+    for (key, path, stream) in [
+        ("sk-tpm-whole-0123456", "/v1/chat/completions", false),
+        ("sk-tpm-stream-012345", "/api/chat", true),
+    ] {
+        let body = json!({"model": "echo", "stream": stream, "messages": [{"role": "user", "content": words}]}).to_string();
+        let send_one = || {
+            client()
+                .post(format!("{}{path}", gateway.base))
+                .insert_header(("X-API-Key", key))
+                .send_body(body.clone())
+        };
+        let mut first = send_one().await.unwrap();
+        assert_eq!(first.status(), 200);
+        assert_eq!(
+            first.headers().get("x-ratelimit-limit-tokens").unwrap(),
+            "30"
+        );
+        assert_eq!(
+            first.headers().get("x-ratelimit-remaining-tokens").unwrap(),
+            "30"
+        );
+        // The answer (a stream: to its end) is what spends the tokens.
+        first.body().await.unwrap();
+        let mut second = send_one().await.unwrap();
+        assert_eq!(second.status(), 429, "{key}");
+        let retry: u64 = second
+            .headers()
+            .get("retry-after")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((55..=60).contains(&retry), "{retry}");
+        assert_eq!(
+            second
+                .headers()
+                .get("x-ratelimit-remaining-tokens")
+                .unwrap(),
+            "0"
+        );
+        let text = String::from_utf8(second.body().await.unwrap().to_vec()).unwrap();
+        assert!(
+            text.contains("40 tokens") && text.contains("limit of 30"),
+            "{text}"
+        );
+    }
+}
