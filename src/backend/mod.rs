@@ -140,7 +140,7 @@ impl Backend {
     pub async fn chat(
         &self,
         model: &str,
-        request: &ChatRequest,
+        request: &ChatRequest<'_>,
     ) -> Result<EventStream, GatewayError> {
         match self {
             Backend::OpenAi(backend) => backend.chat(model, request).await,
@@ -155,7 +155,7 @@ impl Backend {
     pub async fn complete(
         &self,
         model: &str,
-        request: &ChatRequest,
+        request: &ChatRequest<'_>,
     ) -> Result<Completion, GatewayError> {
         match self {
             Backend::OpenAi(backend) => backend.complete(model, request).await,
@@ -226,9 +226,9 @@ fn json_body<T: serde::Serialize>(value: &T, capacity: usize) -> Result<Vec<u8>,
 
 /// A message's text parts joined by newlines, borrowed when there is only one (the
 /// usual case, and the one where a long history would otherwise be copied again).
-fn text_of(message: &crate::chat::Message) -> std::borrow::Cow<'_, str> {
+fn text_of<'a>(message: &'a crate::chat::Message<'_>) -> std::borrow::Cow<'a, str> {
     match message.parts.as_slice() {
-        [crate::chat::Part::Text(text)] => std::borrow::Cow::Borrowed(text),
+        [crate::chat::Part::Text(text)] => std::borrow::Cow::Borrowed(text.as_ref()),
         _ => std::borrow::Cow::Owned(message.joined_text()),
     }
 }
@@ -256,7 +256,7 @@ fn body_capacity(request: &ChatRequest) -> usize {
                 .iter()
                 .map(|call| call.name.len() + call.arguments.len() + 64)
                 .sum();
-            parts + calls + message.thinking.as_ref().map_or(0, String::len) + 64
+            parts + calls + message.thinking.as_ref().map_or(0, |text| text.len()) + 64
         })
         .sum();
     // Text may grow a little by escaping; an eighth more covers the usual case.
