@@ -93,10 +93,84 @@ fn sniff_image_type(base64_data: &str) -> &'static str {
 }
 
 /// One piece of a message's content, in the order the client gave them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Part<'a> {
     Text(Cow<'a, str>),
+    /// Text that holds escapes, kept as the JSON string literal the client wrote
+    /// (quotes and escapes included, validated by the parse), borrowed from the body.
+    /// Both upstream wire forms take the literal as it is, so a long history is neither
+    /// decoded into a copy nor escaped again on the way out; [`Part::text`] decodes it
+    /// where the text itself is needed.
+    JsonText(&'a RawValue),
     Image(Image<'a>),
+}
+
+impl<'a> Part<'a> {
+    /// A text part read from a JSON string literal (`"..."`, as the parse kept it):
+    /// borrowed as text when it holds no escape, kept as the literal when it does.
+    ///
+    /// Keeping a value raw checks its escapes' form but not that a `\uD800`-`\uDFFF`
+    /// escape is half of a pair, which decoding it would refuse; a literal that may hold
+    /// one (any `\ud` or `\uD`) is decoded once to check, so a lone surrogate is still
+    /// a 400 and never reaches an upstream.
+    pub fn from_literal(literal: &'a RawValue) -> Result<Part<'a>, serde_json::Error> {
+        let text = literal.get();
+        match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Some(inner) if !inner.contains('\\') => Ok(Part::Text(Cow::Borrowed(inner))),
+            _ => {
+                if text.contains("\\ud") || text.contains("\\uD") {
+                    serde_json::from_str::<Str<'_>>(text)?;
+                }
+                Ok(Part::JsonText(literal))
+            }
+        }
+    }
+
+    /// The decoded text of a text part; `None` for an image.
+    pub fn text(&self) -> Option<Cow<'a, str>>
+    where
+        Self: 'a,
+    {
+        match self {
+            Part::Text(text) => Some(text.clone()),
+            // The literal was validated when the body was parsed, so it decodes; an
+            // empty text would only stand for a literal that somehow did not.
+            Part::JsonText(literal) => Some(Cow::Owned(
+                serde_json::from_str::<String>(literal.get()).unwrap_or_default(),
+            )),
+            Part::Image(_) => None,
+        }
+    }
+}
+
+impl PartialEq for Part<'_> {
+    /// Texts compare by what they say, kept as a literal or not.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Part::Image(a), Part::Image(b)) => a == b,
+            (Part::Image(_), _) | (_, Part::Image(_)) => false,
+            (a, b) => a.text() == b.text(),
+        }
+    }
+}
+
+/// A text as an upstream body writes it: a string escaped on the way out, or a JSON
+/// string literal kept from the client's body and written as it is.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum WireText<'a> {
+    Text(Cow<'a, str>),
+    Json(&'a RawValue),
+}
+
+impl WireText<'_> {
+    /// Whether the text is empty (a kept literal always holds an escape, so never is).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            WireText::Text(text) => text.is_empty(),
+            WireText::Json(_) => false,
+        }
+    }
 }
 
 /// A complete tool call: one the assistant made earlier in a request's history
@@ -273,26 +347,34 @@ impl<'a> Message<'a> {
 
     /// The text parts joined by newlines: how a message reads where content is one string.
     pub fn joined_text(&self) -> String {
-        let mut texts = self.parts.iter().filter_map(|part| match part {
-            Part::Text(text) => Some(text.as_ref()),
-            Part::Image(_) => None,
-        });
+        let mut texts = self.parts.iter().filter_map(Part::text);
         let Some(first) = texts.next() else {
             return String::new();
         };
-        let mut joined = first.to_owned();
+        let mut joined = first.into_owned();
         for text in texts {
             joined.push('\n');
-            joined.push_str(text);
+            joined.push_str(&text);
         }
         joined
+    }
+
+    /// The text as an upstream body writes it, borrowed (as text or as the client's
+    /// literal) when there is one text part, the usual case and the one where a long
+    /// history would otherwise be copied again; the text parts joined otherwise.
+    pub fn wire_text(&self) -> WireText<'_> {
+        match self.parts.as_slice() {
+            [Part::Text(text)] => WireText::Text(Cow::Borrowed(text.as_ref())),
+            [Part::JsonText(literal)] => WireText::Json(literal),
+            _ => WireText::Text(Cow::Owned(self.joined_text())),
+        }
     }
 
     /// The images of this message, in order.
     pub fn images(&self) -> impl Iterator<Item = &Image<'a>> {
         self.parts.iter().filter_map(|part| match part {
             Part::Image(image) => Some(image),
-            Part::Text(_) => None,
+            Part::Text(_) | Part::JsonText(_) => None,
         })
     }
 }
@@ -681,6 +763,28 @@ mod tests {
         let escaped: Str<'_> = serde_json::from_str(r#""a\tb\ud83e\udd80""#).unwrap();
         assert!(matches!(escaped.0, Cow::Owned(_)));
         assert_eq!(escaped.0, "a\tb\u{1f980}");
+    }
+
+    #[test]
+    fn literals_with_escapes_are_kept_and_lone_surrogates_refused() {
+        let literal = |text: &'static str| serde_json::from_str::<&RawValue>(text).unwrap();
+        let plain = Part::from_literal(literal(r#""plain""#)).unwrap();
+        assert!(matches!(plain, Part::Text(Cow::Borrowed("plain"))));
+        let kept = Part::from_literal(literal(r#""a\"b\n\ud83e\udd80""#)).unwrap();
+        assert!(matches!(kept, Part::JsonText(_)));
+        assert_eq!(kept.text().as_deref(), Some("a\"b\n\u{1f980}"));
+        assert_eq!(kept, Part::Text("a\"b\n\u{1f980}".into()));
+        assert!(Part::from_literal(literal(r#""lone \ud800 half""#)).is_err());
+        assert!(Part::from_literal(literal(r#""lone \uDC00""#)).is_err());
+        // Written upstream exactly as the client wrote it.
+        let message = Message {
+            parts: vec![kept],
+            ..Message::text(Role::User, "")
+        };
+        assert_eq!(
+            serde_json::to_string(&message.wire_text()).unwrap(),
+            r#""a\"b\n\ud83e\udd80""#
+        );
     }
 
     #[test]

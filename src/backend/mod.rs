@@ -224,13 +224,9 @@ fn json_body<T: serde::Serialize>(value: &T, capacity: usize) -> Result<Vec<u8>,
     Ok(body)
 }
 
-/// A message's text parts joined by newlines, borrowed when there is only one (the
-/// usual case, and the one where a long history would otherwise be copied again).
-fn text_of<'a>(message: &'a crate::chat::Message<'_>) -> std::borrow::Cow<'a, str> {
-    match message.parts.as_slice() {
-        [crate::chat::Part::Text(text)] => std::borrow::Cow::Borrowed(text.as_ref()),
-        _ => std::borrow::Cow::Owned(message.joined_text()),
-    }
+/// A message's text parts joined by newlines, borrowed when there is only one.
+fn text_of<'a>(message: &'a crate::chat::Message<'_>) -> crate::chat::WireText<'a> {
+    message.wire_text()
 }
 
 /// About the size of a chat request's JSON: its texts and images and a little for the
@@ -245,6 +241,7 @@ fn body_capacity(request: &ChatRequest) -> usize {
                 .iter()
                 .map(|part| match part {
                     crate::chat::Part::Text(text) => text.len(),
+                    crate::chat::Part::JsonText(literal) => literal.get().len(),
                     crate::chat::Part::Image(crate::chat::Image::Base64 { data, .. }) => {
                         data.len() + 32
                     }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::chat::{
     ChatRequest, Generation, Image, Message, OutputFormat, Role, Sampling, Think, Tool, ToolCall,
+    WireText,
 };
 use crate::embed::EmbedRequest;
 use crate::error::GatewayError;
@@ -46,7 +47,7 @@ struct WireRequest<'a> {
 #[derive(Serialize)]
 struct WireMessage<'a> {
     role: &'static str,
-    content: Cow<'a, str>,
+    content: WireText<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     images: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,12 +78,12 @@ struct WireFunction<'a> {
 #[derive(Serialize)]
 struct GenerateRequest<'a> {
     model: &'a str,
-    prompt: Cow<'a, str>,
+    prompt: WireText<'a>,
     stream: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     images: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<Cow<'a, str>>,
+    system: Option<WireText<'a>>,
     #[serde(skip_serializing_if = "Map::is_empty")]
     options: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -275,7 +276,7 @@ fn generate_request<'a>(wire: WireRequest<'a>, generation: &'a Generation) -> Ge
     }
     let (prompt, images) = match prompt {
         Some(message) => (message.content, message.images),
-        None => (Cow::Borrowed(""), Vec::new()),
+        None => (WireText::Text(Cow::Borrowed("")), Vec::new()),
     };
     GenerateRequest {
         model,

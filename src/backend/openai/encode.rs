@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::text_of;
 use crate::chat::{
-    ChatRequest, Message, OutputFormat, Part, Role, Sampling, Think, Tool, ToolCall,
+    ChatRequest, Message, OutputFormat, Part, Role, Sampling, Think, Tool, ToolCall, WireText,
 };
 
 /// How to write requests for one upstream.
@@ -120,7 +120,7 @@ struct StreamOptions {
 #[derive(Serialize)]
 struct CompletionRequest<'a> {
     model: &'a str,
-    prompt: Cow<'a, str>,
+    prompt: WireText<'a>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
@@ -177,14 +177,14 @@ struct WireMessage<'a> {
 #[serde(untagged)]
 enum WireContent<'a> {
     Null,
-    Text(Cow<'a, str>),
+    Text(WireText<'a>),
     Parts(Vec<WirePart<'a>>),
 }
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WirePart<'a> {
-    Text { text: &'a str },
+    Text { text: WireText<'a> },
     ImageUrl { image_url: WireImageUrl },
 }
 
@@ -270,7 +270,7 @@ impl Encoder<'_> {
             .iter()
             .rev()
             .find(|m| m.role == Role::User)
-            .map_or(Cow::Borrowed(""), text_of);
+            .map_or(WireText::Text(Cow::Borrowed("")), text_of);
         CompletionRequest {
             model,
             prompt,
@@ -490,7 +490,10 @@ fn wire_content<'a>(message: &'a Message<'_>) -> WireContent<'a> {
             .iter()
             .map(|part| match part {
                 Part::Text(text) => WirePart::Text {
-                    text: text.as_ref(),
+                    text: WireText::Text(Cow::Borrowed(text.as_ref())),
+                },
+                Part::JsonText(literal) => WirePart::Text {
+                    text: WireText::Json(literal),
                 },
                 Part::Image(image) => WirePart::ImageUrl {
                     image_url: WireImageUrl {

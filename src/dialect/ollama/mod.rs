@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use actix_web::HttpResponse;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::chat::{
@@ -91,8 +92,10 @@ struct WireRequest<'a> {
 struct WireMessage<'a> {
     #[serde(borrow)]
     role: Str<'a>,
-    #[serde(default, borrow, deserialize_with = "optional_str")]
-    content: Option<Cow<'a, str>>,
+    /// Kept raw until it is known to be a string: one with escapes stays the client's
+    /// literal (see [`Part::JsonText`]).
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "super::null_as_default")]
     images: Vec<Str<'a>>,
     #[serde(default, borrow, deserialize_with = "optional_str")]
@@ -174,18 +177,23 @@ pub fn parse_generate(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayErro
         messages.push(Message::text(Role::System, system));
     }
     if !wire.prompt.is_empty() || !wire.images.is_empty() {
-        messages.push(parse_message(
+        let mut message = parse_message(
             0,
             WireMessage {
                 role: Str(Cow::Borrowed("user")),
-                content: Some(wire.prompt),
+                content: None,
                 images: wire.images,
                 thinking: None,
                 tool_calls: Vec::new(),
                 tool_name: None,
                 tool_call_id: None,
             },
-        )?);
+        )?;
+        // The prompt comes before the images, as a message's content does.
+        if !wire.prompt.is_empty() {
+            message.parts.insert(0, Part::Text(wire.prompt));
+        }
+        messages.push(message);
     } else {
         messages.clear();
     }
@@ -219,8 +227,19 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
         )
     })?;
     let mut parts = Vec::with_capacity(1 + wire.images.len());
-    if let Some(content) = wire.content.filter(|c| !c.is_empty()) {
-        parts.push(Part::Text(content));
+    if let Some(content) = wire.content {
+        if !content.get().starts_with('"') {
+            return Err(GatewayError::bad_request(format!(
+                "invalid request body: messages[{index}].content must be a string"
+            )));
+        }
+        if content.get() != "\"\"" {
+            parts.push(Part::from_literal(content).map_err(|e| {
+                GatewayError::bad_request(format!(
+                    "invalid request body: messages[{index}].content: {e}"
+                ))
+            })?);
+        }
     }
     for Str(image) in wire.images {
         // Clients sometimes send a data: URL where raw base64 belongs; take both.

@@ -239,8 +239,8 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
     })
 }
 
-/// A message's content: one string (the usual case, borrowed from the body unless it
-/// holds escapes), an array of parts (read through a `Value`: rare, and its error
+/// A message's content: one string (the usual case, borrowed from the body: as text,
+/// or as its JSON literal when it holds escapes), an array of parts (read through a `Value`: rare, and its error
 /// messages look inside each part), or nothing.
 fn parse_content<'a>(
     index: usize,
@@ -254,8 +254,7 @@ fn parse_content<'a>(
     };
     let malformed = |e: serde_json::Error| bad(format!(" cannot be read: {e}"));
     if content.get().starts_with('"') {
-        let text: Str<'a> = serde_json::from_str(content.get()).map_err(malformed)?;
-        return Ok(vec![Part::Text(text.0)]);
+        return Ok(vec![Part::from_literal(content).map_err(malformed)?]);
     }
     match serde_json::from_str(content.get()).map_err(malformed)? {
         Value::Array(items) => items
@@ -467,11 +466,16 @@ mod tests {
         let messages = &parsed.request.messages;
         let text = |at: usize| match &messages[at].parts[..] {
             [Part::Text(text)] => text.clone(),
+            [Part::JsonText(_)] => Cow::Owned(String::new()),
             other => panic!("not one text: {other:?}"),
         };
         assert!(matches!(text(0), Cow::Borrowed("plain text")));
-        assert!(matches!(text(1), Cow::Owned(_)));
-        assert_eq!(text(1), "line\nbreak \"quoted\" \u{e9}");
+        // Text with escapes stays the client's literal, and decodes as before.
+        assert!(matches!(
+            &messages[1].parts[..],
+            [Part::JsonText(literal)] if literal.get() == r#""line\nbreak \"quoted\" \u00e9""#
+        ));
+        assert_eq!(messages[1].joined_text(), "line\nbreak \"quoted\" \u{e9}");
         let call = &messages[1].tool_calls[0];
         assert!(matches!(call.id, Some(Cow::Borrowed("call_1"))));
         assert!(matches!(call.name, Cow::Borrowed("f")));
