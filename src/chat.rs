@@ -96,52 +96,76 @@ fn sniff_image_type(base64_data: &str) -> &'static str {
 #[derive(Debug, Clone)]
 pub enum Part<'a> {
     Text(Cow<'a, str>),
-    /// Text that holds escapes, kept as the JSON string literal the client wrote
-    /// (quotes and escapes included, validated by the parse), borrowed from the body.
-    /// Both upstream wire forms take the literal as it is, so a long history is neither
-    /// decoded into a copy nor escaped again on the way out; [`Part::text`] decodes it
-    /// where the text itself is needed.
+    /// Text kept as the JSON string literal the client wrote (quotes and escapes
+    /// included, validated by the parse), borrowed from the body. Both upstream wire
+    /// forms take the literal as it is, so a long history is neither decoded into a
+    /// copy nor escaped again on the way out; [`Part::text`] decodes it where the text
+    /// itself is needed.
     JsonText(&'a RawValue),
     Image(Image<'a>),
 }
 
 impl<'a> Part<'a> {
-    /// A text part read from a JSON string literal (`"..."`, as the parse kept it):
-    /// borrowed as text when it holds no escape, kept as the literal when it does.
+    /// A text part read from a JSON string literal (`"..."`, as the parse kept it),
+    /// kept as the literal.
     ///
     /// Keeping a value raw checks its escapes' form but not that a `\uD800`-`\uDFFF`
     /// escape is half of a pair, which decoding it would refuse; a literal that may hold
-    /// one (any `\ud` or `\uD`) is decoded once to check, so a lone surrogate is still
-    /// a 400 and never reaches an upstream.
+    /// one (a `\ud` or `\uD` escape) is decoded once to check, so a lone surrogate is
+    /// still a 400 and never reaches an upstream.
     pub fn from_literal(literal: &'a RawValue) -> Result<Part<'a>, serde_json::Error> {
-        let text = literal.get();
-        match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-            Some(inner) if !inner.contains('\\') => Ok(Part::Text(Cow::Borrowed(inner))),
-            _ => {
-                if text.contains("\\ud") || text.contains("\\uD") {
-                    serde_json::from_str::<Str<'_>>(text)?;
-                }
-                Ok(Part::JsonText(literal))
-            }
+        if may_hold_surrogate(literal.get()) {
+            serde_json::from_str::<Str<'_>>(literal.get())?;
         }
+        Ok(Part::JsonText(literal))
     }
 
-    /// The decoded text of a text part; `None` for an image.
+    /// The decoded text of a text part, borrowed when it needs no unescaping; `None`
+    /// for an image.
     pub fn text(&self) -> Option<Cow<'a, str>>
     where
         Self: 'a,
     {
         match self {
             Part::Text(text) => Some(text.clone()),
-            // The literal was validated when the body was parsed, so it decodes; an
-            // empty text would only stand for a literal that somehow did not.
-            Part::JsonText(literal) => Some(Cow::Owned(
-                serde_json::from_str::<String>(literal.get()).unwrap_or_default(),
-            )),
+            Part::JsonText(literal) => Some(literal_text(literal)),
             Part::Image(_) => None,
         }
     }
 }
+
+/// The text of a validated JSON string literal: its inside when it holds no escape,
+/// decoded otherwise. The parse validated it, so it decodes; an empty text would only
+/// stand for a literal that somehow did not.
+fn literal_text(literal: &RawValue) -> Cow<'_, str> {
+    let text = literal.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+        _ => Cow::Owned(serde_json::from_str::<String>(text).unwrap_or_default()),
+    }
+}
+
+/// Whether a JSON string literal holds a `\u` escape starting with `d` or `D` (the
+/// surrogate range and a little more). It walks from backslash to backslash (a byte
+/// search), stepping over each escaped character so that `\\ud` is not taken for one.
+fn may_hold_surrogate(literal: &str) -> bool {
+    let bytes = literal.as_bytes();
+    let mut at = 0;
+    while let Some(rest) = literal.get(at..) {
+        let Some(offset) = rest.find('\\') else {
+            return false;
+        };
+        let escaped = at + offset + 1;
+        if bytes.get(escaped) == Some(&b'u') && matches!(bytes.get(escaped + 1), Some(b'd' | b'D'))
+        {
+            return true;
+        }
+        at = escaped + 1;
+    }
+    false
+}
+
+impl Part<'_> {}
 
 impl PartialEq for Part<'_> {
     /// Texts compare by what they say, kept as a literal or not.
@@ -164,11 +188,11 @@ pub enum WireText<'a> {
 }
 
 impl WireText<'_> {
-    /// Whether the text is empty (a kept literal always holds an escape, so never is).
+    /// Whether the text is empty.
     pub fn is_empty(&self) -> bool {
         match self {
             WireText::Text(text) => text.is_empty(),
-            WireText::Json(_) => false,
+            WireText::Json(literal) => literal.get() == "\"\"",
         }
     }
 }
@@ -769,13 +793,22 @@ mod tests {
     fn literals_with_escapes_are_kept_and_lone_surrogates_refused() {
         let literal = |text: &'static str| serde_json::from_str::<&RawValue>(text).unwrap();
         let plain = Part::from_literal(literal(r#""plain""#)).unwrap();
-        assert!(matches!(plain, Part::Text(Cow::Borrowed("plain"))));
+        assert!(matches!(plain.text(), Some(Cow::Borrowed("plain"))));
+        assert_eq!(plain, Part::Text("plain".into()));
         let kept = Part::from_literal(literal(r#""a\"b\n\ud83e\udd80""#)).unwrap();
         assert!(matches!(kept, Part::JsonText(_)));
         assert_eq!(kept.text().as_deref(), Some("a\"b\n\u{1f980}"));
         assert_eq!(kept, Part::Text("a\"b\n\u{1f980}".into()));
         assert!(Part::from_literal(literal(r#""lone \ud800 half""#)).is_err());
         assert!(Part::from_literal(literal(r#""lone \uDC00""#)).is_err());
+        // An escaped backslash before a `ud` is no escape of its own.
+        assert!(!may_hold_surrogate(r#""\\ud800 \n \u00e9""#));
+        assert!(may_hold_surrogate(r#""\\\ud800""#));
+        let empty = Message {
+            parts: vec![Part::from_literal(literal("\"\"")).unwrap()],
+            ..Message::text(Role::User, "")
+        };
+        assert!(empty.wire_text().is_empty());
         // Written upstream exactly as the client wrote it.
         let message = Message {
             parts: vec![kept],

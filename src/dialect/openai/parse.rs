@@ -464,12 +464,10 @@ mod tests {
             "description": "d", "parameters": {"type": "object", "b": [1, 2]}}}]}"#;
         let parsed = parse_chat(body).unwrap();
         let messages = &parsed.request.messages;
-        let text = |at: usize| match &messages[at].parts[..] {
-            [Part::Text(text)] => text.clone(),
-            [Part::JsonText(_)] => Cow::Owned(String::new()),
-            other => panic!("not one text: {other:?}"),
-        };
-        assert!(matches!(text(0), Cow::Borrowed("plain text")));
+        assert!(matches!(
+            messages[0].parts[0].text(),
+            Some(Cow::Borrowed("plain text"))
+        ));
         // Text with escapes stays the client's literal, and decodes as before.
         assert!(matches!(
             &messages[1].parts[..],
