@@ -122,10 +122,7 @@ impl<'a> Part<'a> {
 
     /// The decoded text of a text part, borrowed when it needs no unescaping; `None`
     /// for an image.
-    pub fn text(&self) -> Option<Cow<'a, str>>
-    where
-        Self: 'a,
-    {
+    pub fn text(&self) -> Option<Cow<'a, str>> {
         match self {
             Part::Text(text) => Some(text.clone()),
             Part::JsonText(literal) => Some(literal_text(literal)),
