@@ -5,10 +5,12 @@
 //! each backend turns a [`ChatRequest`] into an upstream call and the upstream's answer
 //! into [`Event`]s. Neither side knows the other, so a new dialect or backend is one file.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 
 use futures::Stream;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
@@ -52,19 +54,22 @@ impl Role {
 
 /// An image attached to a message.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Image {
+pub enum Image<'a> {
     /// Inline bytes, standard base64; `mime` is known when the client sent a `data:` URL.
-    Base64 { mime: Option<String>, data: String },
+    Base64 {
+        mime: Option<Cow<'a, str>>,
+        data: Cow<'a, str>,
+    },
     /// A remote `http(s)` URL the client asked the model to look at.
-    Url(String),
+    Url(Cow<'a, str>),
 }
 
-impl Image {
+impl Image<'_> {
     /// The `data:` URL OpenAI-style servers take; the type is sniffed from the first
     /// bytes when the client did not name it.
     pub fn to_url(&self) -> String {
         match self {
-            Image::Url(url) => url.clone(),
+            Image::Url(url) => url.clone().into_owned(),
             Image::Base64 { mime, data } => {
                 let mime = mime.as_deref().unwrap_or_else(|| sniff_image_type(data));
                 format!("data:{mime};base64,{data}")
@@ -88,24 +93,127 @@ fn sniff_image_type(base64_data: &str) -> &'static str {
 }
 
 /// One piece of a message's content, in the order the client gave them.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Part {
-    Text(String),
-    Image(Image),
+#[derive(Debug, Clone)]
+pub enum Part<'a> {
+    Text(Cow<'a, str>),
+    /// Text kept as the JSON string literal the client wrote (quotes and escapes
+    /// included, validated by the parse), borrowed from the body. Both upstream wire
+    /// forms take the literal as it is, so a long history is neither decoded into a
+    /// copy nor escaped again on the way out; [`Part::text`] decodes it where the text
+    /// itself is needed.
+    JsonText(&'a RawValue),
+    Image(Image<'a>),
 }
 
-/// A complete tool call made by the assistant.
+impl<'a> Part<'a> {
+    /// A text part read from a JSON string literal (`"..."`, as the parse kept it),
+    /// kept as the literal.
+    ///
+    /// Keeping a value raw checks its escapes' form but not that a `\uD800`-`\uDFFF`
+    /// escape is half of a pair, which decoding it would refuse; a literal that may hold
+    /// one (a `\ud` or `\uD` escape) is decoded once to check, so a lone surrogate is
+    /// still a 400 and never reaches an upstream.
+    pub fn from_literal(literal: &'a RawValue) -> Result<Part<'a>, serde_json::Error> {
+        if may_hold_surrogate(literal.get()) {
+            serde_json::from_str::<Str<'_>>(literal.get())?;
+        }
+        Ok(Part::JsonText(literal))
+    }
+
+    /// The decoded text of a text part, borrowed when it needs no unescaping; `None`
+    /// for an image.
+    pub fn text(&self) -> Option<Cow<'a, str>> {
+        match self {
+            Part::Text(text) => Some(text.clone()),
+            Part::JsonText(literal) => Some(literal_text(literal)),
+            Part::Image(_) => None,
+        }
+    }
+}
+
+/// The text of a validated JSON string literal: its inside when it holds no escape,
+/// decoded otherwise. The parse validated it, so it decodes; an empty text would only
+/// stand for a literal that somehow did not.
+fn literal_text(literal: &RawValue) -> Cow<'_, str> {
+    let text = literal.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+        _ => Cow::Owned(serde_json::from_str::<String>(text).unwrap_or_default()),
+    }
+}
+
+/// Whether a JSON string literal holds a `\u` escape starting with `d` or `D` (the
+/// surrogate range and a little more). One substring search rules out the usual
+/// literal, which holds no `\u` at all; only one that does is walked from backslash to
+/// backslash, stepping over each escaped character so that `\\ud` is not taken for
+/// one. (A walk over every literal costs several instructions per byte where
+/// backslashes are frequent, the search under one.)
+fn may_hold_surrogate(literal: &str) -> bool {
+    if !literal.contains("\\u") {
+        return false;
+    }
+    let bytes = literal.as_bytes();
+    let mut at = 0;
+    while let Some(rest) = literal.get(at..) {
+        let Some(offset) = rest.find('\\') else {
+            return false;
+        };
+        let escaped = at + offset + 1;
+        if bytes.get(escaped) == Some(&b'u') && matches!(bytes.get(escaped + 1), Some(b'd' | b'D'))
+        {
+            return true;
+        }
+        at = escaped + 1;
+    }
+    false
+}
+
+impl Part<'_> {}
+
+impl PartialEq for Part<'_> {
+    /// Texts compare by what they say, kept as a literal or not.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Part::Image(a), Part::Image(b)) => a == b,
+            (Part::Image(_), _) | (_, Part::Image(_)) => false,
+            (a, b) => a.text() == b.text(),
+        }
+    }
+}
+
+/// A text as an upstream body writes it: a string escaped on the way out, or a JSON
+/// string literal kept from the client's body and written as it is.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum WireText<'a> {
+    Text(Cow<'a, str>),
+    Json(&'a RawValue),
+}
+
+impl WireText<'_> {
+    /// Whether the text is empty.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            WireText::Text(text) => text.is_empty(),
+            WireText::Json(literal) => literal.get() == "\"\"",
+        }
+    }
+}
+
+/// A complete tool call: one the assistant made earlier in a request's history
+/// (borrowed from the request body where its text needed no unescaping) or one an
+/// answer made (`ToolCall<'static>`, built up as it streams).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ToolCall {
+pub struct ToolCall<'a> {
     /// The call's id; Ollama clients often send none, OpenAI always does.
-    pub id: Option<String>,
-    pub name: String,
+    pub id: Option<Cow<'a, str>>,
+    pub name: Cow<'a, str>,
     /// The arguments as JSON text (OpenAI's form). Ollama's object form is parsed from
     /// and written to this at the Ollama edges.
-    pub arguments: String,
+    pub arguments: Cow<'a, str>,
 }
 
-impl ToolCall {
+impl<'a> ToolCall<'a> {
     /// Arguments in OpenAI's text form from either wire form: OpenAI's text kept as
     /// written, Ollama's object written compactly, none read as `{}`. The one place
     /// arguments go from a wire value to text.
@@ -114,6 +222,25 @@ impl ToolCall {
             Value::String(text) => text,
             Value::Null => "{}".to_owned(),
             other => other.to_string(),
+        }
+    }
+
+    /// [`ToolCall::arguments_from_wire`] for a request's history, read from the body
+    /// without a `Value` in between: OpenAI's text borrowed when it holds no escape,
+    /// Ollama's object written compactly (keys in the same order a `Value` gives them,
+    /// so upstreams see what they saw before), none or `null` read as `{}`.
+    pub fn arguments_from_raw(
+        arguments: Option<&'a RawValue>,
+    ) -> Result<Cow<'a, str>, serde_json::Error> {
+        let Some(raw) = arguments else {
+            return Ok(Cow::Borrowed("{}"));
+        };
+        match raw.get().as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<Str<'a>>(raw.get()).map(|text| text.0),
+            Some(b'n') => Ok(Cow::Borrowed("{}")),
+            _ => {
+                serde_json::from_str::<Value>(raw.get()).map(|value| Cow::Owned(value.to_string()))
+            }
         }
     }
 
@@ -145,35 +272,96 @@ struct WireFunctionCall {
     arguments: Value,
 }
 
-impl From<WireToolCall> for ToolCall {
+impl From<WireToolCall> for ToolCall<'static> {
     /// OpenAI's argument text is kept as written, Ollama's object written compactly,
     /// none read as `{}`.
-    fn from(wire: WireToolCall) -> ToolCall {
+    fn from(wire: WireToolCall) -> ToolCall<'static> {
         ToolCall {
-            id: wire.id,
-            name: wire.function.name,
-            arguments: ToolCall::arguments_from_wire(wire.function.arguments),
+            id: wire.id.map(Cow::Owned),
+            name: Cow::Owned(wire.function.name),
+            arguments: Cow::Owned(ToolCall::arguments_from_wire(wire.function.arguments)),
         }
+    }
+}
+
+/// [`WireToolCall`] as a request's history holds it, borrowed from the body: the id and
+/// name unless they hold escapes, the arguments as their raw JSON.
+#[derive(Debug, Deserialize)]
+pub struct WireToolCallRef<'a> {
+    #[serde(borrow, default)]
+    id: Option<Str<'a>>,
+    #[serde(borrow)]
+    function: WireFunctionCallRef<'a>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunctionCallRef<'a> {
+    #[serde(borrow)]
+    name: Str<'a>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+}
+
+impl<'a> WireToolCallRef<'a> {
+    /// The canonical call; arguments that are not JSON text, an object or `null` are
+    /// written compactly as they are, so only a malformed body fails here.
+    pub fn into_call(self) -> Result<ToolCall<'a>, serde_json::Error> {
+        Ok(ToolCall {
+            id: self.id.map(|id| id.0),
+            name: self.function.name.0,
+            arguments: ToolCall::arguments_from_raw(self.function.arguments)?,
+        })
+    }
+}
+
+/// A JSON string read from a request body: borrowed from it when the string holds no
+/// escape, decoded into its own buffer when it does. serde gives a plain `Cow<str>` (in
+/// an `Option` or a `Vec`) no way to borrow, so wire structs use this and unwrap it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Str<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Str<'de>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                text: &'de str,
+            ) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Message {
+pub struct Message<'a> {
     pub role: Role,
-    pub parts: Vec<Part>,
+    pub parts: Vec<Part<'a>>,
     /// Reasoning text of an earlier assistant turn.
-    pub thinking: Option<String>,
-    pub tool_calls: Vec<ToolCall>,
+    pub thinking: Option<Cow<'a, str>>,
+    pub tool_calls: Vec<ToolCall<'a>>,
     /// On `role: tool`: the call this result answers (OpenAI).
-    pub tool_call_id: Option<String>,
+    pub tool_call_id: Option<Cow<'a, str>>,
     /// On `role: tool`: the name of the tool whose result this is (Ollama).
-    pub tool_name: Option<String>,
+    pub tool_name: Option<Cow<'a, str>>,
 }
 
-impl Message {
+impl<'a> Message<'a> {
     /// A message holding only text.
-    pub fn text(role: Role, text: impl Into<String>) -> Message {
+    pub fn text(role: Role, text: impl Into<Cow<'a, str>>) -> Message<'a> {
         Message {
             role,
             parts: vec![Part::Text(text.into())],
@@ -186,53 +374,87 @@ impl Message {
 
     /// The text parts joined by newlines: how a message reads where content is one string.
     pub fn joined_text(&self) -> String {
-        let mut texts = self.parts.iter().filter_map(|part| match part {
-            Part::Text(text) => Some(text.as_str()),
-            Part::Image(_) => None,
-        });
+        let mut texts = self.parts.iter().filter_map(Part::text);
         let Some(first) = texts.next() else {
             return String::new();
         };
-        let mut joined = first.to_owned();
+        let mut joined = first.into_owned();
         for text in texts {
             joined.push('\n');
-            joined.push_str(text);
+            joined.push_str(&text);
         }
         joined
     }
 
+    /// The text as an upstream body writes it, borrowed (as text or as the client's
+    /// literal) when there is one text part, the usual case and the one where a long
+    /// history would otherwise be copied again; the text parts joined otherwise.
+    pub fn wire_text(&self) -> WireText<'_> {
+        match self.parts.as_slice() {
+            [Part::Text(text)] => WireText::Text(Cow::Borrowed(text.as_ref())),
+            [Part::JsonText(literal)] => WireText::Json(literal),
+            _ => WireText::Text(Cow::Owned(self.joined_text())),
+        }
+    }
+
     /// The images of this message, in order.
-    pub fn images(&self) -> impl Iterator<Item = &Image> {
+    pub fn images(&self) -> impl Iterator<Item = &Image<'a>> {
         self.parts.iter().filter_map(|part| match part {
             Part::Image(image) => Some(image),
-            Part::Text(_) => None,
+            Part::Text(_) | Part::JsonText(_) => None,
         })
     }
 }
 
-/// A tool the model may call. Both dialects use this very shape on the wire.
+/// A tool the model may call. Both dialects use this very shape on the wire, so it is
+/// read borrowed from the request body and written back from the same borrows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Tool {
-    #[serde(rename = "type", default = "function_type")]
-    pub kind: String,
-    pub function: FunctionDefinition,
+pub struct Tool<'a> {
+    #[serde(rename = "type", default = "function_type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow)]
+    pub function: FunctionDefinition<'a>,
 }
 
-fn function_type() -> String {
-    "function".to_owned()
+fn function_type<'a>() -> Cow<'a, str> {
+    Cow::Borrowed("function")
 }
 
-/// The function a [`Tool`] offers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FunctionDefinition {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parameters: Option<Value>,
+/// The function a [`Tool`] offers. Its schema is carried as the client wrote it: the
+/// gateway never looks inside, so it is neither parsed into a `Value` nor rebuilt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionDefinition<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(
+        default,
+        borrow,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_str"
+    )]
+    pub description: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<&'a RawValue>,
     /// OpenAI's strict schema mode; meaningless to Ollama.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+}
+
+impl PartialEq for FunctionDefinition<'_> {
+    /// Schemas compare as the text they were written in.
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.description == other.description
+            && self.parameters.map(RawValue::get) == other.parameters.map(RawValue::get)
+            && self.strict == other.strict
+    }
+}
+
+/// Reads an optional string borrowed from the body where it can be (see [`Str`]).
+pub fn optional_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Option::<Str<'a>>::deserialize(deserializer).map(|text| text.map(|text| text.0))
 }
 
 /// What shape the output must have.
@@ -282,11 +504,15 @@ pub struct Sampling {
 /// stays with the dialect, and routing hands each backend the upstream's name beside
 /// the request, so one request serves every fallback target unchanged.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChatRequest {
-    pub messages: Vec<Message>,
+///
+/// It borrows its texts, tool calls, tool definitions and images from the request body
+/// (`'a`), copying only strings that held escapes, so the body must outlive it: the
+/// pipeline keeps the body's bytes until the answer no longer needs the request.
+pub struct ChatRequest<'a> {
+    pub messages: Vec<Message<'a>>,
     pub sampling: Sampling,
     pub format: Option<OutputFormat>,
-    pub tools: Vec<Tool>,
+    pub tools: Vec<Tool<'a>>,
     /// OpenAI `tool_choice`, carried as-is to OpenAI-compatible backends.
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<bool>,
@@ -315,9 +541,9 @@ pub struct Generation {
     pub context: Option<Value>,
 }
 
-impl ChatRequest {
+impl<'a> ChatRequest<'a> {
     /// A plain request: its messages, nothing else set.
-    pub fn new(messages: Vec<Message>) -> ChatRequest {
+    pub fn new(messages: Vec<Message<'a>>) -> ChatRequest<'a> {
         ChatRequest {
             messages,
             sampling: Sampling::default(),
@@ -413,7 +639,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, GatewayError>>>>;
 pub struct Completion {
     pub text: String,
     pub thinking: String,
-    pub tool_calls: Vec<ToolCall>,
+    pub tool_calls: Vec<ToolCall<'static>>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
 }
@@ -428,18 +654,18 @@ impl Completion {
                 while self.tool_calls.len() <= delta.index {
                     self.tool_calls.push(ToolCall {
                         id: None,
-                        name: String::new(),
-                        arguments: String::new(),
+                        name: Cow::Borrowed(""),
+                        arguments: Cow::Borrowed(""),
                     });
                 }
                 let call = &mut self.tool_calls[delta.index];
-                if delta.id.is_some() {
-                    call.id = delta.id;
+                if let Some(id) = delta.id {
+                    call.id = Some(Cow::Owned(id));
                 }
                 if let Some(name) = delta.name {
-                    call.name.push_str(&name);
+                    call.name.to_mut().push_str(&name);
                 }
-                call.arguments.push_str(&delta.arguments);
+                call.arguments.to_mut().push_str(&delta.arguments);
             }
             Event::Finish(reason) => self.finish_reason = Some(reason),
             Event::Usage(usage) => self.usage = Some(usage),
@@ -536,6 +762,65 @@ mod tests {
         assert_eq!(completion.tool_calls[0].arguments, "{\"city\":\"Tokyo\"}");
         assert_eq!(completion.tool_calls[1].name, "get_time");
         assert_eq!(completion.effective_finish(), FinishReason::ToolCalls);
+    }
+
+    #[test]
+    fn request_tool_arguments_read_as_before() {
+        let raw = |text: &'static str| Some(serde_json::from_str::<&RawValue>(text).unwrap());
+        let text = ToolCall::arguments_from_raw(raw(r#""{}""#)).unwrap();
+        assert!(matches!(text, Cow::Borrowed("{}")));
+        assert_eq!(
+            ToolCall::arguments_from_raw(raw(r#""{\"a\": \"\u00e9\"}""#)).unwrap(),
+            "{\"a\": \"\u{e9}\"}"
+        );
+        // Objects are written as a Value writes them, as `arguments_from_wire` does.
+        let object = r#"{ "z": 1, "a": [true, null] }"#;
+        assert_eq!(
+            ToolCall::arguments_from_raw(raw(object)).unwrap(),
+            ToolCall::arguments_from_wire(serde_json::from_str(object).unwrap())
+        );
+        assert_eq!(ToolCall::arguments_from_raw(raw("null")).unwrap(), "{}");
+        assert_eq!(ToolCall::arguments_from_raw(None).unwrap(), "{}");
+    }
+
+    #[test]
+    fn strings_borrow_unless_they_hold_escapes() {
+        let plain: Str<'_> = serde_json::from_str(r#""abc""#).unwrap();
+        assert!(matches!(plain.0, Cow::Borrowed("abc")));
+        let escaped: Str<'_> = serde_json::from_str(r#""a\tb\ud83e\udd80""#).unwrap();
+        assert!(matches!(escaped.0, Cow::Owned(_)));
+        assert_eq!(escaped.0, "a\tb\u{1f980}");
+    }
+
+    #[test]
+    fn literals_with_escapes_are_kept_and_lone_surrogates_refused() {
+        let literal = |text: &'static str| serde_json::from_str::<&RawValue>(text).unwrap();
+        let plain = Part::from_literal(literal(r#""plain""#)).unwrap();
+        assert!(matches!(plain.text(), Some(Cow::Borrowed("plain"))));
+        assert_eq!(plain, Part::Text("plain".into()));
+        let kept = Part::from_literal(literal(r#""a\"b\n\ud83e\udd80""#)).unwrap();
+        assert!(matches!(kept, Part::JsonText(_)));
+        assert_eq!(kept.text().as_deref(), Some("a\"b\n\u{1f980}"));
+        assert_eq!(kept, Part::Text("a\"b\n\u{1f980}".into()));
+        assert!(Part::from_literal(literal(r#""lone \ud800 half""#)).is_err());
+        assert!(Part::from_literal(literal(r#""lone \uDC00""#)).is_err());
+        // An escaped backslash before a `ud` is no escape of its own.
+        assert!(!may_hold_surrogate(r#""\\ud800 \n \u00e9""#));
+        assert!(may_hold_surrogate(r#""\\\ud800""#));
+        let empty = Message {
+            parts: vec![Part::from_literal(literal("\"\"")).unwrap()],
+            ..Message::text(Role::User, "")
+        };
+        assert!(empty.wire_text().is_empty());
+        // Written upstream exactly as the client wrote it.
+        let message = Message {
+            parts: vec![kept],
+            ..Message::text(Role::User, "")
+        };
+        assert_eq!(
+            serde_json::to_string(&message.wire_text()).unwrap(),
+            r#""a\"b\n\ud83e\udd80""#
+        );
     }
 
     #[test]

@@ -227,7 +227,11 @@ async fn answer_chat<D: Dialect>(
     router: &Router,
     caller: &Caller,
 ) -> Result<HttpResponse, GatewayError> {
-    let parsed = dialect.parse_chat(&body.bytes()?)?;
+    // The request borrows its texts from the body's bytes, so they are held here, in
+    // scope until the last backend attempt has encoded the request; the answer itself
+    // (a stream or a completion) owns what it holds and needs neither.
+    let body = body.bytes()?;
+    let parsed = dialect.parse_chat(&body)?;
     caller.may_use(&parsed.model)?;
     if let Some(answer) = dialect.answer_locally(&parsed) {
         // Only a name that routes may be "loaded".
@@ -313,7 +317,7 @@ async fn start_stream(
     router: &Router,
     caller: &Caller,
     asked: &str,
-    request: &ChatRequest,
+    request: &ChatRequest<'_>,
 ) -> Result<EventStream, GatewayError> {
     with_fallback(router, asked, |target| {
         async move {
@@ -342,7 +346,7 @@ async fn complete(
     router: &Router,
     caller: &Caller,
     asked: &str,
-    request: &ChatRequest,
+    request: &ChatRequest<'_>,
 ) -> Result<Completion, GatewayError> {
     with_fallback(router, asked, |target| {
         async move {

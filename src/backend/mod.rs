@@ -141,7 +141,7 @@ impl Backend {
     pub async fn chat(
         &self,
         model: &str,
-        request: &ChatRequest,
+        request: &ChatRequest<'_>,
     ) -> Result<EventStream, GatewayError> {
         match self {
             Backend::OpenAi(backend) => backend.chat(model, request).await,
@@ -156,7 +156,7 @@ impl Backend {
     pub async fn complete(
         &self,
         model: &str,
-        request: &ChatRequest,
+        request: &ChatRequest<'_>,
     ) -> Result<Completion, GatewayError> {
         match self {
             Backend::OpenAi(backend) => backend.complete(model, request).await,
@@ -225,13 +225,9 @@ fn json_body<T: serde::Serialize>(value: &T, capacity: usize) -> Result<Vec<u8>,
     Ok(body)
 }
 
-/// A message's text parts joined by newlines, borrowed when there is only one (the
-/// usual case, and the one where a long history would otherwise be copied again).
-fn text_of(message: &crate::chat::Message) -> std::borrow::Cow<'_, str> {
-    match message.parts.as_slice() {
-        [crate::chat::Part::Text(text)] => std::borrow::Cow::Borrowed(text),
-        _ => std::borrow::Cow::Owned(message.joined_text()),
-    }
+/// A message's text parts joined by newlines, borrowed when there is only one.
+fn text_of<'a>(message: &'a crate::chat::Message<'_>) -> crate::chat::WireText<'a> {
+    message.wire_text()
 }
 
 /// About the size of a chat request's JSON: its texts and images and a little for the
@@ -246,6 +242,7 @@ fn body_capacity(request: &ChatRequest) -> usize {
                 .iter()
                 .map(|part| match part {
                     crate::chat::Part::Text(text) => text.len(),
+                    crate::chat::Part::JsonText(literal) => literal.get().len(),
                     crate::chat::Part::Image(crate::chat::Image::Base64 { data, .. }) => {
                         data.len() + 32
                     }
@@ -257,7 +254,7 @@ fn body_capacity(request: &ChatRequest) -> usize {
                 .iter()
                 .map(|call| call.name.len() + call.arguments.len() + 64)
                 .sum();
-            parts + calls + message.thinking.as_ref().map_or(0, String::len) + 64
+            parts + calls + message.thinking.as_ref().map_or(0, |text| text.len()) + 64
         })
         .sum();
     // Text may grow a little by escaping; an eighth more covers the usual case.

@@ -15,13 +15,14 @@ use crate::error::GatewayError;
 
 /// A parsed chat request: the canonical request plus what only the client side needs.
 #[derive(Debug)]
-pub struct ParsedChat<R> {
+pub struct ParsedChat<'a, R> {
     /// The model as the client named it (with any backend prefix or alias): what is
     /// routed, and what the answer names.
     pub model: String,
     /// Whether the client asked for a stream.
     pub stream: bool,
-    pub request: ChatRequest,
+    /// Borrows from the request body, which must outlive it.
+    pub request: ChatRequest<'a>,
     /// What rendering the answer needs beyond the events (options, a clock).
     pub reply: R,
 }
@@ -41,11 +42,11 @@ pub trait Dialect: Sized + 'static {
     const STREAM_HEADERS: &'static [(&'static str, &'static str)] = &[];
 
     /// Parses a chat request body; a 400 names the field at fault.
-    fn parse_chat(&self, body: &[u8]) -> Result<ParsedChat<Self::Reply>, GatewayError>;
+    fn parse_chat<'a>(&self, body: &'a [u8]) -> Result<ParsedChat<'a, Self::Reply>, GatewayError>;
 
     /// An answer that needs no upstream call, given once the model is known to route:
     /// Ollama's empty request, which only loads the model. `None` for a real request.
-    fn answer_locally(&self, parsed: &ParsedChat<Self::Reply>) -> Option<HttpResponse> {
+    fn answer_locally(&self, parsed: &ParsedChat<'_, Self::Reply>) -> Option<HttpResponse> {
         let _ = parsed;
         None
     }

@@ -3,6 +3,8 @@
 //! last line with everything in it. A whole answer is the same events folded with
 //! [`Completion::apply`].
 
+use std::borrow::Cow;
+
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -111,9 +113,12 @@ fn line_events(
         // Ollama sends each call whole, often without an id; clients need one.
         out.push(Event::ToolCall(ToolCallDelta {
             index: *calls_sent,
-            id: Some(call.id.unwrap_or_else(|| random_id("call_", 8))),
-            name: Some(call.name),
-            arguments: call.arguments,
+            id: Some(
+                call.id
+                    .map_or_else(|| random_id("call_", 8), Cow::into_owned),
+            ),
+            name: Some(call.name.into_owned()),
+            arguments: call.arguments.into_owned(),
         }));
         *calls_sent += 1;
     }

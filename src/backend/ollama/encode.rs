@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::chat::{
     ChatRequest, Generation, Image, Message, OutputFormat, Role, Sampling, Think, Tool, ToolCall,
+    WireText,
 };
 use crate::embed::EmbedRequest;
 use crate::error::GatewayError;
@@ -36,7 +37,7 @@ struct WireRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<WireFormat<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tools: Option<&'a [Tool]>,
+    tools: Option<&'a [Tool<'a>]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     think: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,7 +47,7 @@ struct WireRequest<'a> {
 #[derive(Serialize)]
 struct WireMessage<'a> {
     role: &'static str,
-    content: Cow<'a, str>,
+    content: WireText<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     images: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,12 +78,12 @@ struct WireFunction<'a> {
 #[derive(Serialize)]
 struct GenerateRequest<'a> {
     model: &'a str,
-    prompt: Cow<'a, str>,
+    prompt: WireText<'a>,
     stream: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     images: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<Cow<'a, str>>,
+    system: Option<WireText<'a>>,
     #[serde(skip_serializing_if = "Map::is_empty")]
     options: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -275,7 +276,7 @@ fn generate_request<'a>(wire: WireRequest<'a>, generation: &'a Generation) -> Ge
     }
     let (prompt, images) = match prompt {
         Some(message) => (message.content, message.images),
-        None => (Cow::Borrowed(""), Vec::new()),
+        None => (WireText::Text(Cow::Borrowed("")), Vec::new()),
     };
     GenerateRequest {
         model,
@@ -294,13 +295,13 @@ fn generate_request<'a>(wire: WireRequest<'a>, generation: &'a Generation) -> Ge
     }
 }
 
-fn wire_messages(messages: &[Message]) -> Result<Vec<WireMessage<'_>>, GatewayError> {
+fn wire_messages<'a>(messages: &'a [Message<'_>]) -> Result<Vec<WireMessage<'a>>, GatewayError> {
     let mut out = Vec::with_capacity(messages.len());
     for (index, message) in messages.iter().enumerate() {
         let mut images = Vec::new();
         for image in message.images() {
             match image {
-                Image::Base64 { data, .. } => images.push(data.as_str()),
+                Image::Base64 { data, .. } => images.push(data.as_ref()),
                 Image::Url(url) => {
                     return Err(GatewayError::bad_field(
                         "messages",
@@ -330,13 +331,13 @@ fn wire_messages(messages: &[Message]) -> Result<Vec<WireMessage<'_>>, GatewayEr
         }
         // OpenAI clients answer a call by id only; Ollama wants the tool's name.
         let tool_name = match (&message.tool_name, &message.tool_call_id) {
-            (Some(name), _) => Some(name.as_str()),
+            (Some(name), _) => Some(name.as_ref()),
             (None, Some(id)) => messages[..index].iter().rev().find_map(|earlier| {
                 earlier
                     .tool_calls
                     .iter()
                     .find(|call| call.id.as_deref() == Some(id))
-                    .map(|call| call.name.as_str())
+                    .map(|call| call.name.as_ref())
             }),
             (None, None) => None,
         };
@@ -403,7 +404,7 @@ mod tests {
         call.tool_calls.push(ToolCall {
             id: None,
             name: "noop".into(),
-            arguments: String::new(),
+            arguments: "".into(),
         });
         let mut answer = Message::text(Role::Tool, "noon");
         answer.tool_call_id = Some("c1".into());

@@ -36,7 +36,7 @@ impl OllamaBackend {
     pub async fn chat(
         &self,
         model: &str,
-        request: &ChatRequest,
+        request: &ChatRequest<'_>,
     ) -> Result<EventStream, GatewayError> {
         let (path, body) = encode::encode(&self.upstream.backend, model, request, true)?;
         let response = self.upstream.post_stream(path, body).await?;
@@ -48,7 +48,7 @@ impl OllamaBackend {
     pub async fn complete(
         &self,
         model: &str,
-        request: &ChatRequest,
+        request: &ChatRequest<'_>,
     ) -> Result<Completion, GatewayError> {
         let (path, body) = encode::encode(&self.upstream.backend, model, request, false)?;
         let answer = self.upstream.post_for_body(path, body).await?;

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::text_of;
 use crate::chat::{
-    ChatRequest, Message, OutputFormat, Part, Role, Sampling, Think, Tool, ToolCall,
+    ChatRequest, Message, OutputFormat, Part, Role, Sampling, Think, Tool, ToolCall, WireText,
 };
 
 /// How to write requests for one upstream.
@@ -50,7 +50,7 @@ struct WireRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tools: Option<&'a [Tool]>,
+    tools: Option<&'a [Tool<'a>]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,7 +120,7 @@ struct StreamOptions {
 #[derive(Serialize)]
 struct CompletionRequest<'a> {
     model: &'a str,
-    prompt: Cow<'a, str>,
+    prompt: WireText<'a>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
@@ -177,14 +177,14 @@ struct WireMessage<'a> {
 #[serde(untagged)]
 enum WireContent<'a> {
     Null,
-    Text(Cow<'a, str>),
+    Text(WireText<'a>),
     Parts(Vec<WirePart<'a>>),
 }
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WirePart<'a> {
-    Text { text: &'a str },
+    Text { text: WireText<'a> },
     ImageUrl { image_url: WireImageUrl },
 }
 
@@ -270,7 +270,7 @@ impl Encoder<'_> {
             .iter()
             .rev()
             .find(|m| m.role == Role::User)
-            .map_or(Cow::Borrowed(""), text_of);
+            .map_or(WireText::Text(Cow::Borrowed("")), text_of);
         CompletionRequest {
             model,
             prompt,
@@ -412,7 +412,7 @@ fn response_format(format: &OutputFormat) -> Value {
 /// send neither. `local_dialect` is true for servers other than OpenAI's own
 /// (llama-server, vLLM, Ollama's /v1), which read earlier reasoning back and may not
 /// know the `developer` role.
-fn wire_messages(messages: &[Message], local_dialect: bool) -> Vec<WireMessage<'_>> {
+fn wire_messages<'a>(messages: &'a [Message<'_>], local_dialect: bool) -> Vec<WireMessage<'a>> {
     let mut out = Vec::with_capacity(messages.len());
     // (id, name) of calls not yet answered by a tool message, oldest first.
     let mut unanswered: Vec<(Cow<'_, str>, &str)> = Vec::new();
@@ -425,14 +425,17 @@ fn wire_messages(messages: &[Message], local_dialect: bool) -> Vec<WireMessage<'
                 arguments,
             } = call;
             let id = match id {
-                Some(id) => Cow::Borrowed(id.as_str()),
+                Some(id) => Cow::Borrowed(id.as_ref()),
                 None => Cow::Owned(format!("call_{message_index}_{call_index}")),
             };
-            unanswered.push((id.clone(), name));
+            unanswered.push((id.clone(), name.as_ref()));
             tool_calls.push(WireToolCall {
                 id,
                 kind: "function",
-                function: WireFunction { name, arguments },
+                function: WireFunction {
+                    name: name.as_ref(),
+                    arguments: arguments.as_ref(),
+                },
             });
         }
         let tool_call_id = if message.role == Role::Tool {
@@ -472,7 +475,7 @@ fn wire_messages(messages: &[Message], local_dialect: bool) -> Vec<WireMessage<'
     out
 }
 
-fn wire_content(message: &Message) -> WireContent<'_> {
+fn wire_content<'a>(message: &'a Message<'_>) -> WireContent<'a> {
     let has_images = message.images().next().is_some();
     if !has_images {
         let text = text_of(message);
@@ -486,7 +489,12 @@ fn wire_content(message: &Message) -> WireContent<'_> {
             .parts
             .iter()
             .map(|part| match part {
-                Part::Text(text) => WirePart::Text { text },
+                Part::Text(text) => WirePart::Text {
+                    text: WireText::Text(Cow::Borrowed(text.as_ref())),
+                },
+                Part::JsonText(literal) => WirePart::Text {
+                    text: WireText::Json(literal),
+                },
                 Part::Image(image) => WirePart::ImageUrl {
                     image_url: WireImageUrl {
                         url: image.to_url(),
@@ -514,7 +522,7 @@ mod tests {
         (path, serde_json::from_slice(&bytes).unwrap())
     }
 
-    fn with_tools() -> ChatRequest {
+    fn with_tools() -> ChatRequest<'static> {
         let mut call = Message::text(Role::Assistant, "");
         call.tool_calls.push(ToolCall {
             id: None,

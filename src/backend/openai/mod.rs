@@ -54,7 +54,7 @@ impl OpenAiBackend {
     pub async fn chat(
         &self,
         model: &str,
-        request: &ChatRequest,
+        request: &ChatRequest<'_>,
     ) -> Result<EventStream, GatewayError> {
         let (path, body) = self.encoder().encode(model, request, true)?;
         let response = self.upstream.post_stream(path, body).await?;
@@ -66,7 +66,7 @@ impl OpenAiBackend {
     pub async fn complete(
         &self,
         model: &str,
-        request: &ChatRequest,
+        request: &ChatRequest<'_>,
     ) -> Result<Completion, GatewayError> {
         let (path, body) = self.encoder().encode(model, request, false)?;
         let answer = self.upstream.post_for_body(path, body).await?;

@@ -9,13 +9,16 @@ pub use render::{
     Timing,
 };
 
+use std::borrow::Cow;
+
 use actix_web::HttpResponse;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::chat::{
-    ChatRequest, Completion, Generation, Image, Message, OutputFormat, Part, Role, Sampling, Think,
-    Tool, ToolCall, WireToolCall,
+    optional_str, ChatRequest, Completion, Generation, Image, Message, OutputFormat, Part, Role,
+    Sampling, Str, Think, Tool, WireToolCallRef,
 };
 use crate::dialect::{Dialect, ParsedChat};
 use crate::error::GatewayError;
@@ -32,14 +35,14 @@ impl Dialect for Ollama {
 
     const STREAM_CONTENT_TYPE: &'static str = "application/x-ndjson";
 
-    fn parse_chat(&self, body: &[u8]) -> Result<ParsedChat<Timing>, GatewayError> {
+    fn parse_chat<'a>(&self, body: &'a [u8]) -> Result<ParsedChat<'a, Timing>, GatewayError> {
         match self.0 {
             Shape::Chat => parse_chat(body),
             Shape::Generate => parse_generate(body),
         }
     }
 
-    fn answer_locally(&self, parsed: &ParsedChat<Timing>) -> Option<HttpResponse> {
+    fn answer_locally(&self, parsed: &ParsedChat<'_, Timing>) -> Option<HttpResponse> {
         // Nothing to generate: Ollama only loads the model (or unloads it).
         parsed.request.messages.is_empty().then(|| {
             json_utf8(&load_response(
@@ -69,36 +72,45 @@ impl Dialect for Ollama {
     }
 }
 
+/// The body as read: texts, images, tool calls and tool definitions borrow from it
+/// (see [`Str`]).
 #[derive(Deserialize)]
-struct WireRequest {
+struct WireRequest<'a> {
     model: String,
-    #[serde(default, deserialize_with = "super::null_as_default")]
-    messages: Vec<WireMessage>,
+    #[serde(default, borrow, deserialize_with = "super::null_as_default")]
+    messages: Vec<WireMessage<'a>>,
     stream: Option<bool>,
     format: Option<Value>,
     options: Option<Map<String, Value>>,
-    tools: Option<Vec<Tool>>,
+    #[serde(borrow)]
+    tools: Option<Vec<Tool<'a>>>,
     think: Option<Value>,
     keep_alive: Option<Value>,
 }
 
 #[derive(Deserialize)]
-struct WireMessage {
-    role: String,
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default, deserialize_with = "super::null_as_default")]
-    images: Vec<String>,
-    thinking: Option<String>,
-    #[serde(default, deserialize_with = "super::null_as_default")]
-    tool_calls: Vec<WireToolCall>,
-    tool_name: Option<String>,
-    tool_call_id: Option<String>,
+struct WireMessage<'a> {
+    #[serde(borrow)]
+    role: Str<'a>,
+    /// Kept raw until it is known to be a string: one with escapes stays the client's
+    /// literal (see [`Part::JsonText`]).
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "super::null_as_default")]
+    images: Vec<Str<'a>>,
+    #[serde(default, borrow, deserialize_with = "optional_str")]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "super::null_as_default")]
+    tool_calls: Vec<WireToolCallRef<'a>>,
+    #[serde(default, borrow, deserialize_with = "optional_str")]
+    tool_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "optional_str")]
+    tool_call_id: Option<Cow<'a, str>>,
 }
 
 /// Parses an `/api/chat` body. An empty `messages` asks Ollama only to load the model;
-/// the caller answers that without an upstream call.
-pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<Timing>, GatewayError> {
+/// the caller answers that without an upstream call. The request borrows from `body`.
+pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayError> {
     let timing = Timing::start();
     let wire: WireRequest = crate::dialect::parse_body(body)?;
     if wire.model.is_empty() {
@@ -125,18 +137,19 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<Timing>, GatewayError> {
 }
 
 #[derive(Deserialize)]
-struct WireGenerate {
+struct WireGenerate<'a> {
     model: String,
-    #[serde(default)]
-    prompt: String,
+    #[serde(default, borrow)]
+    prompt: Cow<'a, str>,
     suffix: Option<String>,
-    system: Option<String>,
+    #[serde(default, borrow, deserialize_with = "optional_str")]
+    system: Option<Cow<'a, str>>,
     template: Option<String>,
     #[serde(default)]
     raw: bool,
     context: Option<Value>,
-    #[serde(default, deserialize_with = "super::null_as_default")]
-    images: Vec<String>,
+    #[serde(default, borrow, deserialize_with = "super::null_as_default")]
+    images: Vec<Str<'a>>,
     stream: Option<bool>,
     format: Option<Value>,
     options: Option<Map<String, Value>>,
@@ -147,7 +160,7 @@ struct WireGenerate {
 /// Parses an `/api/generate` body into a chat of an optional system message and the
 /// prompt, with what only completions have kept beside it. An empty prompt asks Ollama
 /// only to load the model.
-pub fn parse_generate(body: &[u8]) -> Result<ParsedChat<Timing>, GatewayError> {
+pub fn parse_generate(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayError> {
     let timing = Timing::start();
     let wire: WireGenerate = crate::dialect::parse_body(body)?;
     if wire.model.is_empty() {
@@ -164,18 +177,23 @@ pub fn parse_generate(body: &[u8]) -> Result<ParsedChat<Timing>, GatewayError> {
         messages.push(Message::text(Role::System, system));
     }
     if !wire.prompt.is_empty() || !wire.images.is_empty() {
-        messages.push(parse_message(
+        let mut message = parse_message(
             0,
             WireMessage {
-                role: "user".to_owned(),
-                content: Some(wire.prompt),
+                role: Str(Cow::Borrowed("user")),
+                content: None,
                 images: wire.images,
                 thinking: None,
                 tool_calls: Vec::new(),
                 tool_name: None,
                 tool_call_id: None,
             },
-        )?);
+        )?;
+        // The prompt comes before the images, as a message's content does.
+        if !wire.prompt.is_empty() {
+            message.parts.insert(0, Part::Text(wire.prompt));
+        }
+        messages.push(message);
     } else {
         messages.clear();
     }
@@ -198,29 +216,48 @@ pub fn parse_generate(body: &[u8]) -> Result<ParsedChat<Timing>, GatewayError> {
     })
 }
 
-fn parse_message(index: usize, wire: WireMessage) -> Result<Message, GatewayError> {
-    let role = Role::parse(&wire.role).ok_or_else(|| {
+fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, GatewayError> {
+    let role = Role::parse(&wire.role.0).ok_or_else(|| {
         GatewayError::bad_field(
             "messages",
             format!(
                 "messages[{index}].role \"{}\" is not system, user, assistant or tool",
-                wire.role
+                wire.role.0
             ),
         )
     })?;
     let mut parts = Vec::with_capacity(1 + wire.images.len());
-    if let Some(content) = wire.content.filter(|c| !c.is_empty()) {
-        parts.push(Part::Text(content));
+    if let Some(content) = wire.content {
+        if !content.get().starts_with('"') {
+            return Err(GatewayError::bad_request(format!(
+                "invalid request body: messages[{index}].content must be a string"
+            )));
+        }
+        if content.get() != "\"\"" {
+            parts.push(Part::from_literal(content).map_err(|e| {
+                GatewayError::bad_request(format!(
+                    "invalid request body: messages[{index}].content: {e}"
+                ))
+            })?);
+        }
     }
-    for image in wire.images {
+    for Str(image) in wire.images {
         // Clients sometimes send a data: URL where raw base64 belongs; take both.
-        let data = match image.split_once(";base64,") {
-            Some((prefix, data)) if prefix.starts_with("data:") => data.to_owned(),
-            _ => image,
+        let data = match image {
+            Cow::Borrowed(image) => Cow::Borrowed(strip_data_url(image)),
+            Cow::Owned(image) if strip_data_url(&image).len() != image.len() => {
+                Cow::Owned(strip_data_url(&image).to_owned())
+            }
+            owned => owned,
         };
         parts.push(Part::Image(Image::Base64 { mime: None, data }));
     }
-    let tool_calls = wire.tool_calls.into_iter().map(ToolCall::from).collect();
+    let tool_calls = wire
+        .tool_calls
+        .into_iter()
+        .map(WireToolCallRef::into_call)
+        .collect::<Result<_, _>>()
+        .map_err(|e| GatewayError::bad_field("messages", format!("messages[{index}]: {e}")))?;
     Ok(Message {
         role,
         parts,
@@ -229,6 +266,14 @@ fn parse_message(index: usize, wire: WireMessage) -> Result<Message, GatewayErro
         tool_call_id: wire.tool_call_id,
         tool_name: wire.tool_name,
     })
+}
+
+/// An image's base64 data: a `data:...;base64,` prefix removed.
+fn strip_data_url(image: &str) -> &str {
+    match image.split_once(";base64,") {
+        Some((prefix, data)) if prefix.starts_with("data:") => data,
+        _ => image,
+    }
 }
 
 /// Splits Ollama `options` into the shared sampling settings and Ollama-only runtime

@@ -193,7 +193,7 @@ fn wire_tool_calls(calls: &[ToolCall]) -> Result<Vec<Value>, String> {
             }
             let mut wire = serde_json::json!({"function": {"index": index, "name": call.name, "arguments": arguments}});
             if let Some(id) = &call.id {
-                wire["id"] = Value::from(id.as_str());
+                wire["id"] = Value::from(id.as_ref());
             }
             Ok(wire)
         })

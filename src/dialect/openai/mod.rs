@@ -27,7 +27,7 @@ impl Dialect for OpenAi {
     const STREAM_HEADERS: &'static [(&'static str, &'static str)] =
         &[("cache-control", "no-cache"), ("x-accel-buffering", "no")];
 
-    fn parse_chat(&self, body: &[u8]) -> Result<ParsedChat<Reply>, GatewayError> {
+    fn parse_chat<'a>(&self, body: &'a [u8]) -> Result<ParsedChat<'a, Reply>, GatewayError> {
         parse_chat(body)
     }
 

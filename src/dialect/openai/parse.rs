@@ -2,12 +2,15 @@
 //! gateway models is checked here, with a 400 naming the field at fault, and the rest
 //! is carried as-is to OpenAI-compatible backends.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::chat::{
-    ChatRequest, Image, Message, OutputFormat, Part, Role, Sampling, Think, Tool, ToolCall,
-    WireToolCall,
+    ChatRequest, Image, Message, OutputFormat, Part, Role, Sampling, Str, Think, Tool,
+    WireToolCallRef,
 };
 use crate::dialect::ParsedChat;
 use crate::error::GatewayError;
@@ -19,10 +22,14 @@ pub struct Reply {
     pub include_usage: bool,
 }
 
+/// The body as read: every string that may be long (message texts, tool calls, tool
+/// definitions) borrows from the body, and a message's content stays raw JSON until it
+/// is known to be one string (read borrowed) or an array of parts.
 #[derive(Deserialize)]
-struct WireRequest {
+struct WireRequest<'a> {
     model: String,
-    messages: Vec<WireMessage>,
+    #[serde(borrow)]
+    messages: Vec<WireMessage<'a>>,
     stream: Option<bool>,
     stream_options: Option<WireStreamOptions>,
     max_tokens: Option<u64>,
@@ -35,7 +42,8 @@ struct WireRequest {
     presence_penalty: Option<f64>,
     n: Option<u32>,
     response_format: Option<Value>,
-    tools: Option<Vec<Tool>>,
+    #[serde(borrow)]
+    tools: Option<Vec<Tool<'a>>>,
     tool_choice: Option<Value>,
     parallel_tool_calls: Option<bool>,
     reasoning_effort: Option<String>,
@@ -62,21 +70,27 @@ struct WireReasoning {
 }
 
 #[derive(Deserialize)]
-struct WireMessage {
-    role: String,
-    #[serde(default)]
-    content: Value,
-    #[serde(default, deserialize_with = "crate::dialect::null_as_default")]
-    tool_calls: Vec<WireToolCall>,
-    tool_call_id: Option<String>,
+struct WireMessage<'a> {
+    #[serde(borrow)]
+    role: Str<'a>,
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "crate::dialect::null_as_default")]
+    tool_calls: Vec<WireToolCallRef<'a>>,
+    #[serde(default, borrow)]
+    tool_call_id: Option<Str<'a>>,
     /// Some clients name the tool on its result message.
-    name: Option<String>,
-    reasoning_content: Option<String>,
-    reasoning: Option<String>,
+    #[serde(default, borrow)]
+    name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Str<'a>>,
 }
 
-/// Parses a request body, naming the field at fault when it is wrong.
-pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<Reply>, GatewayError> {
+/// Parses a request body, naming the field at fault when it is wrong. The request
+/// borrows from `body`.
+pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<'_, Reply>, GatewayError> {
     let wire: WireRequest = crate::dialect::parse_body(body)?;
     if wire.model.is_empty() {
         return Err(GatewayError::bad_field("model", "model must not be empty"));
@@ -194,35 +208,55 @@ fn parse_response_format(format: &Value) -> Result<Option<OutputFormat>, Gateway
     }
 }
 
-fn parse_message(index: usize, wire: WireMessage) -> Result<Message, GatewayError> {
-    let role = Role::parse(&wire.role).ok_or_else(|| {
+fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, GatewayError> {
+    let role = Role::parse(&wire.role.0).ok_or_else(|| {
         GatewayError::bad_field(
             "messages",
             format!(
                 "messages[{index}].role \"{}\" is not system, developer, user, assistant or tool",
-                wire.role
+                wire.role.0
             ),
         )
     })?;
     let parts = parse_content(index, wire.content)?;
-    let tool_calls = wire.tool_calls.into_iter().map(ToolCall::from).collect();
+    let tool_calls = wire
+        .tool_calls
+        .into_iter()
+        .map(WireToolCallRef::into_call)
+        .collect::<Result<_, _>>()
+        .map_err(|e| GatewayError::bad_field("messages", format!("messages[{index}]: {e}")))?;
     Ok(Message {
         role,
         parts,
-        thinking: wire.reasoning_content.or(wire.reasoning),
+        thinking: wire.reasoning_content.or(wire.reasoning).map(|text| text.0),
         tool_calls,
-        tool_call_id: wire.tool_call_id,
-        tool_name: if role == Role::Tool { wire.name } else { None },
+        tool_call_id: wire.tool_call_id.map(|id| id.0),
+        tool_name: if role == Role::Tool {
+            wire.name.map(|name| name.0)
+        } else {
+            None
+        },
     })
 }
 
-fn parse_content(index: usize, content: Value) -> Result<Vec<Part>, GatewayError> {
+/// A message's content: one string (the usual case, borrowed from the body: as text,
+/// or as its JSON literal when it holds escapes), an array of parts (read through a `Value`: rare, and its error
+/// messages look inside each part), or nothing.
+fn parse_content<'a>(
+    index: usize,
+    content: Option<&'a RawValue>,
+) -> Result<Vec<Part<'a>>, GatewayError> {
     let bad = |what: String| {
         GatewayError::bad_field("messages", format!("messages[{index}].content{what}"))
     };
-    match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(text) => Ok(vec![Part::Text(text)]),
+    let Some(content) = content else {
+        return Ok(Vec::new());
+    };
+    let malformed = |e: serde_json::Error| bad(format!(" cannot be read: {e}"));
+    if content.get().starts_with('"') {
+        return Ok(vec![Part::from_literal(content).map_err(malformed)?]);
+    }
+    match serde_json::from_str(content.get()).map_err(malformed)? {
         Value::Array(items) => items
             .into_iter()
             .enumerate()
@@ -231,7 +265,7 @@ fn parse_content(index: usize, content: Value) -> Result<Vec<Part>, GatewayError
                     Some("text") => item
                         .get("text")
                         .and_then(Value::as_str)
-                        .map(|text| Part::Text(text.to_owned()))
+                        .map(|text| Part::Text(Cow::Owned(text.to_owned())))
                         .ok_or_else(|| bad(format!("[{at}] is a text part without a text string"))),
                     Some("image_url") => {
                         let url = match item.get("image_url") {
@@ -261,16 +295,17 @@ fn parse_content(index: usize, content: Value) -> Result<Vec<Part>, GatewayError
     }
 }
 
-fn parse_image_url(url: &str) -> Option<Image> {
+fn parse_image_url(url: &str) -> Option<Image<'static>> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest.split_once(',')?;
         let mime = meta.strip_suffix(";base64")?;
         return Some(Image::Base64 {
-            mime: (!mime.is_empty()).then(|| mime.to_owned()),
-            data: data.to_owned(),
+            mime: (!mime.is_empty()).then(|| Cow::Owned(mime.to_owned())),
+            data: Cow::Owned(data.to_owned()),
         });
     }
-    (url.starts_with("http://") || url.starts_with("https://")).then(|| Image::Url(url.to_owned()))
+    (url.starts_with("http://") || url.starts_with("https://"))
+        .then(|| Image::Url(Cow::Owned(url.to_owned())))
 }
 
 #[cfg(test)]
@@ -278,9 +313,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::chat::ToolCall;
 
-    fn parse(body: Value) -> Result<ParsedChat<Reply>, GatewayError> {
-        parse_chat(body.to_string().as_bytes())
+    /// The request borrows from its body; a test's body lives as long as the test.
+    fn parse(body: Value) -> Result<ParsedChat<'static, Reply>, GatewayError> {
+        parse_chat(Box::leak(body.to_string().into_bytes().into_boxed_slice()))
     }
 
     /// The `param` of the 400 a body is refused with.
@@ -413,6 +450,44 @@ mod tests {
         assert_eq!(tool.tool_call_id.as_deref(), Some("call_1"));
         assert_eq!(tool.tool_name.as_deref(), Some("f"));
         assert_eq!(tool.parts, vec![Part::Text("42".into())]);
+    }
+
+    #[test]
+    fn plain_strings_borrow_from_the_body_and_escaped_ones_are_decoded() {
+        let body = br#"{"model": "m", "messages": [
+            {"role": "user", "content": "plain text"},
+            {"role": "assistant", "content": "line\nbreak \"quoted\" \u00e9",
+             "tool_calls": [{"id": "call_1", "type": "function",
+                             "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"}
+        ], "tools": [{"type": "function", "function": {"name": "f",
+            "description": "d", "parameters": {"type": "object", "b": [1, 2]}}}]}"#;
+        let parsed = parse_chat(body).unwrap();
+        let messages = &parsed.request.messages;
+        assert!(matches!(
+            messages[0].parts[0].text(),
+            Some(Cow::Borrowed("plain text"))
+        ));
+        // Text with escapes stays the client's literal, and decodes as before.
+        assert!(matches!(
+            &messages[1].parts[..],
+            [Part::JsonText(literal)] if literal.get() == r#""line\nbreak \"quoted\" \u00e9""#
+        ));
+        assert_eq!(messages[1].joined_text(), "line\nbreak \"quoted\" \u{e9}");
+        let call = &messages[1].tool_calls[0];
+        assert!(matches!(call.id, Some(Cow::Borrowed("call_1"))));
+        assert!(matches!(call.name, Cow::Borrowed("f")));
+        assert_eq!(call.arguments, "{\"a\":1}");
+        assert!(matches!(
+            messages[2].tool_call_id,
+            Some(Cow::Borrowed("call_1"))
+        ));
+        let function = &parsed.request.tools[0].function;
+        assert!(matches!(function.description, Some(Cow::Borrowed("d"))));
+        assert_eq!(
+            function.parameters.map(RawValue::get),
+            Some(r#"{"type": "object", "b": [1, 2]}"#)
+        );
     }
 
     #[test]

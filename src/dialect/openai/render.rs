@@ -35,7 +35,7 @@ fn wire_tool_calls(calls: &[ToolCall]) -> Vec<Value> {
         .iter()
         .map(|call| {
             json!({
-                "id": call.id.clone().unwrap_or_else(|| random_id("call_", 24)),
+                "id": call.id.as_deref().map_or_else(|| random_id("call_", 24), str::to_owned),
                 "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments},
             })
