@@ -269,16 +269,24 @@ pub fn admit(request: &ServiceRequest) -> (Result<(), GatewayError>, Budgets) {
             match counted {
                 Ok(budgets) => (Ok(()), budgets),
                 Err(refusal) => {
-                    // Reported as spent: the client backs off on either header.
+                    // The limit that refused is reported as spent.
+                    let tokens = matches!(refusal, GatewayError::RateLimited { tokens: true, .. });
                     let spent = |limit: Option<u64>| {
                         limit.map(|limit| RequestBudget {
                             limit,
                             remaining: 0,
                         })
                     };
-                    let budgets = Budgets {
-                        requests: spent(policy.rpm),
-                        tokens: spent(policy.tpm),
+                    let budgets = if tokens {
+                        Budgets {
+                            requests: None,
+                            tokens: spent(policy.tpm),
+                        }
+                    } else {
+                        Budgets {
+                            requests: spent(policy.rpm),
+                            tokens: None,
+                        }
                     };
                     (Err(refusal), budgets)
                 }

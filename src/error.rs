@@ -34,6 +34,8 @@ pub enum GatewayError {
     RateLimited {
         message: String,
         retry_after_secs: u64,
+        /// Which of the key's limits refused: its tokens (`tpm`) or its requests.
+        tokens: bool,
     },
     /// The model name routes to no backend.
     #[error("model '{0}' not found: no backend serves it (name it as BACKEND/MODEL, or configure routing.default_backend)")]

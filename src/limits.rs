@@ -123,6 +123,7 @@ impl RateLimits {
                 policy.masked, policy.user
             ),
             retry_after_secs,
+            tokens: true,
         })
     }
 
@@ -135,6 +136,7 @@ impl RateLimits {
             return Err(GatewayError::RateLimited {
                 message: format!("API key {} may send no requests (rpm = 0)", policy.masked),
                 retry_after_secs: 60,
+                tokens: false,
             });
         };
         let limiter = {
@@ -166,6 +168,7 @@ impl RateLimits {
                         policy.masked, policy.user
                     ),
                     retry_after_secs: retry_after_secs.max(1),
+                    tokens: false,
                 })
             }
         }
