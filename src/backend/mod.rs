@@ -293,3 +293,15 @@ fn synthesized_show(capabilities: &[&str]) -> Value {
         "capabilities": capabilities,
     })
 }
+
+/// A stream decoder's failure as the gateway's error: the transport's own, or an
+/// upstream that broke its framing.
+fn stream_error(backend: &str, error: crate::framing::FramingError<GatewayError>) -> GatewayError {
+    match error {
+        crate::framing::FramingError::Transport(error) => error,
+        crate::framing::FramingError::Invalid(detail) => GatewayError::UpstreamProtocol {
+            backend: backend.to_owned(),
+            detail,
+        },
+    }
+}

@@ -15,7 +15,7 @@ use crate::chat::{
 };
 use crate::embed::Embeddings;
 use crate::error::GatewayError;
-use crate::framing::{ndjson_lines, FramingError};
+use crate::framing::ndjson_lines;
 
 use super::super::error_body::ErrorField;
 use super::super::upstream::UpstreamBody;
@@ -152,12 +152,8 @@ pub(super) fn stream(backend: String, body: UpstreamBody) -> EventStream {
         while let Some(line) = lines.next().await {
             let line = match line {
                 Ok(line) => line,
-                Err(FramingError::Transport(e)) => {
-                    yield Err(e);
-                    return;
-                }
-                Err(FramingError::Invalid(detail)) => {
-                    yield Err(GatewayError::UpstreamProtocol { backend: backend.clone(), detail });
+                Err(error) => {
+                    yield Err(super::super::stream_error(&backend, error));
                     return;
                 }
             };

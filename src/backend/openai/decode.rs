@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::chat::{Completion, Event, EventStream, FinishReason, ToolCallDelta, Usage};
 use crate::embed::Embeddings;
 use crate::error::GatewayError;
-use crate::framing::{sse_data, FramingError};
+use crate::framing::sse_data;
 
 use super::super::error_body::ErrorField;
 use super::super::upstream::UpstreamBody;
@@ -303,12 +303,8 @@ pub(super) fn stream(backend: String, body: UpstreamBody) -> EventStream {
         while let Some(item) = data.next().await {
             let data = match item {
                 Ok(data) => data,
-                Err(FramingError::Transport(e)) => {
-                    yield Err(e);
-                    return;
-                }
-                Err(FramingError::Invalid(detail)) => {
-                    yield Err(GatewayError::UpstreamProtocol { backend: backend.clone(), detail });
+                Err(error) => {
+                    yield Err(super::super::stream_error(&backend, error));
                     return;
                 }
             };
