@@ -458,4 +458,100 @@ mod tests {
         let error = encode("b", "m", &ChatRequest::new(vec![message]), false).unwrap_err();
         assert!(error.to_string().contains("messages[0]"), "{error}");
     }
+
+    /// What an Ollama client sends, parsed by the Ollama dialect, written by this
+    /// encoder and parsed again, is the same canonical request. (A test may cross the
+    /// dialect/backend line that the code itself never does.)
+    mod same_dialect_round_trip {
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        use super::encode;
+        use crate::dialect::ollama::parse_chat;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-zA-Z0-9 .,!?]{1,40}",
+                any::<String>().prop_filter("not empty", |s| !s.is_empty()),
+                Just("line\nbreak \"quoted\" \\ back\u{0001}slash é 😀".to_owned()),
+            ]
+        }
+
+        fn message() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                text().prop_map(|t| json!({"role": "user", "content": t})),
+                text().prop_map(|t| json!({"role": "system", "content": t})),
+                (text(), proptest::option::of(text())).prop_map(|(t, thinking)| {
+                    let mut m = json!({"role": "assistant", "content": t});
+                    if let Some(thinking) = thinking {
+                        m["thinking"] = json!(thinking);
+                    }
+                    m
+                }),
+                ("[a-z_]{1,12}", 0u32..1000, text()).prop_map(|(name, n, value)| {
+                    json!([
+                        {"role": "assistant", "content": "", "tool_calls": [
+                            {"function": {"name": name, "arguments": {"n": n, "value": value}}}
+                        ]},
+                        {"role": "tool", "tool_name": name, "content": format!("{n}")}
+                    ])
+                }),
+            ]
+        }
+
+        fn request() -> impl Strategy<Value = Value> {
+            (
+                proptest::collection::vec(message(), 1..6),
+                proptest::option::of(0.0f64..2.0),
+                proptest::option::of(1i64..100),
+                proptest::option::of(1u64..100_000),
+                proptest::collection::vec(text(), 0..3),
+                proptest::option::of(512u64..32768),
+                proptest::option::of(any::<bool>()),
+            )
+                .prop_map(
+                    |(messages, temperature, top_k, num_predict, stop, num_ctx, think)| {
+                        let mut flat = Vec::new();
+                        for message in messages {
+                            match message {
+                                Value::Array(pair) => flat.extend(pair),
+                                one => flat.push(one),
+                            }
+                        }
+                        let mut options = serde_json::Map::new();
+                        let fields = [
+                            ("temperature", temperature.map(Value::from)),
+                            ("top_k", top_k.map(Value::from)),
+                            ("num_predict", num_predict.map(Value::from)),
+                            ("num_ctx", num_ctx.map(Value::from)),
+                        ];
+                        for (key, value) in fields {
+                            if let Some(value) = value {
+                                options.insert(key.to_owned(), value);
+                            }
+                        }
+                        if !stop.is_empty() {
+                            options.insert("stop".to_owned(), json!(stop));
+                        }
+                        let mut body =
+                            json!({"model": "ol/m", "messages": flat, "options": options});
+                        if let Some(think) = think {
+                            body["think"] = json!(think);
+                        }
+                        body
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn every_field_survives(body in request()) {
+                let sent = serde_json::to_vec(&body).unwrap();
+                let first = parse_chat(&sent).unwrap();
+                let (_, upstream) = encode("b", "m", &first.request, false).unwrap();
+                let second = parse_chat(&upstream).unwrap();
+                prop_assert_eq!(&first.request, &second.request);
+            }
+        }
+    }
 }
