@@ -312,6 +312,21 @@ impl<'a> WireToolCallRef<'a> {
             arguments: ToolCall::arguments_from_raw(self.function.arguments)?,
         })
     }
+
+    /// Message `index`'s tool calls made canonical; a malformed one is a 400 that
+    /// names the message.
+    pub fn all(
+        index: usize,
+        calls: Vec<WireToolCallRef<'a>>,
+    ) -> Result<Vec<ToolCall<'a>>, crate::error::GatewayError> {
+        calls
+            .into_iter()
+            .map(WireToolCallRef::into_call)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                crate::error::GatewayError::bad_field("messages", format!("messages[{index}]: {e}"))
+            })
+    }
 }
 
 /// A JSON string read from a request body: borrowed from it when the string holds no
@@ -723,6 +738,21 @@ pub fn random_id(prefix: &str, len: usize) -> String {
         bits /= 36;
     }
     id
+}
+
+/// Generators shared by the property tests of the parsers and encoders.
+#[cfg(test)]
+pub mod strategies {
+    use proptest::prelude::*;
+
+    /// Message text: any text, escapes, controls and non-ASCII included, never empty.
+    pub fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 .,!?]{1,40}",
+            any::<String>().prop_filter("not empty", |s| !s.is_empty()),
+            Just("line\nbreak \"quoted\" \\ back\u{0001}slash é 😀".to_owned()),
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -638,19 +638,12 @@ mod tests {
     /// dialect/backend line that the code itself never does.)
     mod same_dialect_round_trip {
         use proptest::prelude::*;
+
+        use crate::chat::strategies::text;
         use serde_json::{json, Value};
 
         use super::encoder;
         use crate::dialect::openai::parse_chat;
-
-        fn text() -> impl Strategy<Value = String> {
-            // Any text, escapes, controls and non-ASCII included, but never empty.
-            prop_oneof![
-                "[a-zA-Z0-9 .,!?]{1,40}",
-                any::<String>().prop_filter("not empty", |s| !s.is_empty()),
-                Just("line\nbreak \"quoted\" \\ back\u{0001}slash é 😀".to_owned()),
-            ]
-        }
 
         fn message(index: usize) -> impl Strategy<Value = Value> {
             prop_oneof![

@@ -252,12 +252,7 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
         };
         parts.push(Part::Image(Image::Base64 { mime: None, data }));
     }
-    let tool_calls = wire
-        .tool_calls
-        .into_iter()
-        .map(WireToolCallRef::into_call)
-        .collect::<Result<_, _>>()
-        .map_err(|e| GatewayError::bad_field("messages", format!("messages[{index}]: {e}")))?;
+    let tool_calls = WireToolCallRef::all(index, wire.tool_calls)?;
     Ok(Message {
         role,
         parts,
