@@ -35,18 +35,8 @@ struct WireRequest<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stop: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frequency_penalty: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    presence_penalty: Option<f64>,
+    #[serde(flatten)]
+    sampling: Common<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +100,23 @@ impl Serialize for Extra<'_> {
     }
 }
 
+/// The sampling fields chat and legacy completions both take, under the same names.
+#[derive(Serialize)]
+struct Common<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+}
+
 /// Always asked for: token counts arrive at the end of a stream only when asked.
 #[derive(Serialize)]
 struct StreamOptions {
@@ -126,18 +133,8 @@ struct CompletionRequest<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stop: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frequency_penalty: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    presence_penalty: Option<f64>,
+    #[serde(flatten)]
+    sampling: Common<'a>,
     #[serde(flatten)]
     knobs: Knobs,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,22 +246,7 @@ impl Encoder<'_> {
         request: &'a ChatRequest,
         stream: bool,
     ) -> CompletionRequest<'a> {
-        let Sampling {
-            max_tokens,
-            temperature,
-            top_p,
-            seed,
-            stop,
-            frequency_penalty,
-            presence_penalty,
-            top_k,
-            min_p,
-            typical_p,
-            repeat_penalty,
-            repeat_last_n,
-            ollama_runtime,
-        } = &request.sampling;
-        self.log_dropped(ollama_runtime, request);
+        let (max_tokens, sampling, knobs) = self.sampling(request);
         let prompt = request
             .messages
             .iter()
@@ -278,24 +260,9 @@ impl Encoder<'_> {
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
-            max_tokens: *max_tokens,
-            temperature: *temperature,
-            top_p: *top_p,
-            seed: *seed,
-            stop: (!stop.is_empty()).then_some(stop.as_slice()),
-            frequency_penalty: *frequency_penalty,
-            presence_penalty: *presence_penalty,
-            knobs: if self.strict_parameters {
-                Knobs::default()
-            } else {
-                Knobs {
-                    top_k: *top_k,
-                    min_p: *min_p,
-                    typical_p: *typical_p,
-                    repeat_penalty: *repeat_penalty,
-                    repeat_last_n: *repeat_last_n,
-                }
-            },
+            max_tokens,
+            sampling,
+            knobs,
             suffix: request
                 .generation
                 .as_ref()
@@ -309,6 +276,44 @@ impl Encoder<'_> {
         request: &'a ChatRequest,
         stream: bool,
     ) -> WireRequest<'a> {
+        let (max_tokens, sampling, knobs) = self.sampling(request);
+        let extra = Extra {
+            knobs,
+            // llama-server's templates read this; the effort alone is not enough.
+            no_thinking: !self.strict_parameters && request.think == Some(Think::Enabled(false)),
+            passthrough: &request.passthrough,
+        };
+        WireRequest {
+            model,
+            messages: wire_messages(&request.messages, !self.strict_parameters),
+            stream,
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+            max_completion_tokens: max_tokens,
+            // Older OpenAI-compatible servers (and Ollama's /v1) read only the old name.
+            max_tokens: max_tokens.filter(|_| !self.strict_parameters),
+            sampling,
+            response_format: request.format.as_ref().map(response_format),
+            tools: (!request.tools.is_empty()).then_some(request.tools.as_slice()),
+            tool_choice: request.tool_choice.as_ref(),
+            parallel_tool_calls: request.parallel_tool_calls,
+            reasoning_effort: match &request.think {
+                None | Some(Think::Enabled(true)) => None,
+                // OpenAI refuses reasoning_effort on models that do not reason.
+                Some(Think::Enabled(false)) if self.strict_parameters => None,
+                Some(Think::Enabled(false)) => Some("none"),
+                Some(Think::Effort(level)) => Some(level.as_str()),
+            },
+            extra,
+        }
+    }
+
+    /// The request's sampling settings as both request shapes write them: the length
+    /// limit, the common fields, and llama-server's knobs (left out for OpenAI's own
+    /// API, which rejects them). `Sampling` is destructured whole, so a new field does
+    /// not compile until it is given a place or a reason to be dropped.
+    fn sampling<'a>(&self, request: &'a ChatRequest) -> (Option<u64>, Common<'a>, Knobs) {
         let Sampling {
             max_tokens,
             temperature,
@@ -325,51 +330,26 @@ impl Encoder<'_> {
             ollama_runtime,
         } = &request.sampling;
         self.log_dropped(ollama_runtime, request);
-        let extra = Extra {
-            knobs: if self.strict_parameters {
-                Knobs::default()
-            } else {
-                Knobs {
-                    top_k: *top_k,
-                    min_p: *min_p,
-                    typical_p: *typical_p,
-                    repeat_penalty: *repeat_penalty,
-                    repeat_last_n: *repeat_last_n,
-                }
-            },
-            // llama-server's templates read this; the effort alone is not enough.
-            no_thinking: !self.strict_parameters && request.think == Some(Think::Enabled(false)),
-            passthrough: &request.passthrough,
-        };
-        WireRequest {
-            model,
-            messages: wire_messages(&request.messages, !self.strict_parameters),
-            stream,
-            stream_options: stream.then_some(StreamOptions {
-                include_usage: true,
-            }),
-            max_completion_tokens: *max_tokens,
-            // Older OpenAI-compatible servers (and Ollama's /v1) read only the old name.
-            max_tokens: max_tokens.filter(|_| !self.strict_parameters),
+        let common = Common {
             temperature: *temperature,
             top_p: *top_p,
             seed: *seed,
             stop: (!stop.is_empty()).then_some(stop.as_slice()),
             frequency_penalty: *frequency_penalty,
             presence_penalty: *presence_penalty,
-            response_format: request.format.as_ref().map(response_format),
-            tools: (!request.tools.is_empty()).then_some(request.tools.as_slice()),
-            tool_choice: request.tool_choice.as_ref(),
-            parallel_tool_calls: request.parallel_tool_calls,
-            reasoning_effort: match &request.think {
-                None | Some(Think::Enabled(true)) => None,
-                // OpenAI refuses reasoning_effort on models that do not reason.
-                Some(Think::Enabled(false)) if self.strict_parameters => None,
-                Some(Think::Enabled(false)) => Some("none"),
-                Some(Think::Effort(level)) => Some(level.as_str()),
-            },
-            extra,
-        }
+        };
+        let knobs = if self.strict_parameters {
+            Knobs::default()
+        } else {
+            Knobs {
+                top_k: *top_k,
+                min_p: *min_p,
+                typical_p: *typical_p,
+                repeat_penalty: *repeat_penalty,
+                repeat_last_n: *repeat_last_n,
+            }
+        };
+        (*max_tokens, common, knobs)
     }
 
     /// Says at debug level what an OpenAI-compatible server has no place for.
