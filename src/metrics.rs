@@ -1,7 +1,7 @@
 //! Prometheus metrics: requests by route and status, and the tokens each user spent on
 //! each backend. One registry per server, so tests that start several do not mix counts.
 
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Marks an answer whose request is counted (and logged) when its body ends, with the
 /// outcome it really had, rather than when its headers leave: a stream.
@@ -13,6 +13,9 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     tokens: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    rejections: IntCounterVec,
 }
 
 impl Metrics {
@@ -35,16 +38,47 @@ impl Metrics {
             &["user", "backend", "kind"],
         )
         .expect("valid metric definition");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("unique metric name");
-        registry
-            .register(Box::new(tokens.clone()))
-            .expect("unique metric name");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_queue_depth",
+                "Requests waiting for a free slot, by backend.",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric definition");
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_in_flight",
+                "Requests holding a slot (from the upstream call to the answer's last byte), by backend.",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric definition");
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "switchyard_rejections_total",
+                "Requests refused before reaching a backend for a limit, by user and reason (rpm, tpm, tokens_per_day, max_concurrent, queue_full, queue_timeout).",
+            ),
+            &["user", "reason"],
+        )
+        .expect("valid metric definition");
+        for metric in [&requests, &tokens, &rejections] {
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric name");
+        }
+        for metric in [&queue_depth, &in_flight] {
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric name");
+        }
         Metrics {
             registry,
             requests,
             tokens,
+            queue_depth,
+            in_flight,
+            rejections,
         }
     }
 
@@ -64,6 +98,25 @@ impl Metrics {
         self.tokens
             .with_label_values(&[user, backend, "completion"])
             .inc_by(completion);
+    }
+
+    /// Sets how many requests wait for a slot of `backend`.
+    pub fn queue_depth(&self, backend: &str, waiting: usize) {
+        self.queue_depth
+            .with_label_values(&[backend])
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how many requests hold a slot of `backend`.
+    pub fn in_flight(&self, backend: &str, running: usize) {
+        self.in_flight
+            .with_label_values(&[backend])
+            .set(i64::try_from(running).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a request refused for a limit; `reason` is one of a fixed few words.
+    pub fn rejected(&self, user: &str, reason: &str) {
+        self.rejections.with_label_values(&[user, reason]).inc();
     }
 
     /// The text exposition format.
