@@ -174,10 +174,30 @@ impl std::fmt::Debug for AdminKeys {
 
 /// A model name that stands for several targets, tried in order: the first that answers
 /// serves the request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Alias {
     pub name: String,
     pub targets: Vec<String>,
+    /// For a name with `*`, `?` or `[`: the names it stands for (e.g. `claude-*`, the
+    /// names a coding agent asks for, all served by one local model).
+    pub pattern: Option<globset::GlobMatcher>,
+}
+
+impl Alias {
+    /// Whether the client's model name is this alias's: its name, or one its pattern
+    /// matches.
+    pub fn matches(&self, model: &str) -> bool {
+        match &self.pattern {
+            Some(pattern) => pattern.is_match(model),
+            None => self.name == model,
+        }
+    }
+}
+
+impl PartialEq for Alias {
+    fn eq(&self, other: &Alias) -> bool {
+        self.name == other.name && self.targets == other.targets
+    }
 }
 
 impl Config {
@@ -560,9 +580,17 @@ fn check_aliases(
                 ));
             }
         }
+        let pattern = if alias.name.contains(['*', '?', '[']) {
+            let glob = globset::Glob::new(&alias.name)
+                .map_err(|e| ConfigError(format!("{key}.name \"{}\": {e}", alias.name)))?;
+            Some(glob.compile_matcher())
+        } else {
+            None
+        };
         aliases.push(Alias {
             name: alias.name,
             targets: alias.targets,
+            pattern,
         });
     }
     Ok(aliases)

@@ -73,12 +73,19 @@ impl Router {
         }
     }
 
-    /// Where a model name leads: an alias's targets in order, or the one route.
+    /// Where a model name leads: an alias's targets in order, or the one route. An alias
+    /// named exactly so comes first, then the first pattern alias (`claude-*`) that
+    /// matches, in configuration order.
     pub fn resolve<'r, 'm>(&'r self, model: &'m str) -> Result<Vec<Route<'r, 'm>>, GatewayError>
     where
         'r: 'm,
     {
-        match self.aliases.iter().find(|alias| alias.name == model) {
+        let alias = self
+            .aliases
+            .iter()
+            .find(|alias| alias.name == model)
+            .or_else(|| self.aliases.iter().find(|alias| alias.matches(model)));
+        match alias {
             Some(alias) => alias
                 .targets
                 .iter()
@@ -163,6 +170,27 @@ mod tests {
         let names: Vec<(&str, &str)> = routes.iter().map(|r| (r.name, r.model)).collect();
         assert_eq!(names, vec![("local", "a"), ("ollama", "b")]);
         assert_eq!(router.resolve("local/x").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_pattern_alias_takes_the_names_it_matches_after_exact_names() {
+        let toml = "[[models]]\nname = \"claude-*\"\ntargets = [\"local/small\"]\n[[models]]\nname = \"claude-opus-9\"\ntargets = [\"ollama/big\"]\n[[backends]]\nname = \"ollama\"\nkind = \"ollama\"\nurl = \"http://127.0.0.1:1\"\n[[backends]]\nname = \"local\"\nkind = \"echo\"\n";
+        let config = Config::from_toml(toml).unwrap();
+        let router = Router::new(&config, &Pools::for_config(&config));
+        let first = |name: &str| {
+            let routes = router.resolve(name).unwrap();
+            (routes[0].name.to_owned(), routes[0].model.to_owned())
+        };
+        assert_eq!(
+            first("claude-haiku-4-5-20251001"),
+            ("local".into(), "small".into())
+        );
+        assert_eq!(first("claude-opus-9"), ("ollama".into(), "big".into()));
+        assert!(router.resolve("gpt-4o").is_err());
+        assert!(Config::from_toml("[[models]]\nname = \"a[\"\ntargets = [\"local/x\"]\n[[backends]]\nname = \"local\"\nkind = \"echo\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("models[0].name"));
     }
 
     #[test]

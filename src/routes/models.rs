@@ -71,8 +71,13 @@ async fn fetch_models(router: &Router) -> Vec<(String, ModelEntry)> {
         .into_iter()
         .flatten()
         .collect();
-    // Aliases are models too, as far as clients can tell.
-    for alias in router.aliases() {
+    // Aliases are models too, as far as clients can tell; a pattern (`claude-*`) names
+    // no one model, so it is not listed.
+    for alias in router
+        .aliases()
+        .iter()
+        .filter(|alias| alias.pattern.is_none())
+    {
         let entry = ModelEntry {
             id: alias.name.clone(),
             owned_by: Some("switchyard".to_owned()),
@@ -123,6 +128,9 @@ pub async fn openai_model(
     let listed = |name: &str| models.iter().find(|(listed, _)| *listed == name);
     if let Some((name, model)) = listed(&id) {
         return HttpResponse::Ok().json(openai_entry(name, model, unix_now()));
+    }
+    if router.aliases().iter().any(|alias| alias.matches(&id)) {
+        return HttpResponse::Ok().json(model_object(&id, unix_now(), "switchyard"));
     }
     let route = match router.route(&id) {
         Ok(route) => route,

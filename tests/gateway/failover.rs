@@ -215,3 +215,20 @@ async fn aliases_are_listed_as_models() {
     let shown = gateway.post("/api/show", &json!({"model": "chat"})).await;
     assert_eq!(shown.status, 200);
 }
+
+#[actix_web::test]
+async fn a_pattern_alias_serves_every_name_it_matches_and_is_not_listed() {
+    let gateway =
+        harness::start("[[models]]\nname = \"claude-*\"\ntargets = [\"ol/mock-fine\"]\n").await;
+    let answer = gateway
+        .post("/v1/chat/completions", &chat("claude-haiku-4-5-20251001"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["model"], "claude-haiku-4-5-20251001");
+    assert_eq!(gateway.mock.requests_for("mock-fine").len(), 1);
+    let listed = gateway.get("/v1/models").await.body;
+    assert!(!listed.contains("claude-"), "{listed}");
+    let entry = gateway.get("/v1/models/claude-sonnet-4-5").await;
+    assert_eq!(entry.status, 200, "{}", entry.body);
+    assert_eq!(entry.json()["id"], "claude-sonnet-4-5");
+}
