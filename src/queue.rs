@@ -321,12 +321,10 @@ impl Admission {
             }
         }
         // A key's slot frees requests of that key waiting on any backend.
-        let lines: Vec<usize> = match (line, key) {
-            (_, Some(_)) => (0..state.lines.len()).collect(),
-            (Some(index), None) => vec![index],
-            (None, None) => Vec::new(),
-        };
-        for index in lines {
+        for index in 0..state.lines.len() {
+            if key.is_none() && Some(index) != line {
+                continue;
+            }
             let changed = self.dispatch(&mut state, index);
             if changed || Some(index) == line {
                 self.gauges(index, &state.lines[index]);
