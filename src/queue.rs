@@ -514,12 +514,14 @@ impl Ticket {
             }
         };
         tokio::select! {
+            // A slot that came wins over news of the line: no place is shown then.
+            biased;
             granted = &mut self.granted => match granted {
                 Ok(()) => Ok(Progress::Granted(self.take())),
                 // The admission is gone with its server; nothing will be served.
-                Err(_) => Err(self.expired()),
+                Err(_) => self.expired(),
             },
-            () = tokio::time::sleep_until(self.deadline) => Err(self.expired()),
+            () = tokio::time::sleep_until(self.deadline) => self.expired(),
             () = changed => Ok(Progress::Moved),
         }
     }
@@ -535,14 +537,12 @@ impl Ticket {
     }
 
     /// The wait is over: out of the line with a 429, unless the slot came just now.
-    fn expired(&mut self) -> GatewayError {
+    fn expired(&mut self) -> Result<Progress, GatewayError> {
         let admission = self.admission.clone();
         let ahead = self.position().map_or(0, |place| place - 1);
-        if !admission.leave(self.line, self.id) {
-            // Given a slot as the time ran out: give it back to the next in line.
-            if self.granted.try_recv().is_ok() {
-                drop(self.take());
-            }
+        if !admission.leave(self.line, self.id) && self.granted.try_recv().is_ok() {
+            // Given a slot as the time ran out: it is this request's.
+            return Ok(Progress::Granted(self.take()));
         }
         self.done = true;
         admission.metrics.rejected(&self.user, "queue_timeout");
@@ -557,7 +557,7 @@ impl Ticket {
             line.running,
             line.waiting
         );
-        refusal(message, retry)
+        Err(refusal(message, retry))
     }
 }
 

@@ -187,7 +187,7 @@ async fn an_sse_stream_that_waits_is_told_its_place_in_comments() {
         &gateway,
         "/api/chat",
         ALICE,
-        "gpu/m-gap200chunks3",
+        "gpu/m-gap400chunks3",
         true,
         "holder",
     ));
@@ -196,7 +196,8 @@ async fn an_sse_stream_that_waits_is_told_its_place_in_comments() {
         &gateway,
         "/v1/chat/completions",
         ALICE,
-        "gpu/m-chunks2",
+        // Holds the slot long enough for the second to be told it is next.
+        "gpu/m-gap200chunks2",
         true,
         "first",
     ));
@@ -305,6 +306,18 @@ async fn a_full_queue_answers_429_with_retry_after_in_both_dialects() {
         };
         assert!(message.contains("max_queue"), "{message}");
     }
+    // Embeddings take a slot of their backend as well.
+    for path in ["/v1/embeddings", "/api/embed"] {
+        let answer = send(
+            client()
+                .post(format!("{}{path}", gateway.base))
+                .insert_header(("authorization", format!("Bearer {BOB}"))),
+            Some(&json!({"model": "gpu/m", "input": "refused"}).to_string()),
+        )
+        .await;
+        assert_eq!(answer.status, 429, "{path}: {}", answer.body);
+        assert!(answer.headers.contains_key("retry-after"), "{path}");
+    }
     assert_eq!(
         metric(
             &gateway,
@@ -312,14 +325,13 @@ async fn a_full_queue_answers_429_with_retry_after_in_both_dialects() {
             &["reason=\"queue_full\"", "user=\"bob\""]
         )
         .await,
-        Some(4.0)
+        Some(6.0)
     );
     assert_eq!(holder.await.unwrap().status, 200);
     assert_eq!(waiter.await.unwrap().status, 200);
-    assert!(
-        !arrived(&gateway).contains(&"refused".to_owned()),
-        "never forwarded"
-    );
+    // Only the two admitted reached the upstream.
+    assert_eq!(gateway.mock.requests.lock().unwrap().len(), 2);
+    assert_eq!(arrived(&gateway), ["holder", "waiter"], "never forwarded");
 }
 
 #[actix_web::test]
@@ -468,7 +480,7 @@ async fn a_key_at_its_own_cap_waits_in_line_or_is_refused_where_there_is_none() 
         &gateway,
         "/api/chat",
         CAPPED,
-        "free/m-gap200chunks3",
+        "free/m-gap300chunks3",
         true,
         "one",
     ));
