@@ -271,6 +271,16 @@ impl Config {
                     let _ = writeln!(out, "  {:<12} {:<7} built in", backend.name, "echo");
                 }
             }
+            if let Some(queue) = &backend.queue {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} max_concurrent {}: up to {} more wait, each up to {}s",
+                    "",
+                    queue.max_concurrent,
+                    queue.max_queue,
+                    queue.timeout.as_secs_f64()
+                );
+            }
         }
         let _ = writeln!(out, "routing:");
         for backend in &self.backends {

@@ -33,10 +33,15 @@ pub(super) async fn first_slot<D: Dialect>(
     if caller.admission.is_none() {
         return Ok(First::Go(None));
     }
-    let Some(backend) = router.resolve(asked)?.first().map(|route| route.name) else {
+    // The first target's backend, found without `resolve`'s list of every target.
+    let first = match router.aliases().iter().find(|alias| alias.name == asked) {
+        Some(alias) => alias.targets.first().map(String::as_str),
+        None => Some(asked),
+    };
+    let Some(first) = first else {
         return Ok(First::Go(None));
     };
-    match admit(caller, backend)? {
+    match admit(caller, router.route(first)?.name)? {
         Admit::Go(slot) => Ok(First::Go(slot)),
         Admit::Wait(ticket) => {
             let mut place = BytesMut::new();
