@@ -504,9 +504,12 @@ async fn a_key_at_its_own_cap_waits_in_line_or_is_refused_where_there_is_none() 
     );
     // `gpu` has a line: the capped key's request waits there (with three slots free)
     // until its first request ends, then runs.
-    let waited = ask(&gateway, "/api/chat", CAPPED, "gpu/m", false, "waited").await;
-    assert_eq!(waited.status, 200);
+    let waited = actix_web::rt::spawn(ask(&gateway, "/api/chat", CAPPED, "gpu/m", false, "waited"));
+    until_metric(&gateway, DEPTH, &[GPU], 1.0).await;
+    assert_eq!(metric(&gateway, IN_FLIGHT, &[GPU]).await, Some(0.0));
+    assert_eq!(arrived(&gateway), ["one", "other"]);
     assert_eq!(running.await.unwrap().status, 200);
+    assert_eq!(waited.await.unwrap().status, 200);
     assert_eq!(arrived(&gateway), ["one", "other", "waited"]);
     assert_eq!(
         metric(
