@@ -138,6 +138,12 @@ struct RawRouting {
 struct RawBackend {
     /// Unique; also the model-name prefix that routes to this backend.
     name: String,
+    /// Requests served at once; absent means no limit (`crate::queue`).
+    max_concurrent: Option<i64>,
+    /// Requests that may wait for a slot.
+    max_queue: Option<i64>,
+    /// The longest a request waits for a slot.
+    queue_timeout_secs: Option<f64>,
     /// `kind` and the settings that kind takes.
     #[serde(flatten)]
     settings: BackendSettings,
@@ -285,6 +291,16 @@ impl Config {
                     let _ = writeln!(out, "  {:<12} {:<7} built in", backend.name, "echo");
                 }
             }
+            if let Some(queue) = &backend.queue {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} max_concurrent {}: up to {} more wait, each up to {}s",
+                    "",
+                    queue.max_concurrent,
+                    queue.max_queue,
+                    queue.timeout.as_secs_f64()
+                );
+            }
         }
         let _ = writeln!(out, "routing:");
         for backend in &self.backends {
@@ -348,6 +364,7 @@ impl RawConfig {
                 vec![BackendConfig {
                     name: "echo".to_owned(),
                     kind: BackendKind::Echo,
+                    queue: None,
                 }],
                 Some(
                     self.routing
@@ -623,9 +640,17 @@ impl RawBackend {
             ));
         }
         let kind = self.settings.check(&key).map_err(ConfigError)?;
+        let queue = crate::queue::QueueSettings::check(
+            &key,
+            self.max_concurrent,
+            self.max_queue,
+            self.queue_timeout_secs,
+        )
+        .map_err(ConfigError)?;
         Ok(BackendConfig {
             name: self.name,
             kind,
+            queue,
         })
     }
 }

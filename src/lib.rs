@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod peer;
 pub mod pipeline;
+pub mod queue;
 pub mod router;
 mod routes;
 pub mod server;

@@ -26,14 +26,19 @@ use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 use crate::hangup::{client_gone, ClientSocket};
 use crate::metrics::{CountedAtEnd, Metrics};
+use crate::queue::{Admission, KeyCap, Slot};
 use crate::router::Router;
 use crate::timing::{self, Stopwatch};
+
+mod admission;
+use admission::{queued_stream, slot, First, Waiting};
 
 /// Largest accepted request body, per the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
 /// Who is asking, for counting what they spend.
+#[derive(Clone)]
 pub struct Caller {
     pub user: Arc<str>,
     pub metrics: web::Data<Metrics>,
@@ -45,6 +50,10 @@ pub struct Caller {
     request: HttpRequest,
     /// Where a limited key's tokens are charged (keys with `tpm` only).
     charge: Option<Charge>,
+    /// Backends' slots, where a backend or this caller's key has `max_concurrent`.
+    admission: Option<web::Data<Admission>>,
+    /// The key's own `max_concurrent`.
+    key_cap: Option<KeyCap>,
 }
 
 /// A key with a token budget, and the store that keeps its spending.
@@ -107,6 +116,16 @@ impl FromRequest for Caller {
                     store: request.app_data::<web::Data<KeyStore>>()?.clone(),
                 })
             });
+        let key_cap = request.extensions().get::<Key>().and_then(|Key(policy)| {
+            Some(KeyCap {
+                key_id: policy.key_id.clone(),
+                max: policy.max_concurrent?,
+            })
+        });
+        let admission = request
+            .app_data::<web::Data<Admission>>()
+            .filter(|admission| key_cap.is_some() || admission.limits_backends())
+            .cloned();
         std::future::ready(Ok(Caller {
             user,
             metrics,
@@ -114,6 +133,8 @@ impl FromRequest for Caller {
             stopwatch,
             request: request.clone(),
             charge,
+            admission,
+            key_cap,
         }))
     }
 }
@@ -210,7 +231,7 @@ pub fn chat_route<D: Dialect + Copy>(dialect: D) -> Route {
 
 /// Serves one chat request of any dialect, from body to answer; failures are answered
 /// in the dialect, with their real status.
-pub async fn serve_chat<D: Dialect>(
+pub async fn serve_chat<D: Dialect + Clone>(
     dialect: D,
     body: RequestBody,
     router: web::Data<Router>,
@@ -221,10 +242,10 @@ pub async fn serve_chat<D: Dialect>(
         .unwrap_or_else(|error| D::render_error(&error))
 }
 
-async fn answer_chat<D: Dialect>(
+async fn answer_chat<D: Dialect + Clone>(
     dialect: &D,
     body: RequestBody,
-    router: &Router,
+    router: &web::Data<Router>,
     caller: &Caller,
 ) -> Result<HttpResponse, GatewayError> {
     // The request borrows its texts from the body's bytes, so they are held here, in
@@ -248,21 +269,42 @@ async fn answer_chat<D: Dialect>(
     // half a kilobyte of request.
     let request = Box::new(request);
     if stream {
-        let events = start_stream(router, caller, &model, &request).await?;
-        let mut answer = HttpResponse::Ok();
-        answer.content_type(D::STREAM_CONTENT_TYPE);
-        for &header in D::STREAM_HEADERS {
-            answer.insert_header(header);
-        }
+        let reserved = match admission::first_slot::<D>(router, caller, &model).await? {
+            First::Go(slot) => slot,
+            First::Queued(ticket, place) => {
+                let renderer = dialect.stream_renderer(model, reply);
+                let waiting = Waiting {
+                    dialect: dialect.clone(),
+                    body: body.clone(),
+                    router: router.clone(),
+                    caller: caller.clone(),
+                    ticket,
+                };
+                return Ok(stream_answer::<D>(queued_stream(waiting, place, renderer)));
+            }
+        };
+        let events = start_stream(router, caller, &model, &request, reserved).await?;
         let renderer = dialect.stream_renderer(model, reply);
         let ledger = StreamLedger::new(caller);
-        let mut answer = answer.streaming(render_stream(events, renderer, ledger));
-        answer.extensions_mut().insert(CountedAtEnd);
-        Ok(answer)
+        Ok(stream_answer::<D>(render_stream(events, renderer, ledger)))
     } else {
         let completion = complete(router, caller, &model, &request).await?;
         dialect.render_completion(&model, reply, &completion)
     }
+}
+
+/// A streamed answer's response: its dialect's headers, counted when it ends.
+fn stream_answer<D: Dialect>(
+    body: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+) -> HttpResponse {
+    let mut answer = HttpResponse::Ok();
+    answer.content_type(D::STREAM_CONTENT_TYPE);
+    for &header in D::STREAM_HEADERS {
+        answer.insert_header(header);
+    }
+    let mut answer = answer.streaming(body);
+    answer.extensions_mut().insert(CountedAtEnd);
+    answer
 }
 
 /// One target of a routed model name.
@@ -318,9 +360,16 @@ async fn start_stream(
     caller: &Caller,
     asked: &str,
     request: &ChatRequest<'_>,
+    mut reserved: Option<Slot>,
 ) -> Result<EventStream, GatewayError> {
     with_fallback(router, asked, |target| {
+        // A slot already given for the first target's backend.
+        let reserved = reserved.take();
         async move {
+            let slot = match reserved {
+                Some(slot) => Some(slot),
+                None => slot(caller, target.name).await?,
+            };
             caller.upstream_called();
             let first = async {
                 // The one place a streamed chat meets a backend.
@@ -330,7 +379,9 @@ async fn start_stream(
             };
             let events = until_client_gone(caller, first).await?;
             let (spending, name) = (caller.spending(), target.name.to_owned());
+            // The slot goes with the stream, given back when it ends or is dropped.
             let events: EventStream = Box::pin(events.inspect(move |item| {
+                let _slot = &slot;
                 if let Ok(Event::Usage(usage)) = item {
                     spending.tokens(&name, usage.prompt_tokens, usage.completion_tokens);
                 }
@@ -350,6 +401,7 @@ async fn complete(
 ) -> Result<Completion, GatewayError> {
     with_fallback(router, asked, |target| {
         async move {
+            let _slot = slot(caller, target.name).await?;
             caller.upstream_called();
             // The one place a whole chat answer is asked of a backend.
             let completion =
@@ -384,6 +436,7 @@ pub async fn embed(
     let request = &request;
     with_fallback(router, asked, |target| {
         async move {
+            let _slot = slot(caller, target.name).await?;
             caller.upstream_called();
             // The one place an embedding request meets a backend.
             let embeddings =

@@ -16,6 +16,7 @@ use crate::dialect::ollama::Ollama;
 use crate::metrics::{CountedAtEnd, Metrics};
 use crate::peer::TrustedProxies;
 use crate::pipeline::BodyLimit;
+use crate::queue::Admission;
 use crate::router::Router;
 use crate::routes;
 use crate::timing;
@@ -27,6 +28,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Upstream servers' health and load, shared by every worker.
     pub pools: Arc<Pools>,
+    /// The backends' slots and lines and the keys' counts (`max_concurrent`).
+    pub admission: Arc<Admission>,
 }
 
 impl Shared {
@@ -40,11 +43,18 @@ impl Shared {
                 config.listen
             ));
         }
+        let metrics = Arc::new(Metrics::new());
+        let limits: Vec<_> = config
+            .backends
+            .iter()
+            .map(|backend| (backend.name.clone(), backend.queue.clone()))
+            .collect();
         Ok(Shared {
             pools: Arc::new(Pools::for_config(&config)),
+            admission: Arc::new(Admission::new(&limits, metrics.clone())),
             config: Arc::new(config),
             keys: Arc::new(keys),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         })
     }
 }
@@ -54,6 +64,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
     let config = shared.config.clone();
     let keys = web::Data::from(shared.keys.clone());
     let metrics = web::Data::from(shared.metrics.clone());
+    let admission = web::Data::from(shared.admission.clone());
     let factory_config = config.clone();
     let pools = shared.pools.clone();
     // actix's Logger formats its line (and reads the peer address) for every request
@@ -64,6 +75,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
         App::new()
             .app_data(keys.clone())
             .app_data(metrics.clone())
+            .app_data(admission.clone())
             .app_data(web::Data::new(Router::new(&config, &pools)))
             .app_data(web::Data::new(BodyLimit(config.body_limit)))
             .app_data(web::Data::new(config.metrics_access))

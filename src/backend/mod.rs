@@ -62,6 +62,8 @@ impl BackendSettings {
 pub struct BackendConfig {
     pub name: String,
     pub kind: BackendKind,
+    /// `max_concurrent` and its line, for every kind alike; `None`: no limit.
+    pub queue: Option<crate::queue::QueueSettings>,
 }
 
 /// What a backend talks to, checked.

@@ -62,6 +62,14 @@ pub trait Dialect: Sized + 'static {
         completion: &Completion,
     ) -> Result<HttpResponse, GatewayError>;
 
+    /// Writes a waiting stream's place in line (1 is next) as something its clients'
+    /// parsers skip, and says whether it could. A dialect without comments (NDJSON)
+    /// writes nothing: its streams start only with the answer.
+    fn queue_comment(position: usize, out: &mut BytesMut) -> bool {
+        let _ = (position, out);
+        false
+    }
+
     /// An error answer, with its status: how this dialect's clients read failures. It
     /// takes no `self`, so a scope's key check and unknown routes can answer with it.
     fn render_error(error: &GatewayError) -> HttpResponse;

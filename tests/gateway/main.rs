@@ -9,6 +9,7 @@ mod errors;
 mod failover;
 mod matrix;
 mod providers;
+mod queue;
 mod routes;
 mod streams;
 mod translation;

@@ -9,6 +9,7 @@ pub use parse::{parse_chat, Reply};
 pub use render::{error_object, model_object, render_completion, render_error, SseRenderer};
 
 use actix_web::HttpResponse;
+use bytes::BytesMut;
 
 use crate::chat::Completion;
 use crate::dialect::{Dialect, ParsedChat};
@@ -42,6 +43,14 @@ impl Dialect for OpenAi {
         completion: &Completion,
     ) -> Result<HttpResponse, GatewayError> {
         Ok(HttpResponse::Ok().json(render_completion(model, completion)))
+    }
+
+    fn queue_comment(position: usize, out: &mut BytesMut) -> bool {
+        // An SSE comment line: every SSE parser skips it.
+        out.extend_from_slice(b": queue position ");
+        out.extend_from_slice(itoa::Buffer::new().format(position).as_bytes());
+        out.extend_from_slice(b"\n\n");
+        true
     }
 
     fn render_error(error: &GatewayError) -> HttpResponse {
