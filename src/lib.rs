@@ -8,6 +8,7 @@ pub mod auth;
 pub mod backend;
 pub mod chat;
 pub mod config;
+pub mod console;
 pub mod dialect;
 pub mod embed;
 pub mod error;

@@ -32,6 +32,8 @@ pub const OLLAMA_COMPAT_VERSION: &str = "0.13.0";
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(mount::<OpenAi>("/v1", openai))
         .service(mount::<Ollama>("/api", ollama))
+        // The admin console: its page and its JSON API, outside every dialect.
+        .configure(crate::console::configure)
         // Open: probes and scrapers carry no key.
         .route("/health", web::get().to(models::health))
         .route("/metrics", web::get().to(metrics))
