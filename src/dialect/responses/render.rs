@@ -595,3 +595,336 @@ impl StreamRenderer for ResponsesRenderer {
         self.emit(out, "response.failed", json!({"response": object}));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::responses::Echo;
+    use crate::framing::EventCutter;
+    use crate::stored::{ResponseStore, StoreConfig};
+
+    fn reply() -> Reply {
+        Reply {
+            echo: Echo {
+                store: true,
+                ..Echo::default()
+            },
+            namespaced: vec![Namespaced {
+                flat: "agents__spawn".into(),
+                namespace: "agents".into(),
+                name: "spawn".into(),
+            }],
+            save: None,
+        }
+    }
+
+    /// Each event as (`event:` name, data), checking the name is the data's `type`.
+    fn events(out: &[u8]) -> Vec<(String, Value)> {
+        std::str::from_utf8(out)
+            .unwrap()
+            .split("\n\n")
+            .filter(|event| !event.is_empty())
+            .map(|event| {
+                let (name, data) = event.split_once('\n').unwrap();
+                let name = name.strip_prefix("event: ").unwrap().to_owned();
+                let data: Value =
+                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                assert_eq!(data["type"], name.as_str());
+                (name, data)
+            })
+            .collect()
+    }
+
+    fn stream(reply: Reply, input: Vec<Event>) -> Vec<(String, Value)> {
+        let mut renderer = ResponsesRenderer::new("oa/m".into(), reply);
+        let mut out = BytesMut::new();
+        for event in input {
+            renderer.event(event, &mut out);
+        }
+        renderer.end(&mut out);
+        events(&out)
+    }
+
+    fn call(index: usize, id: Option<&str>, name: Option<&str>, arguments: &str) -> Event {
+        Event::ToolCall(ToolCallDelta {
+            index,
+            id: id.map(str::to_owned),
+            name: name.map(str::to_owned),
+            arguments: arguments.to_owned(),
+        })
+    }
+
+    fn usage() -> Usage {
+        Usage {
+            prompt_tokens: 7,
+            completion_tokens: 5,
+            ..Usage::default()
+        }
+    }
+
+    #[test]
+    fn whole_answer_items_in_order() {
+        let completion = Completion {
+            text: "Hello".into(),
+            thinking: "hmm".into(),
+            tool_calls: vec![ToolCall {
+                id: None,
+                name: "agents__spawn".into(),
+                arguments: "{}".into(),
+            }],
+            finish_reason: Some(FinishReason::ToolCalls),
+            usage: Some(usage()),
+        };
+        let store = Arc::new(ResponseStore::new(StoreConfig::default()));
+        let mut reply = reply();
+        reply.save = Some(super::super::Save {
+            store: store.clone(),
+            owner: Arc::from("k"),
+            conversation: vec![Message::text(Role::User, "hi")],
+        });
+        let object = render_whole("oa/m", reply, &completion);
+        let id = object["id"].as_str().unwrap();
+        assert!(id.starts_with("resp_"));
+        assert_eq!(object["object"], "response");
+        assert_eq!(object["status"], "completed");
+        assert_eq!(object["model"], "oa/m");
+        let output = object["output"].as_array().unwrap();
+        let kinds: Vec<&str> = output.iter().map(|i| i["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["reasoning", "message", "function_call"]);
+        assert_eq!(output[0]["content"][0]["text"], "hmm");
+        assert_eq!(output[1]["content"][0]["type"], "output_text");
+        assert_eq!(output[1]["content"][0]["text"], "Hello");
+        // The namespaced call is named as the client offered it, with a call id.
+        assert_eq!(output[2]["name"], "spawn");
+        assert_eq!(output[2]["namespace"], "agents");
+        let call_id = output[2]["call_id"].as_str().unwrap();
+        assert!(call_id.starts_with("call_"));
+        assert_eq!(
+            object["usage"],
+            json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0},
+                   "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
+                   "total_tokens": 12})
+        );
+        // Kept: the object, and the conversation with the answer's turn, the call
+        // under the id the client was given and the upstream's name.
+        let stored = store.get(id, "k").unwrap();
+        assert_eq!(stored.object, object);
+        let turn = stored.conversation.last().unwrap();
+        assert_eq!(turn.role, Role::Assistant);
+        assert_eq!(turn.tool_calls[0].id.as_deref(), Some(call_id));
+        assert_eq!(turn.tool_calls[0].name, "agents__spawn");
+        assert_eq!(turn.thinking.as_deref(), Some("hmm"));
+    }
+
+    #[test]
+    fn a_length_stop_is_incomplete() {
+        let completion = Completion {
+            text: "cut".into(),
+            finish_reason: Some(FinishReason::Length),
+            ..Completion::default()
+        };
+        let object = render_whole("m", reply(), &completion);
+        assert_eq!(object["status"], "incomplete");
+        assert_eq!(
+            object["incomplete_details"],
+            json!({"reason": "max_output_tokens"})
+        );
+        let events = stream(
+            reply(),
+            vec![
+                Event::Text("cut".into()),
+                Event::Finish(FinishReason::Length),
+            ],
+        );
+        let (name, last) = events.last().unwrap();
+        assert_eq!(name, "response.incomplete");
+        assert_eq!(last["response"]["status"], "incomplete");
+    }
+
+    #[test]
+    fn stream_event_sequence() {
+        let events = stream(
+            reply(),
+            vec![
+                Event::Thinking("Let me".into()),
+                Event::Thinking(" think.".into()),
+                Event::Text("Hel".into()),
+                Event::Text("lo".into()),
+                call(3, Some("call_a"), Some("agents__spawn"), ""),
+                call(3, None, None, "{\"a\":"),
+                call(3, None, None, "1}"),
+                Event::Finish(FinishReason::ToolCalls),
+                Event::Usage(usage()),
+            ],
+        );
+        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (number, (_, data)) in events.iter().enumerate() {
+            assert_eq!(data["sequence_number"], number as u64);
+        }
+        let id = &events[0].1["response"]["id"];
+        assert_eq!(events[0].1["response"]["status"], "in_progress");
+        assert_eq!(events[13].1["text"], "Hello");
+        assert_eq!(events[6].1["text"], "Let me think.");
+        assert_eq!(events[16].1["item"]["name"], "spawn");
+        assert_eq!(events[16].1["item"]["namespace"], "agents");
+        assert_eq!(events[16].1["item"]["call_id"], "call_a");
+        assert_eq!(events[19].1["arguments"], "{\"a\":1}");
+        assert_eq!(events[20].1["item"]["status"], "completed");
+        let done = &events[21].1["response"];
+        assert_eq!(&done["id"], id);
+        assert_eq!(done["status"], "completed");
+        assert_eq!(done["usage"]["total_tokens"], 12);
+        let output = done["output"].as_array().unwrap();
+        assert_eq!(output.len(), 3);
+        for (index, item) in output.iter().enumerate() {
+            assert_eq!(item["id"], events[[2, 9, 16][index]].1["item"]["id"]);
+        }
+    }
+
+    #[test]
+    fn an_empty_stream_still_completes_with_usage() {
+        let events = stream(reply(), Vec::new());
+        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.completed"
+            ]
+        );
+        assert_eq!(events[2].1["response"]["usage"]["total_tokens"], 0);
+    }
+
+    #[test]
+    fn a_failure_mid_stream_is_response_failed() {
+        let mut renderer = ResponsesRenderer::new("m".into(), reply());
+        let mut out = BytesMut::new();
+        renderer.event(Event::Text("a".into()), &mut out);
+        let error = GatewayError::UpstreamStatus {
+            backend: "oa".into(),
+            status: 500,
+            message: "boom".into(),
+            kind: None,
+            code: None,
+            retry_after: None,
+        };
+        renderer.error(&error, &mut out);
+        let events = events(&out);
+        let (name, last) = events.last().unwrap();
+        assert_eq!(name, "response.failed");
+        assert_eq!(last["response"]["status"], "failed");
+        assert_eq!(
+            last["response"]["error"],
+            json!({"code": "server_error", "message": "boom"})
+        );
+        assert!(!events.iter().any(|(name, _)| name == "response.completed"));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Short pieces with what JSON escapes and multi-byte characters: every cut of
+        /// a stream is tried, so its length counts twice.
+        fn text() -> impl Strategy<Value = String> {
+            "[a-z é😀\"\\\n\u{1}]{1,12}"
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                text().prop_map(Event::Text),
+                text().prop_map(Event::Thinking),
+                (0usize..3, proptest::option::of("[a-z_]{1,8}"), text()).prop_map(
+                    |(index, name, arguments)| Event::ToolCall(ToolCallDelta {
+                        index,
+                        id: None,
+                        name,
+                        arguments,
+                    })
+                ),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(16))]
+
+            /// However the rendered stream is cut, an SSE reader gets the same events,
+            /// each one whole JSON in order; the texts add up to what was streamed.
+            #[test]
+            fn cut_at_every_byte_the_events_are_the_same(
+                input in proptest::collection::vec(event(), 0..8)
+            ) {
+                let mut renderer = ResponsesRenderer::new("m".into(), reply());
+                let mut out = BytesMut::new();
+                let mut text = String::new();
+                for event in input {
+                    if let Event::Text(piece) = &event {
+                        text.push_str(piece);
+                    }
+                    renderer.event(event, &mut out);
+                }
+                renderer.end(&mut out);
+                let whole = events(&out);
+                for (number, (_, data)) in whole.iter().enumerate() {
+                    prop_assert_eq!(&data["sequence_number"], &json!(number));
+                }
+                let streamed: String = whole
+                    .iter()
+                    .filter(|(name, _)| name == "response.output_text.delta")
+                    .map(|(_, data)| data["delta"].as_str().unwrap().to_owned())
+                    .collect();
+                prop_assert_eq!(&streamed, &text);
+                prop_assert_eq!(whole.last().map(|(n, _)| n.as_str()), Some("response.completed"));
+                // Cut anywhere, the same events come out, byte for byte.
+                let raw = |pieces: [&[u8]; 2]| {
+                    let mut cutter = EventCutter::default();
+                    let mut seen = Vec::new();
+                    for piece in pieces {
+                        cutter.push(piece);
+                        while let Some(event) = cutter.next_event() {
+                            seen.push(event);
+                        }
+                    }
+                    (seen, cutter.finish())
+                };
+                let (all, rest) = raw([&out[..], &[]]);
+                prop_assert!(rest.is_none());
+                prop_assert_eq!(all.len(), whole.len());
+                for cut in 0..=out.len() {
+                    let (seen, rest) = raw([&out[..cut], &out[cut..]]);
+                    prop_assert!(rest.is_none());
+                    prop_assert_eq!(&seen, &all);
+                }
+            }
+        }
+    }
+}
