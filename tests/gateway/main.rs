@@ -9,6 +9,7 @@ mod errors;
 mod failover;
 mod matrix;
 mod providers;
+mod responses;
 mod routes;
 mod streams;
 mod translation;
