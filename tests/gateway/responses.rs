@@ -777,3 +777,58 @@ async fn a_key_sees_only_its_own_responses_and_its_limits_apply() {
         200
     );
 }
+
+/// The two requests Codex CLI 0.171.0 sent in one tool round trip, replayed as recorded
+/// against echo, then against a mock that calls a tool.
+#[actix_web::test]
+async fn codex_requests_are_served() {
+    let gateway = harness::start("").await;
+    let fixture = include_str!("../fixtures/agents/codex-0.171.0-tool-round-trip.jsonl");
+    let bodies: Vec<Value> = fixture
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["body"].clone())
+        .collect();
+    for body in &bodies {
+        assert_eq!(body["model"], "echo/echo");
+        let answer = gateway.post("/v1/responses", body).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let events = events(&answer);
+        let (name, done) = events.last().unwrap();
+        assert_eq!(name, "response.completed");
+        assert!(done["response"]["usage"]["total_tokens"].as_u64().unwrap() > 0);
+        assert_eq!(
+            deltas(&events, "response.output_text.delta"),
+            "Run the shell command: echo TOOL-OK",
+            "echo answers the last user message"
+        );
+    }
+    let mut first = bodies[0].clone();
+    first["model"] = json!("oa/mock-tool");
+    let events = events(&gateway.post("/v1/responses", &first).await);
+    let done = &events.last().unwrap().1["response"];
+    assert_eq!(done["output"][0]["type"], "function_call");
+    assert_eq!(done["output"][0]["name"], "get_weather");
+    let sent = upstream(&gateway, "mock-tool");
+    let names: Vec<&str> = sent["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tool| tool["function"]["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"exec_command"), "{names:?}");
+    assert!(names.contains(&"multi_agent_v1__spawn_agent"), "{names:?}");
+    assert!(!names.iter().any(|name| name.contains("web_search")));
+    for unknown in ["prompt_cache_key", "client_metadata", "include", "store"] {
+        assert!(
+            sent.get(unknown).is_none(),
+            "{unknown} is not sent upstream"
+        );
+    }
+    // Codex's developer messages lead the conversation (as system, which every chat
+    // template takes).
+    assert_eq!(sent["messages"][0]["role"], "system");
+    assert!(sent["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("You are a coding agent"));
+}
