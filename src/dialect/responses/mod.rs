@@ -255,7 +255,8 @@ mod tests {
                 {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{\"a\":1}"},
                 {"type": "function_call", "call_id": "call_2", "name": "spawn", "namespace": "agents", "arguments": "{}"},
                 {"type": "function_call_output", "call_id": "call_1", "output": "42"},
-                {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "ok"}]}
+                {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "ok"}]},
+                {"type": "function_call_output", "call_id": "call_2", "output": {"content": "failed", "success": false}}
             ],
             "tools": [
                 {"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}, "strict": true},
@@ -321,6 +322,7 @@ mod tests {
                 Role::User,
                 Role::Assistant,
                 Role::Tool,
+                Role::Tool,
                 Role::Tool
             ]
         );
@@ -364,6 +366,7 @@ mod tests {
             Some("agents__spawn")
         );
         assert_eq!(request.messages[5].joined_text(), "ok");
+        assert_eq!(request.messages[6].joined_text(), "failed");
     }
 
     #[test]

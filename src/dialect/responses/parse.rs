@@ -392,7 +392,7 @@ pub(super) fn parse_input<'a>(
                 })?;
                 let tool_name = tool_name_of(&messages, &call_id);
                 messages.push(Message {
-                    parts: parse_content(index, item.output)?,
+                    parts: parse_output(index, item.output)?,
                     tool_call_id: Some(call_id),
                     tool_name,
                     ..Message::text(Role::Tool, "")
@@ -464,6 +464,31 @@ fn reasoning_text<'a>(
         1 => texts.into_iter().next(),
         _ => Some(Cow::Owned(texts.join("\n"))),
     })
+}
+
+/// A tool output: a string or parts, or the `{"content", "success"}` object earlier
+/// Codex versions wrote for a failed call (its `content` is the output).
+fn parse_output<'a>(
+    index: usize,
+    output: Option<&'a RawValue>,
+) -> Result<Vec<Part<'a>>, GatewayError> {
+    #[derive(Deserialize)]
+    struct Wrapped<'a> {
+        #[serde(borrow)]
+        content: Option<&'a RawValue>,
+    }
+    match output {
+        Some(raw) if raw.get().starts_with('{') => {
+            let wrapped: Wrapped<'a> = serde_json::from_str(raw.get()).map_err(|e| {
+                GatewayError::bad_field(
+                    "input",
+                    format!("input[{index}].output cannot be read: {e}"),
+                )
+            })?;
+            parse_content(index, wrapped.content)
+        }
+        other => parse_content(index, other),
+    }
 }
 
 /// A message's (or a tool output's) content: one string, or an array of parts.
