@@ -44,7 +44,7 @@ struct RawConfig {
     models: Vec<RawAlias>,
     /// Stored responses of the Responses API.
     #[serde(default)]
-    responses: crate::stored::StoreConfig,
+    responses: crate::dialect::responses::store::StoreConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,7 +164,7 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     pub aliases: Vec<Alias>,
     /// `[responses]`: the limits of the stored responses.
-    pub responses: crate::stored::StoreConfig,
+    pub responses: crate::dialect::responses::store::StoreConfig,
 }
 
 /// Admin keys from the configuration: secrets, so their `Debug` says only how many.

@@ -21,7 +21,6 @@ pub mod pipeline;
 pub mod router;
 mod routes;
 pub mod server;
-pub mod stored;
 pub mod timing;
 
 pub use config::Config;

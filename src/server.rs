@@ -57,7 +57,9 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
     let factory_config = config.clone();
     let pools = shared.pools.clone();
     // Stored responses are shared by every worker, as a continuation may land on any.
-    let responses = web::Data::new(crate::stored::ResponseStore::new(config.responses));
+    let responses = web::Data::new(crate::dialect::responses::store::ResponseStore::new(
+        config.responses,
+    ));
     // actix's Logger formats its line (and reads the peer address) for every request
     // even when its level is filtered out; leave it out of the chain then.
     let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);

@@ -9,10 +9,10 @@ use serde_json::json;
 
 use crate::auth::Key;
 use crate::dialect::openai::render_error;
+use crate::dialect::responses::store::ResponseStore;
 use crate::dialect::responses::{not_found, Responses};
 use crate::pipeline::{serve_chat, Caller, RequestBody};
 use crate::router::Router;
-use crate::stored::ResponseStore;
 
 /// Whose responses a request may see: its key's id, or `""` for anonymous callers,
 /// who share one owner.

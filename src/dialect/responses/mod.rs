@@ -10,6 +10,7 @@
 
 mod parse;
 mod render;
+pub mod store;
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ pub use render::ResponsesRenderer;
 use crate::chat::{Completion, Message, Part, Role};
 use crate::dialect::{Dialect, ParsedChat};
 use crate::error::GatewayError;
-use crate::stored::{owned_message, ResponseStore};
+use store::{owned_message, ResponseStore};
 
 /// The Responses API for one request: the store it reads and writes, and the key id of
 /// the caller (`""` for anonymous callers, who share one owner).
@@ -212,9 +213,9 @@ impl Dialect for Responses {
 mod tests {
     use serde_json::json;
 
+    use super::store::{StoreConfig, StoredResponse};
     use super::*;
     use crate::chat::{Image, OutputFormat, Think, ToolCall};
-    use crate::stored::{StoreConfig, StoredResponse};
 
     fn dialect() -> Responses {
         Responses {

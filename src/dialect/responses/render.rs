@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::store::StoredResponse;
 use crate::chat::{
     random_id, Completion, Event, FinishReason, Message, Part, Role, ToolCall, ToolCallDelta, Usage,
 };
@@ -21,7 +22,6 @@ use crate::dialect::openai::error_object;
 use crate::dialect::{unix_now, StreamRenderer};
 use crate::error::GatewayError;
 use crate::framing::write_json;
-use crate::stored::StoredResponse;
 
 use super::{Namespaced, Reply};
 
@@ -599,9 +599,9 @@ impl StreamRenderer for ResponsesRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::responses::store::{ResponseStore, StoreConfig};
     use crate::dialect::responses::Echo;
     use crate::framing::EventCutter;
-    use crate::stored::{ResponseStore, StoreConfig};
 
     fn reply() -> Reply {
         Reply {
