@@ -247,6 +247,27 @@ mod tests {
     }
 
     #[test]
+    fn the_limits_come_from_the_responses_section() {
+        let config = crate::config::Config::from_toml(
+            "[responses]\nstore_max = 5\nstore_max_age_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.responses,
+            StoreConfig {
+                store_max: 5,
+                store_max_age_secs: 60
+            }
+        );
+        assert_eq!(
+            crate::config::Config::from_toml("").unwrap().responses,
+            StoreConfig::default()
+        );
+        let misspelt = crate::config::Config::from_toml("[responses]\nstore_maximum = 5\n");
+        assert!(misspelt.unwrap_err().0.contains("store_maximum"));
+    }
+
+    #[test]
     fn owned_messages_decode_literals() {
         let literal: &serde_json::value::RawValue = serde_json::from_str(r#""a\nb""#).unwrap();
         let message = Message {
