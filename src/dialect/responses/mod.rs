@@ -15,7 +15,6 @@ pub mod store;
 use std::sync::Arc;
 
 use actix_web::HttpResponse;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub use parse::{flat_name, Namespaced};
@@ -57,7 +56,8 @@ pub struct Echo {
     pub metadata: Value,
     pub user: Option<String>,
     pub tool_choice: Value,
-    pub tools: Option<Box<RawValue>>,
+    /// The tools as the client wrote them, read once for the objects that repeat them.
+    pub tools: Value,
     pub text_format: Value,
     pub effort: Option<String>,
     pub summary: Option<String>,
@@ -170,7 +170,10 @@ impl Dialect for Responses {
                 .tool_choice
                 .clone()
                 .unwrap_or_else(|| Value::from("auto")),
-            tools: wire.tools.map(ToOwned::to_owned),
+            tools: match wire.tools {
+                Some(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+                None => Value::Array(Vec::new()),
+            },
             text_format: wire
                 .text
                 .as_ref()

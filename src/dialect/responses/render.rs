@@ -133,9 +133,7 @@ fn response_object(
         "temperature": echo.temperature,
         "text": {"format": echo.text_format},
         "tool_choice": echo.tool_choice,
-        "tools": echo.tools.as_deref().map_or(Value::Array(Vec::new()), |raw| {
-            serde_json::from_str(raw.get()).unwrap_or(Value::Null)
-        }),
+        "tools": echo.tools,
         "top_p": echo.top_p,
         "truncation": "disabled",
         "usage": usage.map(usage_object),
