@@ -149,3 +149,15 @@ def test_errors_are_sdk_exceptions(gateway, client):
             wrong.responses.create(model="echo", input="x")
     with pytest.raises(openai.RateLimitError):
         client.with_options(max_retries=0).responses.create(model="oa/mock-status429", input="x")
+
+
+@pytest.mark.parametrize("model", ["oa/mock-think", "ol/mock-think"])
+def test_reasoning_stream_helper(client, model):
+    with client.responses.stream(model=model, input="think first") as stream:
+        reasoning = "".join(
+            e.delta for e in stream if e.type == "response.reasoning_text.delta"
+        )
+        final = stream.get_final_response()
+    assert reasoning == "Let me think."
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output_text == MOCK_ANSWER
