@@ -42,6 +42,9 @@ struct RawConfig {
     /// Model aliases with fallback targets.
     #[serde(default)]
     models: Vec<RawAlias>,
+    /// Stored responses of the Responses API.
+    #[serde(default)]
+    responses: crate::dialect::responses::store::StoreConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +169,8 @@ pub struct Config {
     pub default_backend: Option<String>,
     pub backends: Vec<BackendConfig>,
     pub aliases: Vec<Alias>,
+    /// `[responses]`: the limits of the stored responses.
+    pub responses: crate::dialect::responses::store::StoreConfig,
 }
 
 /// Admin keys from the configuration: secrets, so their `Debug` says only how many.
@@ -442,6 +447,7 @@ impl RawConfig {
             allow_anonymous: self.auth.allow_anonymous,
             default_backend,
             backends,
+            responses: self.responses,
         })
     }
 }

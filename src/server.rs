@@ -67,6 +67,10 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
     let admission = web::Data::from(shared.admission.clone());
     let factory_config = config.clone();
     let pools = shared.pools.clone();
+    // Stored responses are shared by every worker, as a continuation may land on any.
+    let responses = web::Data::new(crate::dialect::responses::store::ResponseStore::new(
+        config.responses,
+    ));
     // actix's Logger formats its line (and reads the peer address) for every request
     // even when its level is filtered out; leave it out of the chain then.
     let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
@@ -76,6 +80,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .app_data(keys.clone())
             .app_data(metrics.clone())
             .app_data(admission.clone())
+            .app_data(responses.clone())
             .app_data(web::Data::new(Router::new(&config, &pools)))
             .app_data(web::Data::from(config.clone()))
             .app_data(web::Data::new(BodyLimit(config.body_limit)))

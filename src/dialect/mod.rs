@@ -6,6 +6,7 @@
 
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 
 use actix_web::{HttpResponse, HttpResponseBuilder};
 use bytes::BytesMut;

@@ -4,6 +4,7 @@
 
 mod embeddings;
 mod models;
+mod responses;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{HttpServiceFactory, ServiceRequest, ServiceResponse};
@@ -55,6 +56,9 @@ fn openai(scope: Scope) -> Scope {
         .route("/models", web::get().to(models::openai_models))
         .route("/models/{model:.+}", web::get().to(models::openai_model))
         .route("/embeddings", web::post().to(embeddings::openai_embeddings))
+        .route("/responses", web::post().to(responses::create))
+        .route("/responses/{id}", web::get().to(responses::retrieve))
+        .route("/responses/{id}", web::delete().to(responses::delete))
 }
 
 /// Ollama's routes, under `/api`.

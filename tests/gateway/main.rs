@@ -10,6 +10,7 @@ mod failover;
 mod matrix;
 mod providers;
 mod queue;
+mod responses;
 mod routes;
 mod streams;
 mod translation;
