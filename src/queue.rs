@@ -205,7 +205,11 @@ impl Admission {
         let index = self.names.iter().position(|name| &**name == backend)?;
         let state = self.lock();
         let line = state.lines.get(index)?;
-        Some((line.running, line.waiting, self.settings[index].max_concurrent))
+        Some((
+            line.running,
+            line.waiting,
+            self.settings[index].max_concurrent,
+        ))
     }
 
     /// Whether any backend is limited.

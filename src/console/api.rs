@@ -355,7 +355,11 @@ fn read_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpRespo
     let mut reader = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut reader).map_err(|e| {
         let field = e.path().to_string();
-        let field = field.split(['[', '.']).next().unwrap_or_default().to_owned();
+        let field = field
+            .split(['[', '.'])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         if field.is_empty() || field == "?" {
             refuse(
                 StatusCode::BAD_REQUEST,
@@ -386,7 +390,11 @@ fn field_of(message: &str) -> Option<&'static str> {
 
 /// Adds a key through the same function as `switchyard keys add`; the new key comes
 /// back this once.
-async fn add_key(config: web::Data<Config>, keys: web::Data<KeyStore>, body: web::Bytes) -> HttpResponse {
+async fn add_key(
+    config: web::Data<Config>,
+    keys: web::Data<KeyStore>,
+    body: web::Bytes,
+) -> HttpResponse {
     let path = match keys_file(&config) {
         Ok(path) => path,
         Err(answer) => return answer,

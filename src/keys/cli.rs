@@ -113,12 +113,14 @@ pub fn run(config: Option<&Path>, command: KeysCommand) -> Result<String, KeysEr
                 )
             })
         }
-        KeysCommand::Disable { key_or_user } => {
-            done(set_disabled(&path, Select::KeyOrUser(&key_or_user), true)?, "disabled")
-        }
-        KeysCommand::Enable { key_or_user } => {
-            done(set_disabled(&path, Select::KeyOrUser(&key_or_user), false)?, "enabled")
-        }
+        KeysCommand::Disable { key_or_user } => done(
+            set_disabled(&path, Select::KeyOrUser(&key_or_user), true)?,
+            "disabled",
+        ),
+        KeysCommand::Enable { key_or_user } => done(
+            set_disabled(&path, Select::KeyOrUser(&key_or_user), false)?,
+            "enabled",
+        ),
         KeysCommand::Remove { key_or_user } => {
             done(remove(&path, Select::KeyOrUser(&key_or_user))?, "removed")
         }
@@ -276,7 +278,10 @@ fn change(
         }
         let mut touched = Vec::with_capacity(chosen.len());
         for key in chosen {
-            let user = entries.get(&key).map(|e| e.user.clone()).unwrap_or_default();
+            let user = entries
+                .get(&key)
+                .map(|e| e.user.clone())
+                .unwrap_or_default();
             let keep = entries.get_mut(&key).map(&apply).unwrap_or(true);
             if !keep {
                 entries.shift_remove(&key);

@@ -5,6 +5,7 @@ mod harness;
 
 mod access;
 mod auth;
+mod console;
 mod errors;
 mod failover;
 mod matrix;

@@ -32,6 +32,17 @@ const APIS = [
       if (data.done) out.usage = { prompt: data.prompt_eval_count, completion: data.eval_count };
     },
   },
+  {
+    id: "responses", label: "OpenAI Responses (/v1/responses)", path: "/v1/responses", framing: "sse",
+    body: (model, system, message) => ({
+      model, stream: true, store: false, input: message, ...(system ? { instructions: system } : {}),
+    }),
+    read: (data, out) => {
+      if (data.type === "response.output_text.delta" && typeof data.delta === "string") out.text += data.delta;
+      const usage = data.type === "response.completed" && data.response && data.response.usage;
+      if (usage) out.usage = { prompt: usage.input_tokens, completion: usage.output_tokens };
+    },
+  },
 ];
 
 const $ = (id) => document.getElementById(id);
