@@ -195,6 +195,18 @@ def page(browser, gateway):
 
 
 @pytest.fixture(scope="session")
+def admin_key():
+    """The gateway's admin key (in `auth.admin_keys`)."""
+    return ADMIN_KEY
+
+
+@pytest.fixture(scope="session")
+def user_key():
+    """A user key in the keys file."""
+    return USER_KEY
+
+
+@pytest.fixture(scope="session")
 def screenshots():
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS

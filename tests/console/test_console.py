@@ -10,10 +10,9 @@ import urllib.request
 
 from playwright.sync_api import expect
 
-from conftest import ADMIN_KEY, USER_KEY
 
 
-def sign_in(page, gateway, key=ADMIN_KEY):
+def sign_in(page, gateway, key):
     page.goto(f"{gateway}/ui")
     page.get_by_label("Admin key").fill(key)
     page.get_by_role("button", name="Sign in").click()
@@ -33,8 +32,8 @@ def chat(gateway, key, model, text="one two three"):
         return error.code, json.loads(error.read() or b"{}")
 
 
-def test_sign_in_is_refused_for_a_user_key_and_taken_for_an_admin_key(page, gateway, screenshots):
-    sign_in(page, gateway, USER_KEY)
+def test_sign_in_is_refused_for_a_user_key_and_taken_for_an_admin_key(page, gateway, screenshots, admin_key, user_key):
+    sign_in(page, gateway, user_key)
     alert = page.get_by_role("alert").first
     expect(alert).to_contain_text("user key")
     expect(page.get_by_role("navigation")).to_be_hidden()
@@ -44,23 +43,23 @@ def test_sign_in_is_refused_for_a_user_key_and_taken_for_an_admin_key(page, gate
     # By keyboard: the key field has the focus, Enter signs in.
     page.goto(f"{gateway}/ui")
     expect(page.get_by_label("Admin key")).to_be_focused()
-    page.keyboard.type(ADMIN_KEY)
+    page.keyboard.type(admin_key)
     page.keyboard.press("Enter")
     nav = page.get_by_role("navigation")
     expect(nav).to_be_visible()
     for name in ["Overview", "Playground", "Keys", "Usage"]:
         expect(nav.get_by_role("link", name=name)).to_be_visible()
     # The key lives in the tab's session storage only, never in the address.
-    assert ADMIN_KEY not in page.url
-    assert page.evaluate("sessionStorage.getItem('switchyard-admin-key')") == ADMIN_KEY
+    assert admin_key not in page.url
+    assert page.evaluate("sessionStorage.getItem('switchyard-admin-key')") == admin_key
     assert page.evaluate("localStorage.length") == 0
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_label("Admin key")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('switchyard-admin-key')") is None
 
 
-def test_the_overview_shows_each_backend(page, gateway, screenshots):
-    sign_in(page, gateway)
+def test_the_overview_shows_each_backend(page, gateway, screenshots, admin_key):
+    sign_in(page, gateway, admin_key)
     for name, kind in [("oa", "openai"), ("ol", "ollama"), ("echo", "echo")]:
         card = page.get_by_role("article", name=f"Backend {name}")
         expect(card).to_contain_text(f"kind {kind}")
@@ -77,8 +76,8 @@ def test_the_overview_shows_each_backend(page, gateway, screenshots):
     page.screenshot(path=screenshots / "overview-phone.png", full_page=True)
 
 
-def test_the_playground_streams_an_echo_answer_in_each_api(page, gateway, screenshots):
-    sign_in(page, gateway)
+def test_the_playground_streams_an_echo_answer_in_each_api(page, gateway, screenshots, admin_key):
+    sign_in(page, gateway, admin_key)
     page.get_by_role("link", name="Playground").click()
     api = page.get_by_label("API", exact=True)
     options = api.locator("option").all_inner_texts()
@@ -119,8 +118,8 @@ def test_the_playground_streams_an_echo_answer_in_each_api(page, gateway, screen
     expect(page.locator("#play-error")).to_contain_text("404")
 
 
-def test_a_key_added_in_the_page_works_at_once_within_its_models_until_disabled(page, gateway, screenshots):
-    sign_in(page, gateway)
+def test_a_key_added_in_the_page_works_at_once_within_its_models_until_disabled(page, gateway, screenshots, admin_key):
+    sign_in(page, gateway, admin_key)
     page.get_by_role("link", name="Keys").click()
     page.get_by_label("User", exact=True).fill("dora")
     page.get_by_label("Models").fill("echo/*")
@@ -159,8 +158,8 @@ def test_a_key_added_in_the_page_works_at_once_within_its_models_until_disabled(
     assert chat(gateway, key, "echo/x")[0] == 401
 
 
-def test_usage_after_known_traffic_shows_the_right_totals(page, gateway, screenshots):
-    sign_in(page, gateway)
+def test_usage_after_known_traffic_shows_the_right_totals(page, gateway, screenshots, admin_key):
+    sign_in(page, gateway, admin_key)
     page.get_by_role("link", name="Keys").click()
     page.get_by_label("User", exact=True).fill("erin")
     page.get_by_role("button", name="Add key").click()
