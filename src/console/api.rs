@@ -53,19 +53,46 @@ pub fn scope() -> impl HttpServiceFactory {
         .wrap(from_fn(admin_only))
 }
 
-/// An API error: `{"error": {"message", "code", "field"?}}`.
-fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"error": {"message": message.into(), "code": code}}))
+/// Why a call is not answered: what `{"error": {"message", "code", "field"?}}` says.
+pub(super) struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
 }
 
-/// A problem with one field of what was sent: 400 naming it.
-fn bad_field(field: &str, message: impl Into<String>) -> HttpResponse {
-    let message = message.into();
-    HttpResponse::BadRequest().json(json!({"error": {
-        "message": format!("{field}: {message}"),
-        "code": "invalid_field",
-        "field": field,
-    }}))
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A problem with one field of what was sent: 400 naming it.
+    pub(super) fn field(field: &str, message: impl std::fmt::Display) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_field",
+            message: format!("{field}: {message}"),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    pub(super) fn answer(&self) -> HttpResponse {
+        let mut error = json!({"message": self.message, "code": self.code});
+        if let Some(field) = &self.field {
+            error["field"] = json!(field);
+        }
+        HttpResponse::build(self.status).json(json!({ "error": error }))
+    }
+}
+
+/// An API error, answered at once.
+fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> HttpResponse {
+    Refusal::new(status, code, message).answer()
 }
 
 /// Admits admin keys only, then checks that a call that changes something comes from
@@ -81,7 +108,7 @@ async fn admin_only(
         }
         Err(refusal) => Some(refusal),
     };
-    match refusal {
+    match refusal.map(|refusal| refusal.answer()) {
         None => Ok(next.call(request).await?.map_into_left_body()),
         Some(answer) => {
             log::info!(
@@ -97,9 +124,9 @@ async fn admin_only(
 }
 
 /// The caller's admin key, or the answer that refuses it.
-fn admin(request: &ServiceRequest) -> Result<Arc<KeyPolicy>, HttpResponse> {
+fn admin(request: &ServiceRequest) -> Result<Arc<KeyPolicy>, Refusal> {
     let Some(store) = request.app_data::<web::Data<KeyStore>>() else {
-        return Err(refuse(
+        return Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "admin_key_required",
             "the console needs an admin key",
@@ -109,7 +136,7 @@ fn admin(request: &ServiceRequest) -> Result<Arc<KeyPolicy>, HttpResponse> {
     let presented = crate::auth::presented_key(request.headers());
     match store.authenticate(presented, local) {
         Ok(Some(policy)) if policy.admin => Ok(policy),
-        Ok(Some(policy)) => Err(refuse(
+        Ok(Some(policy)) => Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "admin_key_required",
             format!(
@@ -118,31 +145,31 @@ fn admin(request: &ServiceRequest) -> Result<Arc<KeyPolicy>, HttpResponse> {
             ),
         )),
         // Served anonymously: the console still needs to know an admin is at the door.
-        Ok(None) => Err(refuse(
+        Ok(None) => Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "admin_key_required",
             "the console needs an admin key, and this gateway has none: add one to auth.admin_keys, or `switchyard keys add NAME --admin`",
         )),
-        Err(GatewayError::Unauthorized { missing: true }) => Err(refuse(
+        Err(GatewayError::Unauthorized { missing: true }) => Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "missing_key",
             "sign in with an admin key (sent as Authorization: Bearer)",
         )),
-        Err(GatewayError::Unauthorized { missing: false }) => Err(refuse(
+        Err(GatewayError::Unauthorized { missing: false }) => Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "invalid_key",
             "this key is not known to the gateway",
         )),
-        Err(other) => Err(refuse(other.status(), "key_refused", other.to_string())),
+        Err(other) => Err(Refusal::new(other.status(), "key_refused", other.to_string())),
     }
 }
 
 /// The second lock against cross-site requests, on every call but a read.
-fn same_site(request: &ServiceRequest) -> Result<(), HttpResponse> {
+fn same_site(request: &ServiceRequest) -> Result<(), Refusal> {
     if matches!(*request.method(), Method::GET | Method::HEAD) {
         return Ok(());
     }
-    let forbidden = |message: &str| refuse(StatusCode::FORBIDDEN, "cross_site", message);
+    let forbidden = |message: &str| Refusal::new(StatusCode::FORBIDDEN, "cross_site", message);
     let json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -269,9 +296,9 @@ struct Listed {
     tokens_today: Option<u64>,
 }
 
-fn keys_file(config: &Config) -> Result<PathBuf, HttpResponse> {
+fn keys_file(config: &Config) -> Result<PathBuf, Refusal> {
     config.keys_file.clone().ok_or_else(|| {
-        refuse(
+        Refusal::new(
             StatusCode::CONFLICT,
             "no_keys_file",
             "this gateway has no auth.keys_file: add [auth] keys_file = \"config/keys.json\" to its config to manage keys here",
@@ -351,7 +378,7 @@ struct AddBody {
 
 /// Reads a JSON body, naming the field at fault when a value has the wrong type (a
 /// negative limit, text for a number).
-fn read_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpResponse> {
+fn read_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     let mut reader = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut reader).map_err(|e| {
         let field = e.path().to_string();
@@ -361,13 +388,13 @@ fn read_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpRespo
             .unwrap_or_default()
             .to_owned();
         if field.is_empty() || field == "?" {
-            refuse(
+            Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
                 format!("the body is not the JSON object expected: {}", e.inner()),
             )
         } else {
-            bad_field(&field, e.inner().to_string())
+            Refusal::field(&field, e.inner())
         }
     })
 }
@@ -397,11 +424,11 @@ async fn add_key(
 ) -> HttpResponse {
     let path = match keys_file(&config) {
         Ok(path) => path,
-        Err(answer) => return answer,
+        Err(refusal) => return refusal.answer(),
     };
     let body: AddBody = match read_body(&body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(refusal) => return refusal.answer(),
     };
     let empty_to_none = |text: Option<String>| text.filter(|t| !t.trim().is_empty());
     let new = NewKey {
@@ -434,7 +461,7 @@ async fn add_key(
                 "user": user,
             }))
         }
-        Ok(Err(AddError::Expires(problem))) => bad_field("expires", problem),
+        Ok(Err(AddError::Expires(problem))) => Refusal::field("expires", problem).answer(),
         Ok(Err(AddError::Other(problem))) => {
             let message = problem.to_string();
             match field_of(&message) {
@@ -457,7 +484,7 @@ async fn change_key(
 ) -> HttpResponse {
     let path = match keys_file(&config) {
         Ok(path) => path,
-        Err(answer) => return answer,
+        Err(refusal) => return refusal.answer(),
     };
     let (id, action) = path_parts.into_inner();
     let action = match action.as_str() {
