@@ -68,6 +68,12 @@ def test_the_overview_shows_each_backend(page, gateway, screenshots, admin_key):
     expect(page.get_by_role("article", name="Backend oa")).to_contain_text("healthy")
     expect(page.get_by_role("article", name="Backend oa")).to_contain_text("last hour")
     page.screenshot(path=screenshots / "overview.png", full_page=True)
+    # The system's dark scheme is followed.
+    light = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") != light
+    page.screenshot(path=screenshots / "overview-dark.png", full_page=True)
+    page.emulate_media(color_scheme="light")
     # At a phone's width nothing runs off the side.
     page.set_viewport_size({"width": 390, "height": 800})
     page.reload()
