@@ -4,6 +4,7 @@
 mod harness;
 
 mod access;
+mod anthropic;
 mod auth;
 mod errors;
 mod failover;
