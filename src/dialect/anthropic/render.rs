@@ -178,6 +178,23 @@ fn write_event<T: Serialize>(out: &mut BytesMut, name: &str, value: &T) {
     out.extend_from_slice(b"\n\n");
 }
 
+#[derive(Serialize)]
+struct BlockDelta<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: usize,
+    delta: Delta<'a>,
+}
+
+/// What a `content_block_delta` adds to its block.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Delta<'a> {
+    TextDelta { text: &'a str },
+    ThinkingDelta { thinking: &'a str },
+    InputJsonDelta { partial_json: &'a str },
+}
+
 /// The content block open in a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Block {
@@ -268,11 +285,16 @@ impl SseRenderer {
         self.next_index += 1;
     }
 
-    fn delta(&self, delta: Value, out: &mut BytesMut) {
+    /// A delta to the open block, written from borrows: one per token, the hot path.
+    fn delta(&self, delta: Delta<'_>, out: &mut BytesMut) {
         write_event(
             out,
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": self.next_index - 1, "delta": delta}),
+            &BlockDelta {
+                kind: "content_block_delta",
+                index: self.next_index - 1,
+                delta,
+            },
         );
     }
 
@@ -280,7 +302,9 @@ impl SseRenderer {
         if self.open == Some(Block::Tool(call.index)) {
             if !call.arguments.is_empty() {
                 self.delta(
-                    json!({"type": "input_json_delta", "partial_json": call.arguments}),
+                    Delta::InputJsonDelta {
+                        partial_json: &call.arguments,
+                    },
                     out,
                 );
             }
@@ -306,7 +330,9 @@ impl SseRenderer {
         self.open(Block::Tool(call.index), block, out);
         if !call.arguments.is_empty() {
             self.delta(
-                json!({"type": "input_json_delta", "partial_json": call.arguments}),
+                Delta::InputJsonDelta {
+                    partial_json: &call.arguments,
+                },
                 out,
             );
         }
@@ -328,7 +354,7 @@ impl StreamRenderer for SseRenderer {
         match event {
             Event::Text(text) if !text.is_empty() => {
                 self.open(Block::Text, json!({"type": "text", "text": ""}), out);
-                self.delta(json!({"type": "text_delta", "text": text}), out);
+                self.delta(Delta::TextDelta { text: &text }, out);
             }
             Event::Thinking(text) if !text.is_empty() => {
                 self.open(
@@ -336,7 +362,7 @@ impl StreamRenderer for SseRenderer {
                     json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                self.delta(json!({"type": "thinking_delta", "thinking": text}), out);
+                self.delta(Delta::ThinkingDelta { thinking: &text }, out);
             }
             Event::ToolCall(call) => self.tool_call(call, out),
             Event::Finish(reason) => self.finish = Some(reason),
