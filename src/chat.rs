@@ -79,7 +79,7 @@ impl Image<'_> {
 }
 
 /// Guesses an image's type from its magic bytes (PNG, JPEG, GIF, WebP); PNG otherwise.
-fn sniff_image_type(base64_data: &str) -> &'static str {
+pub fn sniff_image_type(base64_data: &str) -> &'static str {
     use base64::Engine;
     let head = base64::engine::general_purpose::STANDARD
         .decode(base64_data.get(..16).unwrap_or(""))

@@ -188,11 +188,14 @@ struct BlockDelta<'a> {
 
 /// What a `content_block_delta` adds to its block.
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type")]
 enum Delta<'a> {
-    TextDelta { text: &'a str },
-    ThinkingDelta { thinking: &'a str },
-    InputJsonDelta { partial_json: &'a str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
 }
 
 /// The content block open in a stream.
@@ -302,7 +305,7 @@ impl SseRenderer {
         if self.open == Some(Block::Tool(call.index)) {
             if !call.arguments.is_empty() {
                 self.delta(
-                    Delta::InputJsonDelta {
+                    Delta::InputJson {
                         partial_json: &call.arguments,
                     },
                     out,
@@ -330,7 +333,7 @@ impl SseRenderer {
         self.open(Block::Tool(call.index), block, out);
         if !call.arguments.is_empty() {
             self.delta(
-                Delta::InputJsonDelta {
+                Delta::InputJson {
                     partial_json: &call.arguments,
                 },
                 out,
@@ -354,7 +357,7 @@ impl StreamRenderer for SseRenderer {
         match event {
             Event::Text(text) if !text.is_empty() => {
                 self.open(Block::Text, json!({"type": "text", "text": ""}), out);
-                self.delta(Delta::TextDelta { text: &text }, out);
+                self.delta(Delta::Text { text: &text }, out);
             }
             Event::Thinking(text) if !text.is_empty() => {
                 self.open(
@@ -362,7 +365,7 @@ impl StreamRenderer for SseRenderer {
                     json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                self.delta(Delta::ThinkingDelta { thinking: &text }, out);
+                self.delta(Delta::Thinking { thinking: &text }, out);
             }
             Event::ToolCall(call) => self.tool_call(call, out),
             Event::Finish(reason) => self.finish = Some(reason),
