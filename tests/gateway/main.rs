@@ -5,6 +5,7 @@ mod harness;
 
 mod access;
 mod anthropic;
+mod anthropic_backend;
 mod auth;
 mod errors;
 mod failover;
