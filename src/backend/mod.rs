@@ -183,6 +183,19 @@ impl Backend {
         }
     }
 
+    /// The upstream's count of a request's input tokens, where the kind can count
+    /// without generating (Anthropic's); `None` otherwise.
+    pub async fn count_tokens(
+        &self,
+        model: &str,
+        request: &ChatRequest<'_>,
+    ) -> Result<Option<u64>, GatewayError> {
+        match self {
+            Backend::Anthropic(backend) => backend.count_tokens(model, request).await,
+            Backend::OpenAi(_) | Backend::Ollama(_) | Backend::Echo(_) => Ok(None),
+        }
+    }
+
     /// The models the upstream offers.
     pub async fn models(&self) -> Result<Vec<ModelEntry>, GatewayError> {
         match self {

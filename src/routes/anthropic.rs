@@ -1,6 +1,7 @@
 //! `POST /v1/messages/count_tokens`: the request read as a chat, checked as one (the
-//! key may use the model, the model routes), and its input tokens estimated, since no
-//! backend kind the gateway speaks to can count them.
+//! key may use the model, the model routes), and its input tokens counted by the
+//! model's (first) backend where that kind can count without generating (Anthropic's),
+//! estimated otherwise.
 
 use actix_web::{web, HttpResponse};
 
@@ -19,8 +20,17 @@ pub async fn count_tokens(
         let body = body.bytes()?;
         let parsed = anthropic::parse(&body, false)?;
         caller.may_use(&parsed.model)?;
-        router.resolve(&parsed.model)?;
-        let tokens = anthropic::estimate_tokens(&parsed.request);
+        let routes = router.resolve(&parsed.model)?;
+        let counted = match routes.first() {
+            Some(route) => {
+                route
+                    .backend
+                    .count_tokens(route.model, &parsed.request)
+                    .await?
+            }
+            None => None,
+        };
+        let tokens = counted.unwrap_or_else(|| anthropic::estimate_tokens(&parsed.request));
         Ok::<_, GatewayError>(HttpResponse::Ok().json(anthropic::token_count(tokens)))
     };
     answer

@@ -256,3 +256,39 @@ async fn upstream_failures_keep_their_meaning() {
     assert_eq!(embed.status, 400);
     assert!(embed.body.contains("no embeddings"), "{}", embed.body);
 }
+
+#[actix_web::test]
+async fn count_tokens_asks_an_anthropic_upstream_and_estimates_otherwise() {
+    let gateway = start().await;
+    let body = |model: &str| {
+        json!({"model": model, "system": "12345678", "max_tokens": 5, "temperature": 0.5,
+               "messages": [{"role": "user", "content": "1234"}]})
+    };
+    let counted = gateway
+        .post("/v1/messages/count_tokens", &body("an/mock-count"))
+        .await;
+    assert_eq!(
+        counted.json(),
+        json!({"input_tokens": 42}),
+        "the upstream's count"
+    );
+    let sent = &gateway.mock.requests_for("mock-count")[0];
+    assert_eq!(sent.path, "/v1/messages/count_tokens");
+    assert_eq!(sent.body["system"], "12345678");
+    for refused in ["max_tokens", "stream", "temperature"] {
+        assert!(sent.body.get(refused).is_none(), "{refused}: {}", sent.body);
+    }
+    // A server without the route, and the other kinds: the estimate.
+    for model in ["an/mock-nocount", "oa/mock-model", "echo"] {
+        let estimated = gateway
+            .post("/v1/messages/count_tokens", &body(model))
+            .await;
+        assert_eq!(estimated.json(), json!({"input_tokens": 3}), "{model}");
+    }
+    // Any other failure is the answer: an estimate would hide a wrong upstream key.
+    let failed = gateway
+        .post("/v1/messages/count_tokens", &body("an/mock-status401"))
+        .await;
+    assert_eq!(failed.status, 401, "{}", failed.body);
+    assert_eq!(failed.json()["error"]["type"], "authentication_error");
+}

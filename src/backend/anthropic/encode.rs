@@ -310,6 +310,26 @@ pub fn encode(
     super::super::json_body(&body, super::super::body_capacity(request))
 }
 
+/// The request as the body of `POST /messages/count_tokens`, which takes what the model
+/// reads (`model`, `system`, `messages`, `tools`, `tool_choice`, `thinking`) and refuses
+/// the sampling fields.
+pub fn encode_count(model: &str, request: &ChatRequest) -> Result<Vec<u8>, GatewayError> {
+    let whole = encode(model, request, false, 1)?;
+    let mut body: serde_json::Map<String, Value> = serde_json::from_slice(&whole)
+        .map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
+    for field in [
+        "max_tokens",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+    ] {
+        body.remove(field);
+    }
+    super::super::json_body(&body, whole.len())
+}
+
 fn bad_call(index: usize, error: &serde_json::Error) -> GatewayError {
     GatewayError::bad_field(
         "messages",

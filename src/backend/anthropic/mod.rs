@@ -56,6 +56,33 @@ impl AnthropicBackend {
         decode::whole(&self.upstream.backend, &answer)
     }
 
+    /// The upstream's count of the request's input tokens (`POST /messages/count_tokens`);
+    /// `None` when the server has no such route (llama-server and other servers that
+    /// speak only `/messages`).
+    pub async fn count_tokens(
+        &self,
+        model: &str,
+        request: &ChatRequest<'_>,
+    ) -> Result<Option<u64>, GatewayError> {
+        #[derive(serde::Deserialize)]
+        struct Count {
+            input_tokens: u64,
+        }
+        let body = encode::encode_count(model, request)?;
+        match self
+            .upstream
+            .post_json::<Count>("/messages/count_tokens", body)
+            .await
+        {
+            Ok(count) => Ok(Some(count.input_tokens)),
+            Err(GatewayError::UpstreamStatus {
+                status: 404 | 405 | 501,
+                ..
+            }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Lists `GET /models`.
     pub async fn models(&self) -> Result<Vec<ModelEntry>, GatewayError> {
         let list: decode::WireModelList = self.upstream.get_json("/models").await?;

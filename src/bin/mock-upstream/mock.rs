@@ -107,6 +107,7 @@ pub fn start(
             .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
             .route("/v1/chat/completions", web::post().to(openai_chat))
             .route("/v1/messages", web::post().to(anthropic_messages))
+            .route("/v1/messages/count_tokens", web::post().to(anthropic_count))
             .route("/v1/models", web::get().to(openai_models))
             .route("/api/chat", web::post().to(ollama_chat))
             .route("/api/tags", web::get().to(ollama_tags))
@@ -354,6 +355,26 @@ fn refuse(status: u16, body: Value) -> HttpResponse {
         response.insert_header(("location", "http://mock:secret@127.0.0.1:9/elsewhere"));
     }
     response.json(body)
+}
+
+/// `POST /v1/messages/count_tokens`: 42 for any request (a `nocount` model: 404, as
+/// servers that speak only `/v1/messages` answer; `statusNNN` that status).
+async fn anthropic_count(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
+    let (_, model, script) = begin(&request, &body, &state).await;
+    if let Some(status) = script.status {
+        return refuse(
+            status,
+            json!({"type": "error", "error": {"type": "authentication_error", "message": format!("mock refused with {status}")}}),
+        );
+    }
+    if model.contains("nocount") {
+        return HttpResponse::NotFound().json(json!({"type": "error", "error": {"type": "not_found_error", "message": "no such route"}}));
+    }
+    HttpResponse::Ok().json(json!({"input_tokens": 42}))
 }
 
 /// `POST /v1/messages`: Anthropic's Messages API, whole or as its named SSE events.
