@@ -292,3 +292,39 @@ async fn count_tokens_asks_an_anthropic_upstream_and_estimates_otherwise() {
     assert_eq!(failed.status, 401, "{}", failed.body);
     assert_eq!(failed.json()["error"]["type"], "authentication_error");
 }
+
+#[actix_web::test]
+async fn signed_thinking_goes_from_claude_to_the_client_and_back() {
+    let gateway = start().await;
+    let mut request = json!({"model": "an/mock-think", "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "messages": [{"role": "user", "content": "why?"}]});
+    let answer = gateway.post("/v1/messages", &request).await.json();
+    assert_eq!(
+        answer["content"][0],
+        json!({"type": "thinking", "thinking": "Let me think.", "signature": "bW9jaw=="})
+    );
+    request["stream"] = json!(true);
+    let streamed = gateway.post("/v1/messages", &request).await.body;
+    assert!(
+        streamed.contains(r#""delta":{"type":"signature_delta","signature":"bW9jaw=="}"#),
+        "{streamed}"
+    );
+    // The signed block goes back upstream in the next turn, as Anthropic requires.
+    request["stream"] = json!(false);
+    request["messages"] = json!([
+        {"role": "user", "content": "why?"},
+        {"role": "assistant", "content": answer["content"]},
+        {"role": "user", "content": "and then?"}
+    ]);
+    assert_eq!(gateway.post("/v1/messages", &request).await.status, 200);
+    let sent = gateway.mock.requests_for("mock-think").pop().unwrap().body;
+    assert_eq!(
+        sent["messages"][1]["content"][0],
+        json!({"type": "thinking", "thinking": "Let me think.", "signature": "bW9jaw=="})
+    );
+    assert_eq!(
+        sent["thinking"],
+        json!({"type": "enabled", "budget_tokens": 2048})
+    );
+}

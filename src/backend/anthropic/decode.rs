@@ -40,6 +40,7 @@ struct WireBlock {
     kind: String,
     text: Option<String>,
     thinking: Option<String>,
+    signature: Option<String>,
     id: Option<String>,
     name: Option<String>,
     input: Option<Box<RawValue>>,
@@ -51,6 +52,7 @@ struct WireDelta {
     kind: Option<String>,
     text: Option<String>,
     thinking: Option<String>,
+    signature: Option<String>,
     partial_json: Option<String>,
     stop_reason: Option<String>,
 }
@@ -153,6 +155,9 @@ impl Decoder {
                 if let Some(text) = block.thinking.filter(|text| !text.is_empty()) {
                     out.push(Event::Thinking(text));
                 }
+                if let Some(signature) = block.signature.filter(|s| !s.is_empty()) {
+                    out.push(Event::ThinkingSignature(signature));
+                }
             }
             "tool_use" => {
                 let call = self.tools;
@@ -240,7 +245,15 @@ impl Decoder {
                             }));
                         }
                     }
-                    // signature_delta, citations_delta: nothing the canonical answer holds.
+                    Some("signature_delta") => {
+                        out.extend(
+                            delta
+                                .signature
+                                .filter(|s| !s.is_empty())
+                                .map(Event::ThinkingSignature),
+                        );
+                    }
+                    // citations_delta and newer kinds: nothing the canonical answer holds.
                     _ => {}
                 }
             }
@@ -445,6 +458,7 @@ mod tests {
 
     fn check_full(completion: &Completion) {
         assert_eq!(completion.thinking, "Let me think.");
+        assert_eq!(completion.thinking_signature, "c2ln");
         assert_eq!(completion.text, "héllo 🦀");
         assert_eq!(completion.tool_calls.len(), 2);
         assert_eq!(completion.tool_calls[0].id.as_deref(), Some("toolu_a"));

@@ -53,6 +53,10 @@ enum Block<'a> {
     Text {
         text: WireText<'a>,
     },
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
     Image {
         source: Source<'a>,
     },
@@ -157,9 +161,18 @@ pub fn encode(
             }
             Role::User => ("user", blocks(&message.parts)),
             Role::Assistant => {
-                // Earlier thinking is left out: Anthropic takes it back only with the
-                // signature it made, which no other server gives.
-                let mut content = blocks(&message.parts);
+                // Earlier thinking goes back only with the signature Anthropic made for
+                // it: unsigned reasoning (another server's) is refused there.
+                let mut content = match (&message.thinking, &message.thinking_signature) {
+                    (Some(thinking), Some(signature)) if !signature.is_empty() => {
+                        vec![Block::Thinking {
+                            thinking,
+                            signature,
+                        }]
+                    }
+                    _ => Vec::new(),
+                };
+                content.extend(blocks(&message.parts));
                 for (number, call) in message.tool_calls.iter().enumerate() {
                     let id = match &call.id {
                         Some(id) => tool_id(id),
@@ -483,6 +496,17 @@ mod tests {
         assert_eq!(body["temperature"], 0.5);
         request.think = Some(Think::Effort("none".into()));
         assert_eq!(encoded(&request)["thinking"], json!({"type": "disabled"}));
+        // A signed earlier thought goes back, before the turn's text.
+        request.messages.push(Message {
+            thinking: Some("why".into()),
+            thinking_signature: Some("c2ln".into()),
+            ..Message::text(Role::Assistant, "because")
+        });
+        assert_eq!(
+            encoded(&request)["messages"][1]["content"],
+            json!([{"type": "thinking", "thinking": "why", "signature": "c2ln"},
+                   {"type": "text", "text": "because"}])
+        );
         request.think = Some(Think::Enabled(true));
         request.sampling.max_tokens = Some(20000);
         let body = encoded(&request);

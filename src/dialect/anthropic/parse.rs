@@ -66,9 +66,11 @@ struct WireBlock<'a> {
     /// `text`: kept as the client's string literal.
     #[serde(borrow, default)]
     text: Option<&'a RawValue>,
-    /// `thinking`.
+    /// `thinking`, with its `signature`.
     #[serde(borrow, default)]
     thinking: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    signature: Option<Str<'a>>,
     /// `image`.
     #[serde(default)]
     source: Option<WireSource>,
@@ -355,6 +357,7 @@ fn user_turn<'a>(
                     role: Role::Tool,
                     parts,
                     thinking: None,
+                    thinking_signature: None,
                     tool_calls: Vec::new(),
                     tool_call_id: Some(id),
                     tool_name,
@@ -430,6 +433,9 @@ fn assistant_turn(index: usize, content: &RawValue) -> Result<Message<'_>, Gatew
                     None => text,
                     Some(earlier) => Cow::Owned(format!("{earlier}\n{text}")),
                 });
+                // Several signed blocks cannot be joined under one signature: the
+                // last one's is kept, and an Anthropic upstream checks it.
+                message.thinking_signature = block.signature.map(|signature| signature.0);
             }
             "redacted_thinking" => {}
             "tool_use" => {
@@ -625,6 +631,7 @@ mod tests {
         );
         assert_eq!(assistant.role, Role::Assistant);
         assert_eq!(assistant.thinking.as_deref(), Some("hmm"));
+        assert_eq!(assistant.thinking_signature.as_deref(), Some("sig"));
         assert_eq!(assistant.joined_text(), "calling");
         assert_eq!(
             assistant.tool_calls,

@@ -56,7 +56,8 @@ fn tool_id(id: Option<&str>) -> String {
 pub fn render_completion(model: &str, completion: &Completion) -> Result<Value, GatewayError> {
     let mut content = Vec::new();
     if !completion.thinking.is_empty() {
-        content.push(json!({"type": "thinking", "thinking": completion.thinking, "signature": ""}));
+        content.push(json!({"type": "thinking", "thinking": completion.thinking,
+                            "signature": completion.thinking_signature}));
     }
     if !completion.text.is_empty() || completion.tool_calls.is_empty() {
         content.push(json!({"type": "text", "text": completion.text}));
@@ -196,6 +197,8 @@ enum Delta<'a> {
     Thinking { thinking: &'a str },
     #[serde(rename = "input_json_delta")]
     InputJson { partial_json: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
 }
 
 /// The content block open in a stream.
@@ -367,6 +370,17 @@ impl StreamRenderer for SseRenderer {
                 );
                 self.delta(Delta::Thinking { thinking: &text }, out);
             }
+            Event::ThinkingSignature(signature) => {
+                // A signature belongs to the thinking block it ends.
+                if self.open == Some(Block::Thinking) && !signature.is_empty() {
+                    self.delta(
+                        Delta::Signature {
+                            signature: &signature,
+                        },
+                        out,
+                    );
+                }
+            }
             Event::ToolCall(call) => self.tool_call(call, out),
             Event::Finish(reason) => self.finish = Some(reason),
             Event::Text(_) | Event::Thinking(_) | Event::Usage(_) => {}
@@ -496,6 +510,7 @@ mod tests {
         let completion = Completion {
             text: "Hello".into(),
             thinking: "hmm".into(),
+            thinking_signature: "c2ln".into(),
             tool_calls: vec![ToolCall {
                 id: Some("call_1".into()),
                 name: "f".into(),
@@ -512,7 +527,7 @@ mod tests {
         assert_eq!(
             value["content"],
             json!([
-                {"type": "thinking", "thinking": "hmm", "signature": ""},
+                {"type": "thinking", "thinking": "hmm", "signature": "c2ln"},
                 {"type": "text", "text": "Hello"},
                 {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}}
             ])
@@ -555,7 +570,10 @@ mod tests {
     fn stream_blocks_open_fill_and_close_in_turn() {
         let events = stream(vec![
             Event::Thinking("hm".into()),
+            Event::ThinkingSignature("c2ln".into()),
             Event::Text("Hel".into()),
+            // A signature with no thinking block open has nowhere to go.
+            Event::ThinkingSignature("stray".into()),
             Event::Text("lo".into()),
             call(0, Some("call_a"), Some("get_weather"), ""),
             call(0, None, None, "{\"city\":"),
@@ -570,6 +588,7 @@ mod tests {
             [
                 "message_start",
                 "content_block_start",
+                "content_block_delta",
                 "content_block_delta",
                 "content_block_stop",
                 "content_block_start",
@@ -599,26 +618,30 @@ mod tests {
             events[2].1["delta"],
             json!({"type": "thinking_delta", "thinking": "hm"})
         );
-        assert_eq!(events[4].1["index"], 1);
         assert_eq!(
-            events[6].1["delta"],
+            events[3].1["delta"],
+            json!({"type": "signature_delta", "signature": "c2ln"})
+        );
+        assert_eq!(events[5].1["index"], 1);
+        assert_eq!(
+            events[7].1["delta"],
             json!({"type": "text_delta", "text": "lo"})
         );
         assert_eq!(
-            events[8].1["content_block"],
+            events[9].1["content_block"],
             json!({"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {}})
         );
         assert_eq!(
-            events[10].1["delta"],
+            events[11].1["delta"],
             json!({"type": "input_json_delta", "partial_json": "\"Tokyo\"}"})
         );
-        assert_eq!(events[12].1["index"], 3);
-        assert!(events[12].1["content_block"]["id"]
+        assert_eq!(events[13].1["index"], 3);
+        assert!(events[13].1["content_block"]["id"]
             .as_str()
             .unwrap()
             .starts_with("toolu_"));
         assert_eq!(
-            events[15].1,
+            events[16].1,
             json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
                    "usage": {"input_tokens": 7, "output_tokens": 5}})
         );
