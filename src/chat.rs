@@ -375,6 +375,9 @@ pub struct Message<'a> {
     pub tool_call_id: Option<Cow<'a, str>>,
     /// On `role: tool`: the name of the tool whose result this is (Ollama).
     pub tool_name: Option<Cow<'a, str>>,
+    /// On `role: tool`: the tool failed (Anthropic's `is_error`); only Anthropic's API
+    /// has a place for it.
+    pub tool_error: bool,
 }
 
 impl<'a> Message<'a> {
@@ -388,6 +391,7 @@ impl<'a> Message<'a> {
             tool_calls: Vec::new(),
             tool_call_id: None,
             tool_name: None,
+            tool_error: false,
         }
     }
 

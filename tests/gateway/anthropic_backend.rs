@@ -328,3 +328,47 @@ async fn signed_thinking_goes_from_claude_to_the_client_and_back() {
         json!({"type": "enabled", "budget_tokens": 2048})
     );
 }
+
+#[actix_web::test]
+async fn a_failed_tool_says_so_and_a_client_that_leaves_cancels_the_upstream() {
+    use futures::StreamExt;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    let gateway = start().await;
+    let request = json!({"model": "an/mock-errortool", "max_tokens": 64, "messages": [
+        {"role": "user", "content": "run it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_x", "name": "sh", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "exit 1", "is_error": true}]}
+    ]});
+    assert_eq!(gateway.post("/v1/messages", &request).await.status, 200);
+    let sent = gateway
+        .mock
+        .requests_for("mock-errortool")
+        .pop()
+        .unwrap()
+        .body;
+    assert_eq!(
+        sent["messages"][2]["content"][0],
+        json!({"type": "tool_result", "tool_use_id": "toolu_x", "content": [{"type": "text", "text": "exit 1"}], "is_error": true})
+    );
+    let mut response = crate::harness::client()
+        .post(format!("{}/v1/chat/completions", gateway.base))
+        .insert_header(("content-type", "application/json"))
+        .send_body(chat("an/mock-slow", true).to_string())
+        .await
+        .unwrap();
+    assert!(!response
+        .next()
+        .await
+        .expect("a first chunk")
+        .unwrap()
+        .is_empty());
+    drop(response);
+    let mut waited = Duration::ZERO;
+    while gateway.mock.cancelled.load(Ordering::SeqCst) == 0 && waited < Duration::from_secs(4) {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    assert_eq!(gateway.mock.cancelled.load(Ordering::SeqCst), 1);
+}

@@ -69,6 +69,8 @@ enum Block<'a> {
         tool_use_id: Cow<'a, str>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         content: Vec<Block<'a>>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
     },
 }
 
@@ -234,6 +236,7 @@ pub fn encode(
                     vec![Block::ToolResult {
                         tool_use_id: id,
                         content: blocks(&message.parts),
+                        is_error: message.tool_error,
                     }],
                 )
             }
@@ -413,6 +416,7 @@ mod tests {
             },
             Message {
                 tool_name: Some("get_time".into()),
+                tool_error: true,
                 ..Message::text(Role::Tool, "noon")
             },
             Message::text(Role::Developer, "late rule"),
@@ -466,7 +470,7 @@ mod tests {
                     {"type": "tool_use", "id": "toolu_3_1", "name": "get_time", "input": {}}]},
                 {"role": "user", "content": [
                     {"type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "sunny"}]},
-                    {"type": "tool_result", "tool_use_id": "toolu_3_1", "content": [{"type": "text", "text": "noon"}]},
+                    {"type": "tool_result", "tool_use_id": "toolu_3_1", "content": [{"type": "text", "text": "noon"}], "is_error": true},
                     {"type": "text", "text": "and this?"},
                     {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}},
                     {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}

@@ -86,6 +86,8 @@ struct WireBlock<'a> {
     tool_use_id: Option<Str<'a>>,
     #[serde(borrow, default)]
     content: Option<&'a RawValue>,
+    #[serde(default)]
+    is_error: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -352,7 +354,6 @@ fn user_turn<'a>(
                     Some(content) => result_parts(content)
                         .map_err(|e| bad_content(index, format!("{at}.content{e}")))?,
                 };
-                // `is_error` has no place in either upstream format; the text says it.
                 messages.push(Message {
                     role: Role::Tool,
                     parts,
@@ -361,6 +362,7 @@ fn user_turn<'a>(
                     tool_calls: Vec::new(),
                     tool_call_id: Some(id),
                     tool_name,
+                    tool_error: block.is_error.unwrap_or(false),
                 });
                 results += 1;
             }
@@ -646,6 +648,7 @@ mod tests {
         assert_eq!(tool.tool_call_id.as_deref(), Some("toolu_1"));
         assert_eq!(tool.tool_name.as_deref(), Some("f"));
         assert_eq!(tool.joined_text(), "42");
+        assert!(tool.tool_error);
         assert_eq!(*text, Message::text(Role::User, "and then"));
     }
 

@@ -261,6 +261,7 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
         tool_calls,
         tool_call_id: wire.tool_call_id,
         tool_name: wire.tool_name,
+        tool_error: false,
     })
 }
 

@@ -232,6 +232,7 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
         } else {
             None
         },
+        tool_error: false,
     })
 }
 
