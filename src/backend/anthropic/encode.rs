@@ -90,7 +90,7 @@ struct WireTool<'a> {
 }
 
 /// The thinking budget an effort level stands for (Anthropic's minimum is 1,024).
-pub fn budget_for_effort(level: &str) -> Option<u64> {
+fn budget_for_effort(level: &str) -> Option<u64> {
     match level {
         "none" => None,
         "minimal" => Some(1024),

@@ -11,8 +11,7 @@ mod config;
 mod decode;
 mod encode;
 
-pub use config::{AnthropicConfig, AnthropicSettings, ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
-pub use encode::budget_for_effort;
+pub use config::{AnthropicConfig, AnthropicSettings};
 
 use crate::chat::{ChatRequest, Completion, EventStream};
 use crate::error::GatewayError;

@@ -5,10 +5,9 @@
 mod parse;
 mod render;
 
-pub use parse::{effort_for_budget, parse, parse_chat, Reply};
+pub use parse::{parse, parse_chat, Reply};
 pub use render::{
-    error_body, error_type, model_list, model_object, render_completion, render_error, token_count,
-    SseRenderer, PING_AFTER,
+    model_list, model_object, render_completion, render_error, token_count, SseRenderer,
 };
 
 use actix_web::HttpResponse;

@@ -528,7 +528,7 @@ fn think(thinking: WireThinking) -> Option<Think> {
 
 /// The effort level a thinking budget stands for: under 4,096 tokens `low`, under
 /// 16,384 `medium`, more `high`.
-pub fn effort_for_budget(budget_tokens: u64) -> &'static str {
+fn effort_for_budget(budget_tokens: u64) -> &'static str {
     match budget_tokens {
         0..4096 => "low",
         4096..16384 => "medium",

@@ -96,7 +96,7 @@ pub fn render_completion(model: &str, completion: &Completion) -> Result<Value, 
 }
 
 /// Anthropic's error `type` for an error.
-pub fn error_type(error: &GatewayError) -> &'static str {
+fn error_type(error: &GatewayError) -> &'static str {
     match error {
         GatewayError::BadRequest { .. } | GatewayError::ClientGone => "invalid_request_error",
         GatewayError::Unauthorized { .. } | GatewayError::KeyRefused { .. } => {
@@ -161,7 +161,7 @@ fn type_for_status(status: u16) -> &'static str {
 }
 
 /// The error object `{"type":"error","error":{"type","message"}}`.
-pub fn error_body(error: &GatewayError) -> Value {
+fn error_body(error: &GatewayError) -> Value {
     json!({"type": "error", "error": {"type": error_type(error), "message": error.to_string()}})
 }
 
