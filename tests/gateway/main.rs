@@ -4,6 +4,8 @@
 mod harness;
 
 mod access;
+mod anthropic;
+mod anthropic_backend;
 mod auth;
 mod console;
 mod errors;
