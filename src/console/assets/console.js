@@ -33,6 +33,23 @@ const APIS = [
     },
   },
   {
+    id: "anthropic", label: "Anthropic Messages (/v1/messages)", path: "/v1/messages", framing: "sse",
+    body: (model, system, message) => ({
+      model, stream: true, max_tokens: 1024, ...(system ? { system } : {}),
+      messages: [{ role: "user", content: message }],
+    }),
+    read: (data, out) => {
+      if (data.type === "content_block_delta" && data.delta && data.delta.type === "text_delta") out.text += data.delta.text;
+      const usage = (data.type === "message_start" && data.message && data.message.usage) || (data.type === "message_delta" && data.usage);
+      if (usage) {
+        out.usage = {
+          prompt: usage.input_tokens ?? (out.usage && out.usage.prompt),
+          completion: usage.output_tokens ?? (out.usage && out.usage.completion),
+        };
+      }
+    },
+  },
+  {
     id: "responses", label: "OpenAI Responses (/v1/responses)", path: "/v1/responses", framing: "sse",
     body: (model, system, message) => ({
       model, stream: true, store: false, input: message, ...(system ? { instructions: system } : {}),
