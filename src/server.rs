@@ -19,6 +19,7 @@ use crate::pipeline::BodyLimit;
 use crate::router::Router;
 use crate::routes;
 use crate::timing;
+use crate::usage::Recorder;
 
 /// What every worker shares: the checked configuration and the key store.
 pub struct Shared {
@@ -27,6 +28,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Upstream servers' health and load, shared by every worker.
     pub pools: Arc<Pools>,
+    /// Where every request's outcome goes: metrics, token budgets, the usage ledger.
+    pub usage: Arc<Recorder>,
 }
 
 impl Shared {
@@ -40,17 +43,44 @@ impl Shared {
                 config.listen
             ));
         }
+        let keys = Arc::new(keys);
+        let metrics = Arc::new(Metrics::new());
+        let backends: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
         Ok(Shared {
             pools: Arc::new(Pools::for_config(&config)),
             config: Arc::new(config),
-            keys: Arc::new(keys),
-            metrics: Arc::new(Metrics::new()),
+            usage: Arc::new(Recorder::new(metrics.clone(), keys.clone(), &backends)),
+            keys,
+            metrics,
         })
+    }
+
+    /// The same, counting into `metrics` (tests give it a smaller cap on model labels).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Shared {
+        let backends: Vec<String> = self
+            .config
+            .backends
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        self.metrics = Arc::new(metrics);
+        self.usage = Arc::new(Recorder::new(
+            self.metrics.clone(),
+            self.keys.clone(),
+            &backends,
+        ));
+        self
     }
 }
 
-/// Binds the listener and returns the server (not yet awaited) and its address.
+/// Opens the usage ledger, binds the listener and returns the server (not yet awaited)
+/// and its address.
 pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    shared
+        .usage
+        .open_ledger(&shared.config.ledger)
+        .map_err(std::io::Error::other)?;
+    let usage = web::Data::from(shared.usage.clone());
     let config = shared.config.clone();
     let keys = web::Data::from(shared.keys.clone());
     let metrics = web::Data::from(shared.metrics.clone());
@@ -64,6 +94,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
         App::new()
             .app_data(keys.clone())
             .app_data(metrics.clone())
+            .app_data(usage.clone())
             .app_data(web::Data::new(Router::new(&config, &pools)))
             .app_data(web::Data::new(BodyLimit(config.body_limit)))
             .app_data(web::Data::new(config.metrics_access))
@@ -126,6 +157,7 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
 
 /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish (bounded).
 pub async fn serve(shared: Shared) -> std::io::Result<()> {
+    let usage = shared.usage.clone();
     let (server, address) = start(shared)?;
     log::info!("listening on http://{address}");
     // actix stops at once on Ctrl-C; both signals must let in-flight answers finish.
@@ -146,7 +178,10 @@ pub async fn serve(shared: Shared) -> std::io::Result<()> {
         log::info!("{which}: no new connections; letting requests in flight finish");
         handle.stop(true).await;
     });
-    server.await
+    let served = server.await;
+    // Every answer has ended: the ledger's writer stores what is queued, then stops.
+    usage.close();
+    served
 }
 
 /// What every request passes through, in one middleware rather than two (each layer
