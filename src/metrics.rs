@@ -178,7 +178,8 @@ impl Metrics {
             .as_ref()
             .is_ok_and(|models| models.contains(outcome.model.as_str()));
         drop(labels);
-        let model = if known || self.admit_model(&outcome.model) {
+        // An empty name (refused before the body was read) needs no place of its own.
+        let model = if known || outcome.model.is_empty() || self.admit_model(&outcome.model) {
             outcome.model.as_str()
         } else {
             "other"

@@ -12,3 +12,4 @@ mod providers;
 mod routes;
 mod streams;
 mod translation;
+mod usage;
