@@ -269,7 +269,8 @@ pub fn admit(request: &ServiceRequest) -> (Result<(), GatewayError>, Budgets) {
             extensions.insert(Key(policy.clone()));
             match counted {
                 Ok(budgets) => (Ok(()), budgets),
-                Err(Refusal { error, reason }) => {
+                Err(refusal) => {
+                    let Refusal { error, reason } = *refusal;
                     if let Some(metrics) = request.app_data::<web::Data<Metrics>>() {
                         metrics.rejected(&policy.user, reason);
                     }

@@ -92,8 +92,9 @@ impl RateLimits {
     /// Admits one request of `policy`'s key against its `tpm`, `tokens_per_day` and
     /// `rpm`: what it has left, or a 429 saying when the next request fits. A request
     /// refused for its tokens is not counted against `rpm`.
-    pub fn admit(&self, policy: &KeyPolicy) -> Result<Budgets, Refusal> {
-        let refused = |reason| move |error| Refusal { error, reason };
+    pub fn admit(&self, policy: &KeyPolicy) -> Result<Budgets, Box<Refusal>> {
+        // Boxed: a refusal is rare, and the error is large to carry back on every admission.
+        let refused = |reason| move |error| Box::new(Refusal { error, reason });
         let minute = self.tokens_left(policy).map_err(refused("tpm"))?;
         let day = self
             .day_tokens_left(policy, now_ms())
@@ -298,7 +299,7 @@ mod tests {
             .map(|_| limits.admit(&key).unwrap().requests.unwrap().remaining)
             .collect();
         assert_eq!(remaining, [2, 1, 0]);
-        match limits.admit(&key) {
+        match limits.admit(&key).map_err(|refusal| *refusal) {
             Err(Refusal {
                 error:
                     GatewayError::RateLimited {
@@ -332,7 +333,7 @@ mod tests {
         limits.spend(&key, 60);
         assert_eq!(limits.admit(&key).unwrap().tokens.unwrap().remaining, 40);
         limits.spend(&key, 50);
-        match limits.admit(&key) {
+        match limits.admit(&key).map_err(|refusal| *refusal) {
             Err(Refusal {
                 error:
                     GatewayError::RateLimited {
@@ -364,7 +365,7 @@ mod tests {
             })
         );
         limits.spend(&key, 30);
-        match limits.admit(&key) {
+        match limits.admit(&key).map_err(|refusal| *refusal) {
             Err(Refusal {
                 error: GatewayError::RateLimited { tokens: true, .. },
                 reason: "tokens_per_day",

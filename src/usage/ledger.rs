@@ -206,7 +206,7 @@ impl Ledger {
                 self.metrics.ledger_dropped();
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 // Once, then every thousandth: the log must not become the next bottleneck.
-                if dropped == 1 || dropped % 1000 == 0 {
+                if dropped == 1 || dropped.is_multiple_of(1000) {
                     log::warn!("usage ledger: the writer is behind; {dropped} rows dropped so far");
                 }
             }
