@@ -244,6 +244,11 @@ impl Config {
                 None => "none (anonymous)".to_owned(),
             }
         );
+        let _ = if self.ledger.enabled {
+            writeln!(out, "usage ledger: {}", self.ledger.path.display())
+        } else {
+            writeln!(out, "usage ledger: off")
+        };
         let _ = writeln!(out, "backends:");
         for backend in &self.backends {
             match backend.kind.upstream() {
