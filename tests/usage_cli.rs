@@ -220,7 +220,12 @@ fn usage_reports_what_a_gateway_recorded_and_a_restart_keeps_the_daily_budget() 
     assert_eq!(friend_only["total"]["requests"], 4);
     assert_eq!(friend_only["total"]["errors"], 2);
 
-    let check = command(&dir).arg("check").arg("--config").arg(&config).output().unwrap();
+    let check = command(&dir)
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&check.stdout).contains("usage ledger: data/switchyard.db"));
     let bad = usage(&dir, &config, &["--since", "yesterday"]);
     assert_eq!(bad.status.code(), Some(1));
