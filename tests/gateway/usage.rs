@@ -198,6 +198,15 @@ async fn metrics_count_requests_tokens_errors_and_refusals() {
     );
     let refused = call(&gateway, bob, "/v1/chat/completions", chat("echo", false)).await;
     assert_eq!(refused.status, 429);
+    // A body that does not parse: no model, no backend.
+    let broken = send(
+        client()
+            .post(format!("{}/api/chat", gateway.base))
+            .insert_header(("X-API-Key", alice)),
+        Some("{not json"),
+    )
+    .await;
+    assert_eq!(broken.status, 400);
     // Embeddings count too.
     let embedded = call(
         &gateway,
@@ -255,6 +264,14 @@ async fn metrics_count_requests_tokens_errors_and_refusals() {
             r#"dialect="ollama""#,
             r#"backend="none""#,
             r#"status="403""#
+        ]),
+        Some(1.0)
+    );
+    assert_eq!(
+        requests(&[
+            r#"dialect="ollama""#,
+            r#"backend="none""#,
+            r#"status="400""#
         ]),
         Some(1.0)
     );
@@ -509,6 +526,23 @@ async fn the_ledger_has_a_row_per_request_and_a_client_that_left_keeps_its_token
     assert!(rows
         .iter()
         .all(|row| row.1.as_deref() != Some("sk-alice-0123456789")));
+
+    // A client that gives up on a whole answer before it comes.
+    let impatient = awc::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .finish()
+        .post(format!("{}/v1/chat/completions", gateway.base))
+        .insert_header(("X-API-Key", alice))
+        .insert_header(("content-type", "application/json"))
+        .send_body(chat("oa/mock-delay", false).to_string())
+        .await;
+    assert!(impatient.is_err());
+    let all = self::rows(&dir, 6).await;
+    let gone = &all[5];
+    assert_eq!(
+        (gone.3.as_str(), gone.4.as_deref(), gone.7, gone.8, gone.10),
+        ("oa/mock-delay", Some("oa"), 0, 499, true)
+    );
 }
 
 #[actix_web::test]
