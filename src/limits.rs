@@ -35,8 +35,18 @@ use crate::keys::KeyPolicy;
 /// A key's limiter with the `rpm` it was made for.
 type Limiter = (u64, Arc<KeyLimiter>);
 
-/// (when, tokens) of each answer of one key in the last minute, oldest first.
-type Spent = VecDeque<(Instant, u64)>;
+/// The tokens of one key's answers in the last minute: (when, tokens) oldest first, and
+/// their sum. Answers within one [`SLICE`] of each other share an entry, so a busy key
+/// keeps a few hundred entries rather than one per answer, and admitting a request
+/// costs the same however busy it is; its tokens age out up to a slice early.
+#[derive(Default)]
+struct Spent {
+    slices: VecDeque<(Instant, u64)>,
+    total: u64,
+}
+
+/// Answers this close together share an entry of a key's minute.
+const SLICE: Duration = Duration::from_millis(250);
 
 /// What a limited key has left, for the `x-ratelimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,10 +127,13 @@ impl RateLimits {
         }
         if policy.tpm.is_some() {
             if let Ok(mut spent) = self.spent.lock() {
-                spent
-                    .entry(policy.key_id.clone())
-                    .or_default()
-                    .push_back((Instant::now(), tokens));
+                let now = Instant::now();
+                let window = spent.entry(policy.key_id.clone()).or_default();
+                window.total += tokens;
+                match window.slices.back_mut() {
+                    Some((at, joined)) if now.duration_since(*at) < SLICE => *joined += tokens,
+                    _ => window.slices.push_back((now, tokens)),
+                }
             }
         }
         let day = now_ms().div_euclid(DAY_MS);
@@ -191,13 +204,14 @@ impl RateLimits {
             .lock()
             .map_err(|_| GatewayError::Unauthorized { missing: false })?;
         let window = spent.entry(policy.key_id.clone()).or_default();
-        while window
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) >= MINUTE)
-        {
-            window.pop_front();
+        while let Some(&(at, tokens)) = window.slices.front() {
+            if now.duration_since(at) < MINUTE {
+                break;
+            }
+            window.slices.pop_front();
+            window.total -= tokens;
         }
-        let used: u64 = window.iter().map(|(_, tokens)| tokens).sum();
+        let used = window.total;
         if used < tpm {
             return Ok(Some(RequestBudget {
                 limit: tpm,
@@ -207,7 +221,7 @@ impl RateLimits {
         // Wait until enough of the minute's tokens have aged out to be under the limit.
         let mut over = used - tpm;
         let mut frees_at = now + MINUTE;
-        for (at, tokens) in window.iter() {
+        for (at, tokens) in window.slices.iter() {
             frees_at = *at + MINUTE;
             if *tokens > over {
                 break;
@@ -343,6 +357,26 @@ mod tests {
             }) => assert!((59..=60).contains(&retry_after_secs), "{retry_after_secs}"),
             other => panic!("expected a 429, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_busy_key_keeps_a_few_entries_not_one_per_answer() {
+        let entry = KeyEntry {
+            user: "busy".into(),
+            tpm: Some(1_000_000),
+            ..KeyEntry::default()
+        };
+        let key = policy("sk-busy-0123456789", &entry).unwrap();
+        let limits = RateLimits::default();
+        for _ in 0..10_000 {
+            limits.spend(&key, 12);
+        }
+        assert_eq!(
+            limits.admit(&key).unwrap().tokens.unwrap().remaining,
+            1_000_000 - 120_000
+        );
+        let spent = limits.spent.lock().unwrap();
+        assert!(spent[&key.key_id].slices.len() <= 3);
     }
 
     #[test]
