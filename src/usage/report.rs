@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::ledger::{day_start_ms, open_for_reading, unix_ms};
+use super::ledger::{open_for_reading, unix_ms};
 use super::{LedgerConfig, DEFAULT_LEDGER_PATH};
 
 /// `switchyard usage`'s options.
@@ -317,11 +317,6 @@ pub fn table(query: &Query, rows: &[Totals]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// The start of today (UTC), for callers that report the day so far.
-pub fn today_ms(now_ms: i64) -> i64 {
-    day_start_ms(now_ms)
 }
 
 #[cfg(test)]
