@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::backend::BackendSettings;
 pub use crate::backend::{BackendConfig, BackendKind, UpstreamConfig};
+pub use crate::usage::LedgerConfig;
 
 /// Where the listen address is when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -45,6 +46,9 @@ struct RawConfig {
     /// Stored responses of the Responses API.
     #[serde(default)]
     responses: crate::dialect::responses::store::StoreConfig,
+    /// The usage ledger.
+    #[serde(default)]
+    ledger: LedgerConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +175,8 @@ pub struct Config {
     pub aliases: Vec<Alias>,
     /// `[responses]`: the limits of the stored responses.
     pub responses: crate::dialect::responses::store::StoreConfig,
+    /// `[ledger]`: the usage ledger's file, or none.
+    pub ledger: LedgerConfig,
 }
 
 /// Admin keys from the configuration: secrets, so their `Debug` says only how many.
@@ -269,6 +275,11 @@ impl Config {
                 None => "none (anonymous)".to_owned(),
             }
         );
+        let _ = if self.ledger.enabled {
+            writeln!(out, "usage ledger: {}", self.ledger.path.display())
+        } else {
+            writeln!(out, "usage ledger: off")
+        };
         let _ = writeln!(out, "backends:");
         for backend in &self.backends {
             match backend.kind.upstream() {
@@ -434,7 +445,13 @@ impl RawConfig {
         if self.server.cors_allow_origins.iter().any(|o| o == "*") && !keys_required {
             return err("server.cors_allow_origins \"*\" lets every web page call the gateway, so it needs keys: set auth.keys_file (and leave auth.allow_anonymous off), or name the origins");
         }
+        if self.ledger.enabled && self.ledger.path.as_os_str().is_empty() {
+            return err(
+                "ledger.path must not be empty; set ledger.enabled = false to keep no ledger",
+            );
+        }
         Ok(Config {
+            ledger: self.ledger,
             cors_allow_origins: self.server.cors_allow_origins,
             admin_keys: AdminKeys(self.auth.admin_keys),
             trusted_proxies,

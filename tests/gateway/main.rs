@@ -16,3 +16,4 @@ mod responses;
 mod routes;
 mod streams;
 mod translation;
+mod usage;
