@@ -64,6 +64,9 @@ pub struct BackendConfig {
     pub kind: BackendKind,
     /// `max_concurrent` and its line, for every kind alike; `None`: no limit.
     pub queue: Option<crate::queue::QueueSettings>,
+    /// `max_output_tokens`, for every kind alike: the most a request's `max_tokens` may
+    /// ask of this backend (larger values are lowered to it); `None`: no cap.
+    pub max_output_tokens: Option<u64>,
 }
 
 /// What a backend talks to, checked.

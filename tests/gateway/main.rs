@@ -4,6 +4,7 @@
 mod harness;
 
 mod access;
+mod agents;
 mod auth;
 mod errors;
 mod failover;

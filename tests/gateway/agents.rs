@@ -1,0 +1,130 @@
+//! What coding agents need of the gateway beyond each dialect's own tests: a backend's
+//! `max_output_tokens` lowering the 32000-token asks agents send to what a small model
+//! can give, on every backend kind, each fallback target by its own cap.
+
+use serde_json::{json, Value};
+
+use crate::harness::{self, Harness};
+
+/// The body the mock received for `model`, the last time.
+fn upstream_body(gateway: &Harness, model: &str) -> Value {
+    let requests = gateway.mock.requests_for(model);
+    requests
+        .last()
+        .unwrap_or_else(|| panic!("no request for {model} reached the mock"))
+        .body
+        .clone()
+}
+
+const CAPPED: &str = r#"
+[[backends]]
+name = "small"
+kind = "openai"
+url = "{mock}/v1"
+max_output_tokens = 4096
+[[backends]]
+name = "smoll"
+kind = "ollama"
+url = "{mock}"
+max_output_tokens = 2048
+[[models]]
+name = "agent-model"
+targets = ["small/mock-status503-first", "smoll/mock-second"]
+"#;
+
+#[actix_web::test]
+async fn max_output_tokens_lowers_a_larger_ask_on_every_kind_and_streamed_or_whole() {
+    let gateway = harness::start(CAPPED).await;
+    for stream in [false, true] {
+        let answer = gateway
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "small/mock-a", "max_tokens": 32000, "stream": stream,
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(upstream_body(&gateway, "mock-a")["max_tokens"], 4096);
+
+        let answer = gateway
+            .post(
+                "/api/chat",
+                &json!({"model": "smoll/mock-b", "stream": stream, "options": {"num_predict": 32000},
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(
+            upstream_body(&gateway, "mock-b")["options"]["num_predict"],
+            2048
+        );
+
+        let answer = gateway
+            .post(
+                "/v1/responses",
+                &json!({"model": "small/mock-c", "max_output_tokens": 32000, "stream": stream,
+                        "store": false, "input": "hi"}),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(upstream_body(&gateway, "mock-c")["max_tokens"], 4096);
+    }
+}
+
+#[actix_web::test]
+async fn max_output_tokens_never_fills_in_or_raises_an_ask() {
+    let gateway = harness::start(CAPPED).await;
+    let answer = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "small/mock-none", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        upstream_body(&gateway, "mock-none")
+            .get("max_tokens")
+            .is_none(),
+        "no ask stays no ask"
+    );
+    let answer = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "small/mock-few", "max_tokens": 64,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(upstream_body(&gateway, "mock-few")["max_tokens"], 64);
+    // A backend without the key passes the ask on as it came.
+    let answer = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "oa/mock-big", "max_tokens": 32000,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(upstream_body(&gateway, "mock-big")["max_tokens"], 32000);
+}
+
+#[actix_web::test]
+async fn each_fallback_target_is_capped_by_its_own_backend() {
+    let gateway = harness::start(CAPPED).await;
+    let answer = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "agent-model", "max_tokens": 32000,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        upstream_body(&gateway, "mock-status503-first")["max_tokens"],
+        4096
+    );
+    assert_eq!(
+        upstream_body(&gateway, "mock-second")["options"]["num_predict"],
+        2048
+    );
+}
