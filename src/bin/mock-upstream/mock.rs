@@ -18,6 +18,7 @@
 //! | `chunksN`     | N pieces of text (`w0 `, `w1 ` ...) instead of the default 5 |
 //! | `gapN`        | N ms between pieces |
 //! | `bytesN`      | about N bytes of prose and code (newlines, quotes, non-ASCII) in pieces of ~40 bytes: a long answer |
+//! | `agent`       | OpenAI chat only: plays one tool round trip for a real agent. Until a `tool` message is in the history it calls the tool that the last `mock-call NAME {JSON}` line of the user's messages names, with those arguments; then it answers `MOCK-FINAL (tool said: RESULT)` with the last tool result |
 //!
 //! Otherwise it streams `Hello from the mock 🦀` in five pieces with usage 7 + 5.
 //!
@@ -169,7 +170,8 @@ async fn recorded(
 struct Script {
     pieces: Vec<String>,
     thinking: Vec<&'static str>,
-    tool: bool,
+    /// The tool call to make instead of text: its name and JSON arguments.
+    tool: Option<(String, String)>,
     finish: &'static str,
     status: Option<u16>,
     errstream: bool,
@@ -227,7 +229,9 @@ impl Script {
             } else {
                 vec![]
             },
-            tool: model.contains("tool"),
+            tool: model
+                .contains("tool")
+                .then(|| ("get_weather".to_owned(), "{\"city\":\"Tokyo\"}".to_owned())),
             finish: if model.contains("length") {
                 "length"
             } else {
@@ -242,6 +246,60 @@ impl Script {
             stall: model.contains("stall"),
             gap: gap.or(slow.then(|| Duration::from_millis(100))),
         }
+    }
+}
+
+impl Script {
+    /// The `agent` behaviour: a tool call named by the user, then an answer quoting its
+    /// result, so a real agent's whole loop (call, run the tool, send the result back)
+    /// can be checked end to end, and without looping, since the second turn ends it.
+    fn play_agent(&mut self, body: &Value) {
+        let messages = body["messages"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let result = messages
+            .iter()
+            .rev()
+            .find(|message| message["role"] == "tool")
+            .map(|message| text_of(&message["content"]));
+        if let Some(result) = result {
+            self.tool = None;
+            self.pieces = vec![
+                "MOCK-FINAL".to_owned(),
+                " (tool said: ".to_owned(),
+                result.trim().to_owned(),
+                ")".to_owned(),
+            ];
+            return;
+        }
+        self.tool = messages
+            .iter()
+            .filter(|message| message["role"] == "user")
+            .flat_map(|message| {
+                text_of(&message["content"])
+                    .lines()
+                    .filter_map(|line| {
+                        let rest = line.split("mock-call ").nth(1)?;
+                        let (name, arguments) = rest.trim().split_once(' ')?;
+                        Some((name.to_owned(), arguments.trim().to_owned()))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .last();
+    }
+}
+
+/// The text of a chat message's `content`: a string, or the `text` of its parts.
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|part| part["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
     }
 }
 
@@ -360,7 +418,10 @@ async fn openai_chat(
     body: web::Bytes,
     state: web::Data<MockState>,
 ) -> HttpResponse {
-    let (body, model, script) = begin(&request, &body, &state).await;
+    let (body, model, mut script) = begin(&request, &body, &state).await;
+    if model.contains("agent") {
+        script.play_agent(&body);
+    }
     if let Some(refusal) = key_refusal(&request) {
         return refusal;
     }
@@ -383,11 +444,12 @@ async fn openai_chat(
         .unwrap_or(false);
     let completion_tokens = script.pieces.len() as u64;
     let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens});
+    let (tool_name, tool_arguments) = script.tool.clone().unwrap_or_default();
     let tool_call = |index_only: bool, args: &str| {
         if index_only {
             json!({"index": 0, "function": {"arguments": args}})
         } else {
-            json!({"index": 0, "id": "call_mock1", "type": "function", "function": {"name": "get_weather", "arguments": args}})
+            json!({"index": 0, "id": "call_mock1", "type": "function", "function": {"name": tool_name, "arguments": args}})
         }
     };
     if !stream && script.truncate {
@@ -400,16 +462,16 @@ async fn openai_chat(
         return HttpResponse::InternalServerError().json(json!({"error": {"message": "mock failed mid-stream", "type": "server_error", "code": 500}}));
     }
     if !stream {
-        let mut message = json!({"role": "assistant", "content": if script.tool { Value::Null } else { Value::from(script.pieces.concat()) }});
+        let mut message = json!({"role": "assistant", "content": if script.tool.is_some() { Value::Null } else { Value::from(script.pieces.concat()) }});
         if !script.thinking.is_empty() {
             message["reasoning_content"] = Value::from(script.thinking.concat());
         }
-        if script.tool {
-            message["tool_calls"] = json!([{"id": "call_mock1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Tokyo\"}"}}]);
+        if script.tool.is_some() {
+            message["tool_calls"] = json!([{"id": "call_mock1", "type": "function", "function": {"name": tool_name, "arguments": tool_arguments}}]);
         }
         return HttpResponse::Ok().json(json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": if script.tool { "tool_calls" } else { script.finish }}],
+            "choices": [{"index": 0, "message": message, "finish_reason": if script.tool.is_some() { "tool_calls" } else { script.finish }}],
             "usage": usage,
         }));
     }
@@ -428,14 +490,17 @@ async fn openai_chat(
     for piece in &script.thinking {
         events.push(chunk(json!({"reasoning_content": piece}), None));
     }
-    if script.tool {
+    if script.tool.is_some() {
+        // The arguments in two fragments, cut at the middle (`{"city":` + `"Tokyo"}`).
+        let mut middle = tool_arguments.len() / 2;
+        while !tool_arguments.is_char_boundary(middle) {
+            middle += 1;
+        }
+        let (first, second) = tool_arguments.split_at(middle);
         events.push(chunk(json!({"tool_calls": [tool_call(false, "")]}), None));
+        events.push(chunk(json!({"tool_calls": [tool_call(true, first)]}), None));
         events.push(chunk(
-            json!({"tool_calls": [tool_call(true, "{\"city\":")]}),
-            None,
-        ));
-        events.push(chunk(
-            json!({"tool_calls": [tool_call(true, "\"Tokyo\"}")]}),
+            json!({"tool_calls": [tool_call(true, second)]}),
             None,
         ));
     } else {
@@ -452,7 +517,7 @@ async fn openai_chat(
     } else {
         let mut tail = vec![chunk(
             json!({}),
-            Some(if script.tool {
+            Some(if script.tool.is_some() {
                 "tool_calls"
             } else {
                 script.finish
@@ -549,11 +614,11 @@ async fn ollama_chat(
             .json(json!({"error": "mock failed mid-stream"}));
     }
     if !stream {
-        let mut message = json!({"role": "assistant", "content": if script.tool { String::new() } else { script.pieces.concat() }});
+        let mut message = json!({"role": "assistant", "content": if script.tool.is_some() { String::new() } else { script.pieces.concat() }});
         if !script.thinking.is_empty() {
             message["thinking"] = Value::from(script.thinking.concat());
         }
-        if script.tool {
+        if script.tool.is_some() {
             message["tool_calls"] = tool_calls;
         }
         return HttpResponse::Ok().json(line(message, true));
@@ -566,7 +631,7 @@ async fn ollama_chat(
             false,
         )));
     }
-    if script.tool {
+    if script.tool.is_some() {
         events.push(to_bytes(line(
             json!({"role": "assistant", "content": "", "tool_calls": tool_calls}),
             false,
