@@ -1,0 +1,128 @@
+"""Real coding agents, at their pinned versions, against the gateway: OpenAI's Codex CLI
+(`codex exec`, Responses wire API) and Claude Code (`claude -p`, Anthropic Messages),
+each set up exactly as docs/agents.md says, offline, with only the gateway to talk to.
+
+Each completes a task on the `echo` backend (which answers with the text of the last
+user message) and one on the mock upstream's `mock-agent` model, which plays one tool
+round trip: it calls the tool that the prompt's `mock-call NAME {JSON}` line names, the
+agent runs it, and once the tool's result is in the history the mock answers
+`MOCK-FINAL (tool said: RESULT)`. That checks the whole loop through the gateway: the
+tool call decoded and rendered in the agent's dialect, the agent's tool result parsed
+and sent upstream, and the final answer back.
+"""
+
+import subprocess
+
+import pytest
+
+from agent_stack import API_KEY, MAX_OUTPUT_TOKENS, agent_binary, offline_env
+
+AGENT_SECONDS = 180
+
+
+def run_agent(argv, env, cwd):
+    """Runs one agent command to its end, failing with its output if it fails."""
+    result = subprocess.run(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=AGENT_SECONDS,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"{argv[0]} exited with {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+def tool_messages(request):
+    return [m for m in request["body"]["messages"] if m["role"] == "tool"]
+
+
+def text(content):
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content or [])
+
+
+# ---------------------------------------------------------------- Codex CLI
+
+
+CODEX_CONFIG = """\
+model = "{model}"
+model_provider = "switchyard"
+
+[model_providers.switchyard]
+name = "switchyard"
+base_url = "{gateway}/v1"
+wire_api = "responses"
+env_key = "SWITCHYARD_API_KEY"
+
+[features]
+unbounded_connection_retries = false
+plugins = false
+
+[analytics]
+enabled = false
+"""
+
+
+@pytest.fixture
+def codex(stack, tmp_path):
+    """Runs `codex exec PROMPT` on a model, with a fresh CODEX_HOME whose config.toml
+    points it at the gateway; returns the finished process."""
+    binary = agent_binary("codex", "@openai/codex")
+
+    def run(model, prompt):
+        home = tmp_path / "home"
+        codex_home = home / ".codex"
+        codex_home.mkdir(parents=True)
+        (codex_home / "config.toml").write_text(
+            CODEX_CONFIG.format(model=model, gateway=stack.gateway)
+        )
+        work = tmp_path / "work"
+        work.mkdir()
+        env = offline_env(home)
+        env["CODEX_HOME"] = str(codex_home)
+        env["SWITCHYARD_API_KEY"] = API_KEY
+        argv = [binary, "exec", "--skip-git-repo-check", "--sandbox", "read-only", prompt]
+        return run_agent(argv, env, work)
+
+    return run
+
+
+def test_codex_completes_a_task_on_echo(codex):
+    result = codex("echo/echo", "Say CODEX-ECHO-7 back.")
+    assert "Say CODEX-ECHO-7 back." in result.stdout
+
+
+def test_codex_tool_round_trip_on_the_mock(codex, stack):
+    prompt = 'Run the command I name.\nmock-call exec_command {"cmd":"echo CODEX-TOOL-OK"}'
+    result = codex("oa/mock-agent", prompt)
+
+    requests = stack.mock_requests("mock-agent")
+    assert len(requests) == 2, requests
+    first, second = requests
+    assert not tool_messages(first)
+    assert first["body"]["stream"] is True
+    assert "exec_command" in [t["function"]["name"] for t in first["body"]["tools"]]
+    # The second turn carries the mock's call and the command's output as its result.
+    calls = [
+        call
+        for message in second["body"]["messages"]
+        for call in message.get("tool_calls") or []
+    ]
+    assert [(c["id"], c["function"]["name"]) for c in calls] == [("call_mock1", "exec_command")]
+    results = tool_messages(second)
+    assert [m["tool_call_id"] for m in results] == ["call_mock1"]
+    assert "CODEX-TOOL-OK" in text(results[0]["content"])
+    # The final answer is the mock's, quoting the tool's output.
+    assert "MOCK-FINAL (tool said:" in result.stdout
+    assert "CODEX-TOOL-OK" in result.stdout
+    for request in requests:
+        tokens = request["body"].get("max_tokens")
+        assert tokens is None or tokens <= MAX_OUTPUT_TOKENS
