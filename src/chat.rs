@@ -79,7 +79,7 @@ impl Image<'_> {
 }
 
 /// Guesses an image's type from its magic bytes (PNG, JPEG, GIF, WebP); PNG otherwise.
-fn sniff_image_type(base64_data: &str) -> &'static str {
+pub fn sniff_image_type(base64_data: &str) -> &'static str {
     use base64::Engine;
     let head = base64::engine::general_purpose::STANDARD
         .decode(base64_data.get(..16).unwrap_or(""))
@@ -367,11 +367,17 @@ pub struct Message<'a> {
     pub parts: Vec<Part<'a>>,
     /// Reasoning text of an earlier assistant turn.
     pub thinking: Option<Cow<'a, str>>,
+    /// The signature the model's server gave that reasoning (Anthropic signs its
+    /// thinking and takes it back only signed); other servers neither give nor read one.
+    pub thinking_signature: Option<Cow<'a, str>>,
     pub tool_calls: Vec<ToolCall<'a>>,
     /// On `role: tool`: the call this result answers (OpenAI).
     pub tool_call_id: Option<Cow<'a, str>>,
     /// On `role: tool`: the name of the tool whose result this is (Ollama).
     pub tool_name: Option<Cow<'a, str>>,
+    /// On `role: tool`: the tool failed (Anthropic's `is_error`); only Anthropic's API
+    /// has a place for it.
+    pub tool_error: bool,
 }
 
 impl<'a> Message<'a> {
@@ -381,9 +387,11 @@ impl<'a> Message<'a> {
             role,
             parts: vec![Part::Text(text.into())],
             thinking: None,
+            thinking_signature: None,
             tool_calls: Vec::new(),
             tool_call_id: None,
             tool_name: None,
+            tool_error: false,
         }
     }
 
@@ -641,6 +649,8 @@ pub struct ToolCallDelta {
 pub enum Event {
     Text(String),
     Thinking(String),
+    /// (More of) the signature of the reasoning so far, from a server that signs it.
+    ThinkingSignature(String),
     ToolCall(ToolCallDelta),
     Finish(FinishReason),
     Usage(Usage),
@@ -654,6 +664,8 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, GatewayError>>>>;
 pub struct Completion {
     pub text: String,
     pub thinking: String,
+    /// The reasoning's signature, where the server gave one.
+    pub thinking_signature: String,
     pub tool_calls: Vec<ToolCall<'static>>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
@@ -665,6 +677,7 @@ impl Completion {
         match event {
             Event::Text(text) => self.text.push_str(&text),
             Event::Thinking(text) => self.thinking.push_str(&text),
+            Event::ThinkingSignature(text) => self.thinking_signature.push_str(&text),
             Event::ToolCall(delta) => {
                 while self.tool_calls.len() <= delta.index {
                     self.tool_calls.push(ToolCall {

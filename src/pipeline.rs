@@ -590,9 +590,75 @@ where
                     if !out.is_empty() {
                         yield Ok(out.split().freeze());
                     }
-                    events.next().await
+                    match R::IDLE_AFTER {
+                        None => events.next().await,
+                        // A dialect that keeps silent streams open is asked for its
+                        // keep-alive each time the upstream has said nothing that long.
+                        Some(after) => loop {
+                            match tokio::time::timeout(after, events.next()).await {
+                                Ok(next) => break next,
+                                Err(_) => {
+                                    renderer.idle(&mut out);
+                                    yield Ok(out.split().freeze());
+                                }
+                            }
+                        },
+                    }
                 }
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Writes each event's text, and `.` when asked to fill silence.
+    struct Dots;
+
+    impl StreamRenderer for Dots {
+        const IDLE_AFTER: Option<Duration> = Some(Duration::from_millis(40));
+        fn event(&mut self, event: Event, out: &mut BytesMut) {
+            if let Event::Text(text) = event {
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+        fn end(&mut self, out: &mut BytesMut) {
+            out.extend_from_slice(b"|");
+        }
+        fn error(&mut self, _: &GatewayError, out: &mut BytesMut) {
+            out.extend_from_slice(b"!");
+        }
+        fn idle(&mut self, out: &mut BytesMut) {
+            out.extend_from_slice(b".");
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_silent_upstream_gets_the_dialects_keep_alive_in_between() {
+        let events: EventStream = Box::pin(async_stream::stream! {
+            yield Ok(Event::Text("a".into()));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            yield Ok(Event::Text("b".into()));
+        });
+        let ledger = StreamLedger {
+            metrics: web::Data::new(Metrics::new()),
+            request: actix_web::test::TestRequest::default().to_http_request(),
+            stopwatch: None,
+            closed: false,
+        };
+        let chunks: Vec<Bytes> = render_stream(events, Dots, ledger)
+            .map(|chunk| chunk.unwrap())
+            .collect()
+            .await;
+        let written: Vec<u8> = chunks.concat();
+        let text = String::from_utf8(written).unwrap();
+        // 150 ms of silence holds three 40 ms waits: at least two dots, the text whole.
+        assert!(text.starts_with("a.."), "{text}");
+        assert!(text.ends_with("b|"), "{text}");
+        assert_eq!(text.replace('.', ""), "ab|");
     }
 }

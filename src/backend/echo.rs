@@ -126,6 +126,33 @@ impl EchoBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::{Completion, Message, Part};
+
+    /// Claude Code's turn: a user message of several blocks, then a system message, and
+    /// later tool results; the echo is the whole last user message's text.
+    #[test]
+    fn the_echo_is_the_last_user_message_whatever_follows_it() {
+        let user = Message {
+            parts: vec![Part::Text("<reminder>".into()), Part::Text("run it".into())],
+            ..Message::text(Role::User, "")
+        };
+        let tool = Message {
+            tool_call_id: Some("t".into()),
+            ..Message::text(Role::Tool, "TOOL-OK")
+        };
+        let request = ChatRequest::new(vec![
+            Message::text(Role::System, "sys"),
+            Message::text(Role::User, "earlier"),
+            user,
+            Message::text(Role::System, "environment"),
+            Message::text(Role::Assistant, "calling"),
+            tool,
+        ]);
+        let completion =
+            futures::executor::block_on(Completion::collect(EchoBackend.chat(&request))).unwrap();
+        assert_eq!(completion.text, "<reminder>\nrun it");
+        assert_eq!(completion.finish_reason, Some(FinishReason::Stop));
+    }
 
     #[test]
     fn pieces_keep_whitespace_and_join_back() {

@@ -2,10 +2,11 @@
 //!
 //! A backend turns a canonical [`ChatRequest`] into its upstream's call and the answer
 //! into canonical [`Event`](crate::chat::Event)s; it knows nothing of the client's dialect.
-//! Three kinds need no trait objects: one enum and one `match` say it plainly. Each
+//! Four kinds need no trait objects: one enum and one `match` say it plainly. Each
 //! kind's configuration lives beside it; [`BackendSettings`] names them all, so a new
 //! kind is a folder here and a variant there.
 
+pub mod anthropic;
 pub mod echo;
 mod error_body;
 pub mod keys;
@@ -37,13 +38,15 @@ pub enum BackendSettings {
     OpenAi(openai::OpenAiConfig),
     #[serde(rename = "ollama")]
     Ollama(ollama::OllamaConfig),
+    #[serde(rename = "anthropic")]
+    Anthropic(anthropic::AnthropicConfig),
     /// Built in, no upstream: it takes no settings at all.
     #[serde(rename = "echo")]
     Echo {},
 }
 
 /// The kinds' names, for the message that lists them.
-pub const KIND_NAMES: &str = "\"openai\", \"ollama\" or \"echo\"";
+pub const KIND_NAMES: &str = "\"openai\", \"ollama\", \"anthropic\" or \"echo\"";
 
 impl BackendSettings {
     /// Checks the settings of the backend at `key` (`backends[2]`) once, at start, into
@@ -52,6 +55,7 @@ impl BackendSettings {
         Ok(match self {
             BackendSettings::OpenAi(config) => BackendKind::OpenAi(config.check(key)?),
             BackendSettings::Ollama(config) => BackendKind::Ollama(config.check(key)?),
+            BackendSettings::Anthropic(config) => BackendKind::Anthropic(config.check(key)?),
             BackendSettings::Echo {} => BackendKind::Echo,
         })
     }
@@ -76,6 +80,8 @@ pub enum BackendKind {
     OpenAi(UpstreamConfig),
     /// Native Ollama.
     Ollama(UpstreamConfig),
+    /// Anthropic's Messages API.
+    Anthropic(anthropic::AnthropicSettings),
     /// Built in, no upstream.
     Echo,
 }
@@ -86,6 +92,7 @@ impl BackendKind {
         match self {
             BackendKind::OpenAi(_) => "openai",
             BackendKind::Ollama(_) => "ollama",
+            BackendKind::Anthropic(_) => "anthropic",
             BackendKind::Echo => "echo",
         }
     }
@@ -94,6 +101,7 @@ impl BackendKind {
     pub fn upstream(&self) -> Option<&UpstreamConfig> {
         match self {
             BackendKind::OpenAi(upstream) | BackendKind::Ollama(upstream) => Some(upstream),
+            BackendKind::Anthropic(settings) => Some(&settings.upstream),
             BackendKind::Echo => None,
         }
     }
@@ -118,6 +126,7 @@ pub struct ModelEntry {
 pub enum Backend {
     OpenAi(openai::OpenAiBackend),
     Ollama(ollama::OllamaBackend),
+    Anthropic(anthropic::AnthropicBackend),
     Echo(echo::EchoBackend),
 }
 
@@ -136,6 +145,13 @@ impl Backend {
             BackendKind::Ollama(upstream) => Backend::Ollama(ollama::OllamaBackend::new(
                 Upstream::new(&config.name, upstream, pool(upstream), "/api/version"),
             )),
+            BackendKind::Anthropic(settings) => {
+                let upstream = &settings.upstream;
+                Backend::Anthropic(anthropic::AnthropicBackend::new(
+                    Upstream::new(&config.name, upstream, pool(upstream), "/models"),
+                    settings.default_max_tokens,
+                ))
+            }
             BackendKind::Echo => Backend::Echo(echo::EchoBackend),
         }
     }
@@ -151,6 +167,7 @@ impl Backend {
         match self {
             Backend::OpenAi(backend) => backend.chat(model, request).await,
             Backend::Ollama(backend) => backend.chat(model, request).await,
+            Backend::Anthropic(backend) => backend.chat(model, request).await,
             Backend::Echo(backend) => Ok(backend.chat(request)),
         }
     }
@@ -166,7 +183,21 @@ impl Backend {
         match self {
             Backend::OpenAi(backend) => backend.complete(model, request).await,
             Backend::Ollama(backend) => backend.complete(model, request).await,
+            Backend::Anthropic(backend) => backend.complete(model, request).await,
             Backend::Echo(backend) => Completion::collect(backend.chat(request)).await,
+        }
+    }
+
+    /// The upstream's count of a request's input tokens, where the kind can count
+    /// without generating (Anthropic's); `None` otherwise.
+    pub async fn count_tokens(
+        &self,
+        model: &str,
+        request: &ChatRequest<'_>,
+    ) -> Result<Option<u64>, GatewayError> {
+        match self {
+            Backend::Anthropic(backend) => backend.count_tokens(model, request).await,
+            Backend::OpenAi(_) | Backend::Ollama(_) | Backend::Echo(_) => Ok(None),
         }
     }
 
@@ -175,6 +206,7 @@ impl Backend {
         match self {
             Backend::OpenAi(backend) => backend.models().await,
             Backend::Ollama(backend) => backend.models().await,
+            Backend::Anthropic(backend) => backend.models().await,
             Backend::Echo(_) => Ok(echo::EchoBackend::models()),
         }
     }
@@ -188,6 +220,7 @@ impl Backend {
         match self {
             Backend::OpenAi(backend) => backend.embed(model, request).await,
             Backend::Ollama(backend) => backend.embed(model, request).await,
+            Backend::Anthropic(backend) => Err(backend.embed()),
             Backend::Echo(_) => Ok(echo::EchoBackend::embed(request)),
         }
     }
@@ -197,7 +230,9 @@ impl Backend {
     pub async fn show(&self, model: &str) -> Result<Value, GatewayError> {
         match self {
             Backend::Ollama(backend) => backend.show(model).await,
-            Backend::OpenAi(_) => Ok(synthesized_show(&["completion", "tools"])),
+            Backend::OpenAi(_) | Backend::Anthropic(_) => {
+                Ok(synthesized_show(&["completion", "tools"]))
+            }
             Backend::Echo(_) => Ok(synthesized_show(&["completion", "embedding"])),
         }
     }
@@ -206,7 +241,7 @@ impl Backend {
     pub async fn running(&self) -> Result<Vec<Value>, GatewayError> {
         match self {
             Backend::Ollama(backend) => backend.running().await,
-            Backend::OpenAi(_) | Backend::Echo(_) => Ok(Vec::new()),
+            Backend::OpenAi(_) | Backend::Anthropic(_) | Backend::Echo(_) => Ok(Vec::new()),
         }
     }
 
@@ -215,6 +250,7 @@ impl Backend {
         match self {
             Backend::OpenAi(_) => "openai",
             Backend::Ollama(_) => "ollama",
+            Backend::Anthropic(_) => "anthropic",
             Backend::Echo(_) => "echo",
         }
     }

@@ -132,6 +132,9 @@ impl Upstream {
             // awc reports the address it cannot parse when the request is sent.
             Err(unparsed) => self.client.request(method, unparsed),
         };
+        let request = self.config.headers.iter().fold(request, |request, header| {
+            request.insert_header(header.clone())
+        });
         let auth = match key {
             Some(key) => self.config.keys.get(key),
             None => self.config.auth.as_ref(),

@@ -159,6 +159,8 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     pub max_failures: u32,
     pub cooldown: Duration,
+    /// Headers every request carries, set by the kind (Anthropic's `anthropic-version`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -180,6 +182,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_failures", &self.max_failures)
             .field("cooldown", &self.cooldown)
+            .field("headers", &self.headers)
             .finish()
     }
 }
@@ -200,6 +203,14 @@ impl UpstreamFields {
         if self.api_key_env.is_none() && self.api_key_envs.is_none() {
             self.api_key_env = preset.key_env.map(str::to_owned);
             self.key_from_preset = preset.key_env.map(|_| preset.name);
+        }
+    }
+
+    /// The header a key travels in unless `api_key_header` names one: a kind whose
+    /// servers do not read `Authorization: Bearer` (Anthropic's `x-api-key`).
+    pub(super) fn default_key_header(&mut self, header: &str) {
+        if self.api_key_env.is_some() || self.api_key_envs.is_some() {
+            self.api_key_header.get_or_insert_with(|| header.to_owned());
         }
     }
 
@@ -268,6 +279,7 @@ impl UpstreamFields {
             idle_timeout: duration("idle_timeout_secs", self.idle_timeout_secs)?,
             max_failures: self.max_failures,
             cooldown: duration("cooldown_secs", self.cooldown_secs)?,
+            headers: Vec::new(),
         })
     }
 

@@ -4,6 +4,7 @@
 //! backends, and the pipeline that joins the two (`crate::pipeline`) knows nothing of
 //! wire formats.
 
+pub mod anthropic;
 pub mod ollama;
 pub mod openai;
 pub mod responses;
@@ -100,6 +101,10 @@ pub fn error_response(error: &GatewayError) -> HttpResponseBuilder {
 
 /// Turns a stream of events into a dialect's stream framing.
 pub trait StreamRenderer {
+    /// How long the stream may stay silent before [`StreamRenderer::idle`] is asked
+    /// for something to send (`None`: the dialect sends nothing while waiting).
+    const IDLE_AFTER: Option<std::time::Duration> = None;
+
     /// Writes what one event becomes (possibly nothing yet).
     fn event(&mut self, event: Event, out: &mut BytesMut);
     /// Writes the stream's ending after the backend finished cleanly.
@@ -110,6 +115,11 @@ pub trait StreamRenderer {
     /// could not write in its dialect), so the stream counts as failed.
     fn failed(&self) -> bool {
         false
+    }
+    /// Writes what keeps a silent stream open (Anthropic's `ping`), each time it has
+    /// been silent for [`StreamRenderer::IDLE_AFTER`].
+    fn idle(&mut self, out: &mut BytesMut) {
+        let _ = out;
     }
 }
 

@@ -2,6 +2,7 @@
 //! that its key check, unknown routes, 413s and body errors answer in it, and the open
 //! routes (`/`, `/health`, `/metrics`) beside them.
 
+mod anthropic;
 mod embeddings;
 mod models;
 mod responses;
@@ -15,6 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse, Scope};
 pub use models::ListingCache;
 
 use crate::auth;
+use crate::dialect::anthropic::Anthropic;
 use crate::dialect::ollama::{Ollama, Shape};
 use crate::dialect::openai::OpenAi;
 use crate::dialect::Dialect;
@@ -31,7 +33,8 @@ pub const OLLAMA_COMPAT_VERSION: &str = "0.13.0";
 /// the next, so a more specific prefix goes first: a dialect at `/v1/messages` is
 /// mounted above the line for `/v1`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(mount::<OpenAi>("/v1", openai))
+    cfg.service(mount::<Anthropic>("/v1/messages", anthropic))
+        .service(mount::<OpenAi>("/v1", openai))
         .service(mount::<Ollama>("/api", ollama))
         // Open: probes and scrapers carry no key.
         .route("/health", web::get().to(models::health))
@@ -45,6 +48,14 @@ fn mount<D: Dialect>(prefix: &str, routes: fn(Scope) -> Scope) -> impl HttpServi
     routes(web::scope(prefix))
         .default_service(web::to(not_found::<D>))
         .wrap(from_fn(key_check::<D>))
+}
+
+/// Anthropic's routes, under `/v1/messages` (a query string, such as Claude Code's
+/// `?beta=true`, is no part of the path).
+fn anthropic(scope: Scope) -> Scope {
+    scope
+        .route("", chat_route(Anthropic))
+        .route("/count_tokens", web::post().to(anthropic::count_tokens))
 }
 
 /// OpenAI's routes, under `/v1`.

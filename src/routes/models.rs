@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::may_use;
 use crate::backend::ModelEntry;
+use crate::dialect::anthropic;
 use crate::dialect::ollama::{self, json_utf8, timestamp};
 use crate::dialect::openai::{self, model_object};
 use crate::dialect::unix_now;
@@ -96,53 +97,88 @@ fn openai_entry(id: &str, model: &ModelEntry, now: u64) -> Value {
     )
 }
 
+/// Whether a request comes from an Anthropic client (its SDKs and Claude Code send
+/// `anthropic-version` on every call), which reads listings in Anthropic's shape.
+fn wants_anthropic(request: &HttpRequest) -> bool {
+    request.headers().contains_key("anthropic-version")
+}
+
 pub async fn openai_models(
     request: HttpRequest,
     router: web::Data<Router>,
     cache: web::Data<ListingCache>,
 ) -> HttpResponse {
     let now = unix_now();
-    let data: Vec<Value> = all_models(&router, &cache)
-        .await
+    let models = all_models(&router, &cache).await;
+    let allowed = models
         .iter()
-        .filter(|(id, _)| may_use(&request, id).is_ok())
+        .filter(|(id, _)| may_use(&request, id).is_ok());
+    if wants_anthropic(&request) {
+        let data = allowed
+            .map(|(id, model)| anthropic::model_object(id, model.created.unwrap_or(now)))
+            .collect();
+        return HttpResponse::Ok().json(anthropic::model_list(data));
+    }
+    let data: Vec<Value> = allowed
         .map(|(id, model)| openai_entry(id, model, now))
         .collect();
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }
 
-/// `GET /v1/models/{id}`: a listed model; or a name that routes to one (an unprefixed
-/// name the default backend lists, so `"model": "llama3"` and `/v1/models/llama3` agree),
-/// or to the echo backend, which answers any name: a chat with such a name works, so
-/// its entry exists too.
+/// `GET /v1/models/{id}`, in OpenAI's shape or, for an Anthropic client, Anthropic's.
 pub async fn openai_model(
     request: HttpRequest,
     id: web::Path<String>,
     router: web::Data<Router>,
     cache: web::Data<ListingCache>,
 ) -> HttpResponse {
-    if let Err(refusal) = may_use(&request, &id) {
-        return openai::render_error(&refusal);
+    let found = find_model(&request, id.into_inner(), &router, &cache).await;
+    match (found, wants_anthropic(&request)) {
+        (Ok((id, model)), false) => HttpResponse::Ok().json(openai_entry(&id, &model, unix_now())),
+        (Ok((id, model)), true) => HttpResponse::Ok().json(anthropic::model_object(
+            &id,
+            model.created.unwrap_or_else(unix_now),
+        )),
+        (Err(error), false) => openai::render_error(&error),
+        (Err(error), true) => anthropic::render_error(&error),
     }
-    let models = all_models(&router, &cache).await;
+}
+
+/// A listed model; or a name that routes to one (an unprefixed name the default
+/// backend lists, so `"model": "llama3"` and `/v1/models/llama3` agree), or to the echo
+/// backend, which answers any name: a chat with such a name works, so its entry exists
+/// too.
+async fn find_model(
+    request: &HttpRequest,
+    id: String,
+    router: &Router,
+    cache: &ListingCache,
+) -> Result<(String, ModelEntry), GatewayError> {
+    may_use(request, &id)?;
+    let models = all_models(router, cache).await;
     let listed = |name: &str| models.iter().find(|(listed, _)| *listed == name);
     if let Some((name, model)) = listed(&id) {
-        return HttpResponse::Ok().json(openai_entry(name, model, unix_now()));
+        return Ok((name.clone(), model.clone()));
     }
     if router.aliases().iter().any(|alias| alias.matches(&id)) {
-        return HttpResponse::Ok().json(model_object(&id, unix_now(), "switchyard"));
+        let entry = ModelEntry {
+            owned_by: Some("switchyard".to_owned()),
+            ..ModelEntry::default()
+        };
+        return Ok((id, entry));
     }
-    let route = match router.route(&id) {
-        Ok(route) => route,
-        Err(error) => return openai::render_error(&error),
-    };
+    let route = router.route(&id)?;
     if let Some((_, model)) = listed(&format!("{}/{}", route.name, route.model)) {
-        return HttpResponse::Ok().json(openai_entry(&id, model, unix_now()));
+        return Ok((id, model.clone()));
     }
     if route.backend.kind_name() == "echo" {
-        return HttpResponse::Ok().json(model_object(&id, unix_now(), route.name));
+        let entry = ModelEntry {
+            owned_by: Some(route.name.to_owned()),
+            ..ModelEntry::default()
+        };
+        return Ok((id, entry));
     }
-    openai::render_error(&GatewayError::ModelNotFound(id.into_inner()))
+    Err(GatewayError::ModelNotFound(id))
 }
 
 pub async fn ollama_tags(

@@ -5,6 +5,8 @@ mod harness;
 
 mod access;
 mod agents;
+mod anthropic;
+mod anthropic_backend;
 mod auth;
 mod errors;
 mod failover;

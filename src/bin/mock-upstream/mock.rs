@@ -1,6 +1,6 @@
-//! A mock upstream that speaks both OpenAI's `/v1` and Ollama's `/api`, for tests,
-//! client suites and benchmarks. The model name picks the behaviour, so one server
-//! plays every part:
+//! A mock upstream that speaks OpenAI's `/v1`, Anthropic's `/v1/messages` and Ollama's
+//! `/api`, for tests, client suites and benchmarks. The model name picks the behaviour,
+//! so one server plays every part:
 //!
 //! | name contains | behaviour |
 //! |---|---|
@@ -107,6 +107,8 @@ pub fn start(
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
             .route("/v1/chat/completions", web::post().to(openai_chat))
+            .route("/v1/messages", web::post().to(anthropic_messages))
+            .route("/v1/messages/count_tokens", web::post().to(anthropic_count))
             .route("/v1/models", web::get().to(openai_models))
             .route("/api/chat", web::post().to(ollama_chat))
             .route("/api/tags", web::get().to(ollama_tags))
@@ -411,6 +413,124 @@ fn refuse(status: u16, body: Value) -> HttpResponse {
         response.insert_header(("location", "http://mock:secret@127.0.0.1:9/elsewhere"));
     }
     response.json(body)
+}
+
+/// `POST /v1/messages/count_tokens`: 42 for any request (a `nocount` model: 404, as
+/// servers that speak only `/v1/messages` answer; `statusNNN` that status).
+async fn anthropic_count(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
+    let (_, model, script) = begin(&request, &body, &state).await;
+    if let Some(status) = script.status {
+        return refuse(
+            status,
+            json!({"type": "error", "error": {"type": "authentication_error", "message": format!("mock refused with {status}")}}),
+        );
+    }
+    if model.contains("nocount") {
+        return HttpResponse::NotFound().json(json!({"type": "error", "error": {"type": "not_found_error", "message": "no such route"}}));
+    }
+    HttpResponse::Ok().json(json!({"input_tokens": 42}))
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API, whole or as its named SSE events.
+async fn anthropic_messages(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
+    let (body, model, script) = begin(&request, &body, &state).await;
+    if let Some(status) = script.status {
+        let kind = match status {
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        };
+        return refuse(
+            status,
+            json!({"type": "error", "error": {"type": kind, "message": format!("mock refused with {status}")}}),
+        );
+    }
+    if script.garbage {
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .body("this is not SSE at all {{{\n\n");
+    }
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let output_tokens = script.pieces.len() as u64;
+    let stop_reason = if script.tool.is_some() {
+        "tool_use"
+    } else if script.finish == "length" {
+        "max_tokens"
+    } else {
+        "end_turn"
+    };
+    let tool = json!({"type": "tool_use", "id": "toolu_mock1", "name": "get_weather", "input": {}});
+    if !stream {
+        if script.errstream {
+            return HttpResponse::InternalServerError().json(json!({"type": "error", "error": {"type": "api_error", "message": "mock failed mid-stream"}}));
+        }
+        let mut content = Vec::new();
+        if !script.thinking.is_empty() {
+            content.push(json!({"type": "thinking", "thinking": script.thinking.concat(), "signature": "bW9jaw=="}));
+        }
+        if script.tool.is_some() {
+            let mut call = tool;
+            call["input"] = json!({"city": "Tokyo"});
+            content.push(call);
+        } else {
+            content.push(json!({"type": "text", "text": script.pieces.concat()}));
+        }
+        return HttpResponse::Ok().json(json!({
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop_reason, "stop_sequence": null,
+            "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": output_tokens},
+        }));
+    }
+    let event = |data: Value| {
+        let name = data["type"].as_str().unwrap_or("").to_owned();
+        Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+    };
+    let mut events = vec![event(json!({"type": "message_start", "message": {
+        "id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1}}}))];
+    let mut index = 0;
+    if !script.thinking.is_empty() {
+        events.push(event(json!({"type": "content_block_start", "index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}})));
+        for piece in &script.thinking {
+            events.push(event(json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": piece}})));
+        }
+        events.push(event(json!({"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": "bW9jaw=="}})));
+        events.push(event(json!({"type": "content_block_stop", "index": index})));
+        index += 1;
+    }
+    if script.tool.is_some() {
+        events.push(event(
+            json!({"type": "content_block_start", "index": index, "content_block": tool}),
+        ));
+        for fragment in ["{\"city\":", "\"Tokyo\"}"] {
+            events.push(event(json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": fragment}})));
+        }
+    } else {
+        events.push(event(json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})));
+        for piece in &script.pieces {
+            events.push(event(json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}})));
+        }
+    }
+    if script.errstream || script.truncate {
+        events.truncate(3);
+        if script.errstream {
+            events.push(event(json!({"type": "error", "error": {"type": "overloaded_error", "message": "mock failed mid-stream"}})));
+        }
+    } else {
+        events.push(event(json!({"type": "content_block_stop", "index": index})));
+        events.push(event(json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
+        events.push(event(json!({"type": "message_stop"})));
+    }
+    stream_response(state.into_inner(), "text/event-stream", events, &script)
 }
 
 async fn openai_chat(

@@ -257,9 +257,11 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
         role,
         parts,
         thinking: wire.thinking,
+        thinking_signature: None,
         tool_calls,
         tool_call_id: wire.tool_call_id,
         tool_name: wire.tool_name,
+        tool_error: false,
     })
 }
 

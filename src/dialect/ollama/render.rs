@@ -332,6 +332,8 @@ impl StreamRenderer for NdjsonRenderer {
                 self.finish = Some(reason);
             }
             Event::Usage(usage) => self.usage = Some(usage),
+            // Only the server that made it reads a signature back; Ollama has no field.
+            Event::ThinkingSignature(_) => {}
         }
     }
 

@@ -224,6 +224,7 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
         role,
         parts,
         thinking: wire.reasoning_content.or(wire.reasoning).map(|text| text.0),
+        thinking_signature: None,
         tool_calls,
         tool_call_id: wire.tool_call_id.map(|id| id.0),
         tool_name: if role == Role::Tool {
@@ -231,6 +232,7 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
         } else {
             None
         },
+        tool_error: false,
     })
 }
 

@@ -285,6 +285,8 @@ impl StreamRenderer for SseRenderer {
             }
             Event::Finish(reason) => self.finish(reason, out),
             Event::Usage(usage) => self.usage = Some(usage),
+            // Only the server that made it reads a signature back; OpenAI has no field.
+            Event::ThinkingSignature(_) => {}
         }
     }
 

@@ -547,6 +547,10 @@ impl StreamRenderer for ResponsesRenderer {
             Event::ToolCall(delta) => self.tool_call(out, delta),
             Event::Finish(reason) => self.finish = Some(reason),
             Event::Usage(usage) => self.usage = Some(usage),
+            // Only Anthropic's API takes its signature back; a Responses client has no
+            // place for it but `encrypted_content`, which it sends back verbatim and
+            // the gateway drops.
+            Event::ThinkingSignature(_) => {}
         }
     }
 

@@ -169,6 +169,7 @@ pub fn owned_message(message: &Message<'_>) -> Message<'static> {
             })
             .collect(),
         thinking: message.thinking.as_ref().map(own),
+        thinking_signature: message.thinking_signature.as_ref().map(own),
         tool_calls: message
             .tool_calls
             .iter()
@@ -180,6 +181,7 @@ pub fn owned_message(message: &Message<'_>) -> Message<'static> {
             .collect(),
         tool_call_id: message.tool_call_id.as_ref().map(own),
         tool_name: message.tool_name.as_ref().map(own),
+        tool_error: message.tool_error,
     }
 }
 
