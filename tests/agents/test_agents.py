@@ -11,6 +11,7 @@ tool call decoded and rendered in the agent's dialect, the agent's tool result p
 and sent upstream, and the final answer back.
 """
 
+import json
 import subprocess
 
 import pytest
@@ -102,9 +103,9 @@ def test_codex_completes_a_task_on_echo(codex):
 
 def test_codex_tool_round_trip_on_the_mock(codex, stack):
     prompt = 'Run the command I name.\nmock-call exec_command {"cmd":"echo CODEX-TOOL-OK"}'
-    result = codex("oa/mock-agent", prompt)
+    result = codex("oa/mock-agent-codex", prompt)
 
-    requests = stack.mock_requests("mock-agent")
+    requests = stack.mock_requests("mock-agent-codex")
     assert len(requests) == 2, requests
     first, second = requests
     assert not tool_messages(first)
@@ -126,3 +127,75 @@ def test_codex_tool_round_trip_on_the_mock(codex, stack):
     for request in requests:
         tokens = request["body"].get("max_tokens")
         assert tokens is None or tokens <= MAX_OUTPUT_TOKENS
+
+
+# ---------------------------------------------------------------- Claude Code
+
+
+@pytest.fixture
+def claude(stack, tmp_path):
+    """Runs `claude -p PROMPT` with the environment docs/agents.md gives, in a fresh
+    HOME; `extra` adds or overrides variables (the model, the way the key is sent)."""
+    binary = agent_binary("claude", "@anthropic-ai/claude-code")
+
+    def run(prompt, **extra):
+        home = tmp_path / "home"
+        home.mkdir(exist_ok=True)
+        work = tmp_path / "work"
+        work.mkdir(exist_ok=True)
+        env = offline_env(home)
+        env.update(
+            {
+                "ANTHROPIC_BASE_URL": stack.gateway,
+                "ANTHROPIC_API_KEY": API_KEY,
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            }
+        )
+        env.update(extra)
+        return run_agent([binary, "-p", prompt], env, work)
+
+    return run
+
+
+def test_claude_code_completes_a_task_on_echo_through_the_claude_pattern_alias(claude, stack):
+    # No model set: Claude Code asks for its own claude-… names, which the `claude-*`
+    # alias sends to echo; the key goes as `Authorization: Bearer` this time.
+    result = claude(
+        "Say CLAUDE-ECHO-3 back.", ANTHROPIC_API_KEY="", ANTHROPIC_AUTH_TOKEN=API_KEY
+    )
+    assert "Say CLAUDE-ECHO-3 back." in result.stdout
+
+
+def test_claude_code_tool_round_trip_on_the_mock(claude, stack, tmp_path):
+    # In the directory Claude Code runs in, where reading needs no permission.
+    (tmp_path / "work").mkdir()
+    note = tmp_path / "work" / "note.txt"
+    note.write_text("CLAUDE-TOOL-OK\n")
+    prompt = "Read the file I name.\nmock-call Read " + json.dumps({"file_path": str(note)})
+    result = claude(
+        prompt,
+        ANTHROPIC_MODEL="oa/mock-agent-claude",
+        ANTHROPIC_DEFAULT_HAIKU_MODEL="echo/echo",
+    )
+
+    requests = stack.mock_requests("mock-agent-claude")
+    assert len(requests) == 2, requests
+    first, second = requests
+    assert not tool_messages(first)
+    assert "Read" in [t["function"]["name"] for t in first["body"]["tools"]]
+    # Claude Code's system blocks and any late system message are one leading message.
+    roles = [m["role"] for m in first["body"]["messages"]]
+    assert roles[0] == "system" and "system" not in roles[1:], roles
+    calls = [
+        call
+        for message in second["body"]["messages"]
+        for call in message.get("tool_calls") or []
+    ]
+    assert [(c["id"], c["function"]["name"]) for c in calls] == [("call_mock1", "Read")]
+    results = tool_messages(second)
+    assert [m["tool_call_id"] for m in results] == ["call_mock1"]
+    assert "CLAUDE-TOOL-OK" in text(results[0]["content"])
+    assert "MOCK-FINAL (tool said:" in result.stdout
+    assert "CLAUDE-TOOL-OK" in result.stdout
+    # Claude Code asks for 32000 output tokens; the backend's cap lowered that.
+    assert [r["body"]["max_tokens"] for r in requests] == [MAX_OUTPUT_TOKENS] * 2
