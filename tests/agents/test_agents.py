@@ -199,3 +199,30 @@ def test_claude_code_tool_round_trip_on_the_mock(claude, stack, tmp_path):
     assert "CLAUDE-TOOL-OK" in result.stdout
     # Claude Code asks for 32000 output tokens; the backend's cap lowered that.
     assert [r["body"]["max_tokens"] for r in requests] == [MAX_OUTPUT_TOKENS] * 2
+
+
+def test_claude_code_subagent_on_the_small_model_reaches_the_claude_pattern_alias(
+    claude, stack
+):
+    # The main model delegates to a subagent on "haiku", Claude Code's small model for
+    # background work. With ANTHROPIC_DEFAULT_HAIKU_MODEL unset it asks for a
+    # claude-haiku-… name, which only the `claude-*` alias routes (to echo, which
+    # answers with the subagent's prompt); its report comes back as the tool result.
+    call = {
+        "description": "echo task",
+        "prompt": "Say SUBAGENT-ECHO-5",
+        "model": "haiku",
+        "subagent_type": "general-purpose",
+        "run_in_background": False,
+    }
+    result = claude(
+        "Delegate this.\nmock-call Agent " + json.dumps(call),
+        ANTHROPIC_MODEL="oa/mock-agent-delegating",
+    )
+
+    requests = stack.mock_requests("mock-agent-delegating")
+    assert len(requests) == 2, requests
+    results = tool_messages(requests[1])
+    assert [m["tool_call_id"] for m in results] == ["call_mock1"]
+    assert "SUBAGENT-ECHO-5" in text(results[0]["content"])
+    assert "MOCK-FINAL (tool said:" in result.stdout
