@@ -1,6 +1,7 @@
 //! What coding agents need of the gateway beyond each dialect's own tests: a backend's
 //! `max_output_tokens` lowering the 32000-token asks agents send to what a small model
-//! can give, on every backend kind, each fallback target by its own cap.
+//! can give, from every dialect, on every backend kind, each fallback target by its own
+//! cap.
 
 use serde_json::{json, Value};
 
@@ -27,6 +28,11 @@ name = "smoll"
 kind = "ollama"
 url = "{mock}"
 max_output_tokens = 2048
+[[backends]]
+name = "rented"
+kind = "anthropic"
+url = "{mock}/v1"
+max_output_tokens = 1000
 [[models]]
 name = "agent-model"
 targets = ["small/mock-status503-first", "smoll/mock-second"]
@@ -68,6 +74,20 @@ async fn max_output_tokens_lowers_a_larger_ask_on_every_kind_and_streamed_or_who
             .await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert_eq!(upstream_body(&gateway, "mock-c")["max_tokens"], 4096);
+        assert_eq!(
+            upstream_body(&gateway, "mock-c")["max_completion_tokens"],
+            4096
+        );
+
+        let answer = gateway
+            .post(
+                "/v1/messages",
+                &json!({"model": "rented/mock-d", "max_tokens": 32000, "stream": stream,
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(upstream_body(&gateway, "mock-d")["max_tokens"], 1000);
     }
 }
 
