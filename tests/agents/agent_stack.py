@@ -193,3 +193,46 @@ def start_stack(tmp_path_factory):
     finally:
         _stop(gateway_process)
         _stop(mock)
+
+
+AGENTS_DOC = REPO / "docs" / "agents.md"
+
+
+def _doc_block(section, language):
+    """The first fenced block in `language` under the heading `## section` of
+    docs/agents.md: the tests run the agents with what the page shows."""
+    text = AGENTS_DOC.read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    body = text[start : end if end != -1 else len(text)]
+    fence = f"```{language}\n"
+    begin = body.index(fence) + len(fence)
+    return body[begin : body.index("```", begin)]
+
+
+def documented_codex_config(model, gateway):
+    """docs/agents.md's Codex config.toml, for this model and gateway."""
+    lines = []
+    for line in _doc_block("Codex CLI", "toml").splitlines():
+        if line.startswith("model = "):
+            line = f'model = "{model}"'
+        elif line.startswith("base_url = "):
+            line = f'base_url = "{gateway}/v1"'
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def documented_claude_env(gateway, key):
+    """docs/agents.md's Claude Code variables, for this gateway and key; the model
+    variables it shows as optional are left for each test to set."""
+    env = {}
+    for line in _doc_block("Claude Code", "sh").splitlines():
+        if not line.startswith("export "):
+            continue
+        name, value = line[len("export ") :].split("#")[0].strip().split("=", 1)
+        env[name] = value
+    env["ANTHROPIC_BASE_URL"] = gateway
+    env["ANTHROPIC_API_KEY"] = key
+    for optional in ("ANTHROPIC_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL"):
+        del env[optional]
+    return env

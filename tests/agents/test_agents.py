@@ -16,7 +16,14 @@ import subprocess
 
 import pytest
 
-from agent_stack import API_KEY, MAX_OUTPUT_TOKENS, agent_binary, offline_env
+from agent_stack import (
+    API_KEY,
+    MAX_OUTPUT_TOKENS,
+    agent_binary,
+    documented_claude_env,
+    documented_codex_config,
+    offline_env,
+)
 
 AGENT_SECONDS = 180
 
@@ -53,45 +60,29 @@ def text(content):
 # ---------------------------------------------------------------- Codex CLI
 
 
-CODEX_CONFIG = """\
-model = "{model}"
-model_provider = "switchyard"
-
-[model_providers.switchyard]
-name = "switchyard"
-base_url = "{gateway}/v1"
-wire_api = "responses"
-env_key = "SWITCHYARD_API_KEY"
-
-[features]
-unbounded_connection_retries = false
-plugins = false
-
-[analytics]
-enabled = false
-"""
 
 
 @pytest.fixture
 def codex(stack, tmp_path):
-    """Runs `codex exec PROMPT` on a model, with a fresh CODEX_HOME whose config.toml
-    points it at the gateway; returns the finished process."""
+    """Runs `codex exec PROMPT` on a model, with a fresh CODEX_HOME holding the
+    config.toml docs/agents.md shows; returns the finished process."""
     binary = agent_binary("codex", "@openai/codex")
 
     def run(model, prompt):
         home = tmp_path / "home"
         codex_home = home / ".codex"
         codex_home.mkdir(parents=True)
-        (codex_home / "config.toml").write_text(
-            CODEX_CONFIG.format(model=model, gateway=stack.gateway)
-        )
+        (codex_home / "config.toml").write_text(documented_codex_config(model, stack.gateway))
         work = tmp_path / "work"
         work.mkdir()
         env = offline_env(home)
         env["CODEX_HOME"] = str(codex_home)
         env["SWITCHYARD_API_KEY"] = API_KEY
         argv = [binary, "exec", "--skip-git-repo-check", "--sandbox", "read-only", prompt]
-        return run_agent(argv, env, work)
+        result = run_agent(argv, env, work)
+        # Codex names each setting it does not know: every one the page shows is real.
+        assert "unrecognized configuration settings" not in result.stderr, result.stderr
+        return result
 
     return run
 
@@ -134,7 +125,7 @@ def test_codex_tool_round_trip_on_the_mock(codex, stack):
 
 @pytest.fixture
 def claude(stack, tmp_path):
-    """Runs `claude -p PROMPT` with the environment docs/agents.md gives, in a fresh
+    """Runs `claude -p PROMPT` with the variables docs/agents.md exports, in a fresh
     HOME; `extra` adds or overrides variables (the model, the way the key is sent)."""
     binary = agent_binary("claude", "@anthropic-ai/claude-code")
 
@@ -144,13 +135,7 @@ def claude(stack, tmp_path):
         work = tmp_path / "work"
         work.mkdir(exist_ok=True)
         env = offline_env(home)
-        env.update(
-            {
-                "ANTHROPIC_BASE_URL": stack.gateway,
-                "ANTHROPIC_API_KEY": API_KEY,
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            }
-        )
+        env.update(documented_claude_env(stack.gateway, API_KEY))
         env.update(extra)
         return run_agent([binary, "-p", prompt], env, work)
 
