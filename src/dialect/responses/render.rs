@@ -676,6 +676,7 @@ mod tests {
             }],
             finish_reason: Some(FinishReason::ToolCalls),
             usage: Some(usage()),
+            thinking_signature: String::new(),
         };
         let store = Arc::new(ResponseStore::new(StoreConfig::default()));
         let mut reply = reply();
