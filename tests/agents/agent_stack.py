@@ -3,8 +3,9 @@ agents that `scripts/install-agents` put in `target/agents`, and their offline
 environment (a module of its own, since `conftest` is a name every suite uses).
 
 The gateway's configuration is the one docs/agents.md shows: one API key (`sk-test`),
-an OpenAI-compatible backend `oa` on the mock with `max_output_tokens` (the agents ask
-for far more than a small local model writes), the built-in `echo` backend, and a
+an OpenAI-compatible backend `oa` and an Ollama backend `ol` on the mock, both with
+`max_output_tokens` (the agents ask for far more than a small local model writes), the
+built-in `echo` backend, and a
 pattern alias `claude-*` that takes the `claude-…` names Claude Code asks for when no
 model is set, including the small one it uses for background work. There is no default
 backend, so a `claude-…` name that reaches echo got there by the alias.
@@ -109,6 +110,12 @@ keys_file = {json.dumps(str(keys))}
 name = "oa"
 kind = "openai"
 url = "{mock_url}/v1"
+max_output_tokens = {MAX_OUTPUT_TOKENS}
+
+[[backends]]
+name = "ol"
+kind = "ollama"
+url = "{mock_url}"
 max_output_tokens = {MAX_OUTPUT_TOKENS}
 
 [[backends]]

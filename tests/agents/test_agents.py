@@ -3,7 +3,8 @@
 each set up exactly as docs/agents.md says, offline, with only the gateway to talk to.
 
 Each completes a task on the `echo` backend (which answers with the text of the last
-user message) and one on the mock upstream's `mock-agent` model, which plays one tool
+user message) and one on the mock upstream's `mock-agent` model, behind an
+OpenAI-compatible backend and an Ollama one, which plays one tool
 round trip: it calls the tool that the prompt's `mock-call NAME {JSON}` line names, the
 agent runs it, and once the tool's result is in the history the mock answers
 `MOCK-FINAL (tool said: RESULT)`. That checks the whole loop through the gateway: the
@@ -47,6 +48,10 @@ def run_agent(argv, env, cwd):
     return result
 
 
+# The mock behind both kinds of backend: `oa` (OpenAI-compatible) and `ol` (Ollama).
+BACKENDS = ["oa", "ol"]
+
+
 def tool_messages(request):
     return [m for m in request["body"]["messages"] if m["role"] == "tool"]
 
@@ -57,9 +62,38 @@ def text(content):
     return "\n".join(part.get("text", "") for part in content or [])
 
 
+def max_tokens(request):
+    """The output limit a request asked of the mock, in its backend's own field."""
+    body = request["body"]
+    if request["path"] == "/api/chat":
+        return (body.get("options") or {}).get("num_predict")
+    return body.get("max_tokens")
+
+
+def check_round_trip(requests, tool, marker):
+    """Two turns reached the mock: the first with the agent's tools and no result, the
+    second with the mock's call (`call_mock1`) and the tool's result, answering it."""
+    assert len(requests) == 2, requests
+    first, second = requests
+    assert not tool_messages(first)
+    assert first["body"]["stream"] is True
+    assert tool in [t["function"]["name"] for t in first["body"]["tools"]]
+    calls = [
+        call
+        for message in second["body"]["messages"]
+        for call in message.get("tool_calls") or []
+    ]
+    assert [(c.get("id"), c["function"]["name"]) for c in calls] == [("call_mock1", tool)]
+    results = tool_messages(second)
+    assert len(results) == 1, results
+    if second["path"] == "/api/chat":
+        assert results[0]["tool_name"] == tool
+    else:
+        assert results[0]["tool_call_id"] == "call_mock1"
+    assert marker in text(results[0]["content"])
+
+
 # ---------------------------------------------------------------- Codex CLI
-
-
 
 
 @pytest.fixture
@@ -92,32 +126,19 @@ def test_codex_completes_a_task_on_echo(codex):
     assert "Say CODEX-ECHO-7 back." in result.stdout
 
 
-def test_codex_tool_round_trip_on_the_mock(codex, stack):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_codex_tool_round_trip_on_the_mock(codex, stack, backend):
     prompt = 'Run the command I name.\nmock-call exec_command {"cmd":"echo CODEX-TOOL-OK"}'
-    result = codex("oa/mock-agent-codex", prompt)
+    result = codex(f"{backend}/mock-agent-codex-{backend}", prompt)
 
-    requests = stack.mock_requests("mock-agent-codex")
-    assert len(requests) == 2, requests
-    first, second = requests
-    assert not tool_messages(first)
-    assert first["body"]["stream"] is True
-    assert "exec_command" in [t["function"]["name"] for t in first["body"]["tools"]]
-    # The second turn carries the mock's call and the command's output as its result.
-    calls = [
-        call
-        for message in second["body"]["messages"]
-        for call in message.get("tool_calls") or []
-    ]
-    assert [(c["id"], c["function"]["name"]) for c in calls] == [("call_mock1", "exec_command")]
-    results = tool_messages(second)
-    assert [m["tool_call_id"] for m in results] == ["call_mock1"]
-    assert "CODEX-TOOL-OK" in text(results[0]["content"])
-    # The final answer is the mock's, quoting the tool's output.
+    requests = stack.mock_requests(f"mock-agent-codex-{backend}")
+    check_round_trip(requests, "exec_command", "CODEX-TOOL-OK")
+    # The final answer is the mock's, quoting the command's output.
     assert "MOCK-FINAL (tool said:" in result.stdout
     assert "CODEX-TOOL-OK" in result.stdout
     for request in requests:
-        tokens = request["body"].get("max_tokens")
-        assert tokens is None or tokens <= MAX_OUTPUT_TOKENS
+        asked = max_tokens(request)
+        assert asked is None or asked <= MAX_OUTPUT_TOKENS
 
 
 # ---------------------------------------------------------------- Claude Code
@@ -151,7 +172,8 @@ def test_claude_code_completes_a_task_on_echo_through_the_claude_pattern_alias(c
     assert "Say CLAUDE-ECHO-3 back." in result.stdout
 
 
-def test_claude_code_tool_round_trip_on_the_mock(claude, stack, tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_claude_code_tool_round_trip_on_the_mock(claude, stack, tmp_path, backend):
     # In the directory Claude Code runs in, where reading needs no permission.
     (tmp_path / "work").mkdir()
     note = tmp_path / "work" / "note.txt"
@@ -159,31 +181,19 @@ def test_claude_code_tool_round_trip_on_the_mock(claude, stack, tmp_path):
     prompt = "Read the file I name.\nmock-call Read " + json.dumps({"file_path": str(note)})
     result = claude(
         prompt,
-        ANTHROPIC_MODEL="oa/mock-agent-claude",
+        ANTHROPIC_MODEL=f"{backend}/mock-agent-claude-{backend}",
         ANTHROPIC_DEFAULT_HAIKU_MODEL="echo/echo",
     )
 
-    requests = stack.mock_requests("mock-agent-claude")
-    assert len(requests) == 2, requests
-    first, second = requests
-    assert not tool_messages(first)
-    assert "Read" in [t["function"]["name"] for t in first["body"]["tools"]]
+    requests = stack.mock_requests(f"mock-agent-claude-{backend}")
+    check_round_trip(requests, "Read", "CLAUDE-TOOL-OK")
     # Claude Code's system blocks and any late system message are one leading message.
-    roles = [m["role"] for m in first["body"]["messages"]]
+    roles = [m["role"] for m in requests[0]["body"]["messages"]]
     assert roles[0] == "system" and "system" not in roles[1:], roles
-    calls = [
-        call
-        for message in second["body"]["messages"]
-        for call in message.get("tool_calls") or []
-    ]
-    assert [(c["id"], c["function"]["name"]) for c in calls] == [("call_mock1", "Read")]
-    results = tool_messages(second)
-    assert [m["tool_call_id"] for m in results] == ["call_mock1"]
-    assert "CLAUDE-TOOL-OK" in text(results[0]["content"])
     assert "MOCK-FINAL (tool said:" in result.stdout
     assert "CLAUDE-TOOL-OK" in result.stdout
     # Claude Code asks for 32000 output tokens; the backend's cap lowered that.
-    assert [r["body"]["max_tokens"] for r in requests] == [MAX_OUTPUT_TOKENS] * 2
+    assert [max_tokens(r) for r in requests] == [MAX_OUTPUT_TOKENS] * 2
 
 
 def test_claude_code_subagent_on_the_small_model_reaches_the_claude_pattern_alias(

@@ -18,7 +18,7 @@
 //! | `chunksN`     | N pieces of text (`w0 `, `w1 ` ...) instead of the default 5 |
 //! | `gapN`        | N ms between pieces |
 //! | `bytesN`      | about N bytes of prose and code (newlines, quotes, non-ASCII) in pieces of ~40 bytes: a long answer |
-//! | `agent`       | OpenAI chat only: plays one tool round trip for a real agent. Until a `tool` message is in the history it calls the tool that the last `mock-call NAME {JSON}` line of the user's messages names, with those arguments; then it answers `MOCK-FINAL (tool said: RESULT)` with the last tool result |
+//! | `agent`       | OpenAI and Ollama chat: plays one tool round trip for a real agent. Until a `tool` message is in the history it calls the tool that the last `mock-call NAME {JSON}` line of the user's messages names, with those arguments; then it answers `MOCK-FINAL (tool said: RESULT)` with the last tool result |
 //!
 //! Otherwise it streams `Hello from the mock 🦀` in five pieces with usage 7 + 5.
 //!
@@ -686,7 +686,10 @@ async fn ollama_chat(
     body: web::Bytes,
     state: web::Data<MockState>,
 ) -> HttpResponse {
-    let (body, model, script) = begin(&request, &body, &state).await;
+    let (body, model, mut script) = begin(&request, &body, &state).await;
+    if model.contains("agent") {
+        script.play_agent(&body);
+    }
     if let Some(refusal) = key_refusal(&request) {
         return refusal;
     }
@@ -723,7 +726,10 @@ async fn ollama_chat(
         }
         value
     };
-    let tool_calls = json!([{"id": "call_mock1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}}]);
+    // Ollama's arguments are an object, not a string.
+    let (tool_name, tool_arguments) = script.tool.clone().unwrap_or_default();
+    let tool_arguments: Value = serde_json::from_str(&tool_arguments).unwrap_or(Value::Null);
+    let tool_calls = json!([{"id": "call_mock1", "function": {"index": 0, "name": tool_name, "arguments": tool_arguments}}]);
     if !stream && script.truncate {
         return HttpResponse::Ok()
             .content_type("application/json")
