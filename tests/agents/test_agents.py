@@ -12,6 +12,7 @@ tool call decoded and rendered in the agent's dialect, the agent's tool result p
 and sent upstream, and the final answer back.
 """
 
+import base64
 import json
 import subprocess
 
@@ -27,6 +28,10 @@ from agent_stack import (
 )
 
 AGENT_SECONDS = 180
+# An 8×8 red PNG.
+RED_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP4z8CAFWEXHbQSACj/P8Fu7N9hAAAAAElFTkSuQmCC"
+)
 
 
 def run_agent(argv, env, cwd):
@@ -220,4 +225,25 @@ def test_claude_code_subagent_on_the_small_model_reaches_the_claude_pattern_alia
     results = tool_messages(requests[1])
     assert [m["tool_call_id"] for m in results] == ["call_mock1"]
     assert "SUBAGENT-ECHO-5" in text(results[0]["content"])
+    assert "MOCK-FINAL (tool said:" in result.stdout
+
+
+def test_claude_code_reads_an_image_through_an_openai_backend(claude, stack, tmp_path):
+    # Read answers with an image block; OpenAI takes images only from users, so the
+    # gateway sends it in a user message after the tool result (a fix the agent needed).
+    (tmp_path / "work").mkdir()
+    shot = tmp_path / "work" / "shot.png"
+    shot.write_bytes(RED_PNG)
+    prompt = "Look at the screenshot.\nmock-call Read " + json.dumps({"file_path": str(shot)})
+    result = claude(prompt, ANTHROPIC_MODEL="oa/mock-agent-screenshot")
+
+    requests = stack.mock_requests("mock-agent-screenshot")
+    assert len(requests) == 2, requests
+    messages = requests[1]["body"]["messages"]
+    results = tool_messages(requests[1])
+    assert len(results) == 1 and isinstance(results[0]["content"], str), results
+    after = messages[messages.index(results[0]) + 1]
+    assert after["role"] == "user", after
+    urls = [p["image_url"]["url"] for p in after["content"] if p["type"] == "image_url"]
+    assert [url.split(",")[0] for url in urls] == ["data:image/png;base64"]
     assert "MOCK-FINAL (tool said:" in result.stdout

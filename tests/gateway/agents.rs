@@ -148,3 +148,47 @@ async fn each_fallback_target_is_capped_by_its_own_backend() {
         2048
     );
 }
+
+/// Claude Code reading a screenshot: its `Read` tool answers with an image block. OpenAI
+/// takes images only in user messages (a tool message with one is a 400 there), so the
+/// image follows the tool results as a user message, and the tool message keeps the
+/// text.
+#[actix_web::test]
+async fn an_image_a_tool_returned_reaches_an_openai_upstream_as_a_user_message() {
+    let gateway = harness::start("").await;
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP4z8CAFWEXHbQSACj/P8Fu7N9hAAAAAElFTkSuQmCC";
+    let answer = gateway
+        .post(
+            "/v1/messages?beta=true",
+            &json!({"model": "oa/mock-screenshot", "max_tokens": 32000, "stream": true,
+                "messages": [
+                    {"role": "user", "content": "Look at shot.png"},
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read",
+                        "input": {"file_path": "/w/shot.png"}}]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}]},
+                        {"type": "text", "text": "What does it show?"}]}
+                ]}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let sent = upstream_body(&gateway, "mock-screenshot");
+    let messages = sent["messages"].as_array().expect("messages");
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "user", "user"]);
+    assert_eq!(messages[2]["tool_call_id"], "toolu_1");
+    assert!(
+        messages[2]["content"].is_string(),
+        "a tool message holds text only: {}",
+        messages[2]
+    );
+    assert_eq!(
+        messages[3]["content"][1]["image_url"]["url"],
+        format!("data:image/png;base64,{png}")
+    );
+    assert_eq!(messages[4]["content"], "What does it show?");
+}
