@@ -98,6 +98,19 @@ def check_round_trip(requests, tool, marker):
     assert marker in text(results[0]["content"])
 
 
+def check_image_follows_the_tool_result(requests):
+    """The second turn's tool result is text, and the PNG the tool returned is in the
+    user message right after it."""
+    assert len(requests) == 2, requests
+    messages = requests[1]["body"]["messages"]
+    results = tool_messages(requests[1])
+    assert len(results) == 1 and isinstance(results[0]["content"], str), results
+    after = messages[messages.index(results[0]) + 1]
+    assert after["role"] == "user", after
+    urls = [p["image_url"]["url"] for p in after["content"] if p["type"] == "image_url"]
+    assert [url.split(",")[0] for url in urls] == ["data:image/png;base64"]
+
+
 # ---------------------------------------------------------------- Codex CLI
 
 
@@ -113,7 +126,7 @@ def codex(stack, tmp_path):
         codex_home.mkdir(parents=True)
         (codex_home / "config.toml").write_text(documented_codex_config(model, stack.gateway))
         work = tmp_path / "work"
-        work.mkdir()
+        work.mkdir(exist_ok=True)
         env = offline_env(home)
         env["CODEX_HOME"] = str(codex_home)
         env["SWITCHYARD_API_KEY"] = API_KEY
@@ -144,6 +157,20 @@ def test_codex_tool_round_trip_on_the_mock(codex, stack, backend):
     for request in requests:
         asked = max_tokens(request)
         assert asked is None or asked <= MAX_OUTPUT_TOKENS
+
+
+def test_codex_views_an_image_through_an_openai_backend(codex, stack, tmp_path):
+    # view_image answers with an image as the function call's output; OpenAI takes
+    # images only from users, so the gateway sends it in a user message after it.
+    (tmp_path / "work").mkdir()
+    shot = tmp_path / "work" / "shot.png"
+    shot.write_bytes(RED_PNG)
+    prompt = "Look at the screenshot.\nmock-call view_image " + json.dumps({"path": str(shot)})
+    result = codex("oa/mock-agent-codex-screenshot", prompt)
+
+    requests = stack.mock_requests("mock-agent-codex-screenshot")
+    check_image_follows_the_tool_result(requests)
+    assert "MOCK-FINAL (tool said:" in result.stdout
 
 
 # ---------------------------------------------------------------- Claude Code
@@ -238,12 +265,5 @@ def test_claude_code_reads_an_image_through_an_openai_backend(claude, stack, tmp
     result = claude(prompt, ANTHROPIC_MODEL="oa/mock-agent-screenshot")
 
     requests = stack.mock_requests("mock-agent-screenshot")
-    assert len(requests) == 2, requests
-    messages = requests[1]["body"]["messages"]
-    results = tool_messages(requests[1])
-    assert len(results) == 1 and isinstance(results[0]["content"], str), results
-    after = messages[messages.index(results[0]) + 1]
-    assert after["role"] == "user", after
-    urls = [p["image_url"]["url"] for p in after["content"] if p["type"] == "image_url"]
-    assert [url.split(",")[0] for url in urls] == ["data:image/png;base64"]
+    check_image_follows_the_tool_result(requests)
     assert "MOCK-FINAL (tool said:" in result.stdout
