@@ -147,9 +147,15 @@ impl Backend {
             )),
             BackendKind::Anthropic(settings) => {
                 let upstream = &settings.upstream;
+                // The length it asks when the client named none stays under the cap too.
+                let default_max_tokens = config
+                    .max_output_tokens
+                    .map_or(settings.default_max_tokens, |cap| {
+                        cap.min(settings.default_max_tokens)
+                    });
                 Backend::Anthropic(anthropic::AnthropicBackend::new(
                     Upstream::new(&config.name, upstream, pool(upstream), "/models"),
-                    settings.default_max_tokens,
+                    default_max_tokens,
                 ))
             }
             BackendKind::Echo => Backend::Echo(echo::EchoBackend),

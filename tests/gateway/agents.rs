@@ -92,7 +92,7 @@ async fn max_output_tokens_lowers_a_larger_ask_on_every_kind_and_streamed_or_who
 }
 
 #[actix_web::test]
-async fn max_output_tokens_never_fills_in_or_raises_an_ask() {
+async fn max_output_tokens_never_fills_in_or_raises_an_ask_and_lowers_a_default() {
     let gateway = harness::start(CAPPED).await;
     let answer = gateway
         .post(
@@ -116,6 +116,15 @@ async fn max_output_tokens_never_fills_in_or_raises_an_ask() {
         .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(upstream_body(&gateway, "mock-few")["max_tokens"], 64);
+    // An anthropic backend must name a limit: its default is lowered to the cap too.
+    let answer = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "rented/mock-unasked", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(upstream_body(&gateway, "mock-unasked")["max_tokens"], 1000);
     // A backend without the key passes the ask on as it came.
     let answer = gateway
         .post(
