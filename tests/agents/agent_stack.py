@@ -3,8 +3,8 @@ agents that `scripts/install-agents` put in `target/agents`, and their offline
 environment (a module of its own, since `conftest` is a name every suite uses).
 
 The gateway's configuration is the one docs/agents.md shows: one API key (`sk-test`),
-an OpenAI-compatible backend `oa` and an Ollama backend `ol` on the mock, both with
-`max_output_tokens` (the agents ask for far more than a small local model writes), the
+an OpenAI-compatible backend `oa`, an Ollama backend `ol` and an Anthropic backend `an`
+on the mock, each with `max_output_tokens` (the agents ask for far more than a small local model writes), the
 built-in `echo` backend, and a
 pattern alias `claude-*` that takes the `claude-…` names Claude Code asks for when no
 model is set, including the small one it uses for background work. There is no default
@@ -116,6 +116,12 @@ max_output_tokens = {MAX_OUTPUT_TOKENS}
 name = "ol"
 kind = "ollama"
 url = "{mock_url}"
+max_output_tokens = {MAX_OUTPUT_TOKENS}
+
+[[backends]]
+name = "an"
+kind = "anthropic"
+url = "{mock_url}/v1"
 max_output_tokens = {MAX_OUTPUT_TOKENS}
 
 [[backends]]

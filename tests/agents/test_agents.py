@@ -53,8 +53,13 @@ def run_agent(argv, env, cwd):
     return result
 
 
-# The mock behind both kinds of backend: `oa` (OpenAI-compatible) and `ol` (Ollama).
-BACKENDS = ["oa", "ol"]
+# The mock behind each kind of backend: `oa` (OpenAI-compatible), `ol` (Ollama) and `an`
+# (Anthropic's Messages API).
+BACKENDS = ["oa", "ol", "an"]
+
+
+def anthropic(request):
+    return request["path"] == "/v1/messages"
 
 
 def tool_messages(request):
@@ -75,27 +80,50 @@ def max_tokens(request):
     return body.get("max_tokens")
 
 
-def check_round_trip(requests, tool, marker):
-    """Two turns reached the mock: the first with the agent's tools and no result, the
-    second with the mock's call (`call_mock1`) and the tool's result, answering it."""
-    assert len(requests) == 2, requests
-    first, second = requests
-    assert not tool_messages(first)
-    assert first["body"]["stream"] is True
-    assert tool in [t["function"]["name"] for t in first["body"]["tools"]]
+def tool_names(request):
+    tools = request["body"]["tools"]
+    if anthropic(request):
+        return [t["name"] for t in tools]
+    return [t["function"]["name"] for t in tools]
+
+
+def calls_and_results(request):
+    """The tool calls in a request's history as (id, name), and its tool results as
+    (the id or tool name it answers, its text), in the upstream's own shapes."""
+    messages = request["body"]["messages"]
+    if anthropic(request):
+        blocks = [b for m in messages if isinstance(m["content"], list) for b in m["content"]]
+        calls = [(b["id"], b["name"]) for b in blocks if b["type"] == "tool_use"]
+        results = [
+            (b["tool_use_id"], text(b["content"])) for b in blocks if b["type"] == "tool_result"
+        ]
+        return calls, results
     calls = [
-        call
-        for message in second["body"]["messages"]
+        (call.get("id"), call["function"]["name"])
+        for message in messages
         for call in message.get("tool_calls") or []
     ]
-    assert [(c.get("id"), c["function"]["name"]) for c in calls] == [("call_mock1", tool)]
-    results = tool_messages(second)
+    key = "tool_name" if request["path"] == "/api/chat" else "tool_call_id"
+    results = [(m[key], text(m["content"])) for m in tool_messages(request)]
+    return calls, results
+
+
+def check_round_trip(requests, tool, marker):
+    """Two turns reached the mock: the first with the agent's tools and no result, the
+    second with the mock's call and the tool's result, answering it (by id; Ollama by
+    the tool's name)."""
+    assert len(requests) == 2, requests
+    first, second = requests
+    assert calls_and_results(first) == ([], [])
+    assert first["body"]["stream"] is True
+    assert tool in tool_names(first)
+    calls, results = calls_and_results(second)
+    call_id = "toolu_mock1" if anthropic(second) else "call_mock1"
+    assert calls == [(call_id, tool)]
     assert len(results) == 1, results
-    if second["path"] == "/api/chat":
-        assert results[0]["tool_name"] == tool
-    else:
-        assert results[0]["tool_call_id"] == "call_mock1"
-    assert marker in text(results[0]["content"])
+    answers, result = results[0]
+    assert answers == (tool if second["path"] == "/api/chat" else call_id)
+    assert marker in result
 
 
 def check_image_follows_the_tool_result(requests):
@@ -219,9 +247,13 @@ def test_claude_code_tool_round_trip_on_the_mock(claude, stack, tmp_path, backen
 
     requests = stack.mock_requests(f"mock-agent-claude-{backend}")
     check_round_trip(requests, "Read", "CLAUDE-TOOL-OK")
-    # Claude Code's system blocks and any late system message are one leading message.
+    # Claude Code's system blocks and any late system message are one leading system
+    # message (Anthropic: the `system` field).
     roles = [m["role"] for m in requests[0]["body"]["messages"]]
-    assert roles[0] == "system" and "system" not in roles[1:], roles
+    if anthropic(requests[0]):
+        assert "system" not in roles and requests[0]["body"]["system"], roles
+    else:
+        assert roles[0] == "system" and "system" not in roles[1:], roles
     assert "MOCK-FINAL (tool said:" in result.stdout
     assert "CLAUDE-TOOL-OK" in result.stdout
     # Claude Code asks for 32000 output tokens; the backend's cap lowered that.

@@ -18,7 +18,7 @@
 //! | `chunksN`     | N pieces of text (`w0 `, `w1 ` ...) instead of the default 5 |
 //! | `gapN`        | N ms between pieces |
 //! | `bytesN`      | about N bytes of prose and code (newlines, quotes, non-ASCII) in pieces of ~40 bytes: a long answer |
-//! | `agent`       | OpenAI and Ollama chat: plays one tool round trip for a real agent. Until a `tool` message is in the history it calls the tool that the last `mock-call NAME {JSON}` line of the user's messages names, with those arguments; then it answers `MOCK-FINAL (tool said: RESULT)` with the last tool result |
+//! | `agent`       | chat (OpenAI, Ollama, Anthropic): plays one tool round trip for a real agent. Until a tool result is in the history it calls the tool that the last `mock-call NAME {JSON}` line of the user's messages names, with those arguments; then it answers `MOCK-FINAL (tool said: RESULT)` with the last tool result |
 //!
 //! Otherwise it streams `Hello from the mock 🦀` in five pieces with usage 7 + 5.
 //!
@@ -260,11 +260,17 @@ impl Script {
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let result = messages
-            .iter()
-            .rev()
-            .find(|message| message["role"] == "tool")
-            .map(|message| text_of(&message["content"]));
+        // A `tool` message (OpenAI, Ollama) or a `tool_result` block (Anthropic).
+        let result = messages.iter().rev().find_map(|message| {
+            if message["role"] == "tool" {
+                return Some(text_of(&message["content"]));
+            }
+            message["content"]
+                .as_array()?
+                .iter()
+                .find(|block| block["type"] == "tool_result")
+                .map(|block| text_of(&block["content"]))
+        });
         if let Some(result) = result {
             self.tool = None;
             self.pieces = vec![
@@ -441,7 +447,10 @@ async fn anthropic_messages(
     body: web::Bytes,
     state: web::Data<MockState>,
 ) -> HttpResponse {
-    let (body, model, script) = begin(&request, &body, &state).await;
+    let (body, model, mut script) = begin(&request, &body, &state).await;
+    if model.contains("agent") {
+        script.play_agent(&body);
+    }
     if let Some(status) = script.status {
         let kind = match status {
             429 => "rate_limit_error",
@@ -468,7 +477,8 @@ async fn anthropic_messages(
     } else {
         "end_turn"
     };
-    let tool = json!({"type": "tool_use", "id": "toolu_mock1", "name": "get_weather", "input": {}});
+    let (tool_name, tool_arguments) = script.tool.clone().unwrap_or_default();
+    let tool = json!({"type": "tool_use", "id": "toolu_mock1", "name": tool_name, "input": {}});
     if !stream {
         if script.errstream {
             return HttpResponse::InternalServerError().json(json!({"type": "error", "error": {"type": "api_error", "message": "mock failed mid-stream"}}));
@@ -479,7 +489,7 @@ async fn anthropic_messages(
         }
         if script.tool.is_some() {
             let mut call = tool;
-            call["input"] = json!({"city": "Tokyo"});
+            call["input"] = serde_json::from_str(&tool_arguments).unwrap_or(Value::Null);
             content.push(call);
         } else {
             content.push(json!({"type": "text", "text": script.pieces.concat()}));
@@ -511,7 +521,12 @@ async fn anthropic_messages(
         events.push(event(
             json!({"type": "content_block_start", "index": index, "content_block": tool}),
         ));
-        for fragment in ["{\"city\":", "\"Tokyo\"}"] {
+        let mut middle = tool_arguments.len() / 2;
+        while !tool_arguments.is_char_boundary(middle) {
+            middle += 1;
+        }
+        let (first, second) = tool_arguments.split_at(middle);
+        for fragment in [first, second] {
             events.push(event(json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": fragment}})));
         }
     } else {
