@@ -158,7 +158,10 @@ def codex(stack, tmp_path):
         env = offline_env(home)
         env["CODEX_HOME"] = str(codex_home)
         env["SWITCHYARD_API_KEY"] = API_KEY
-        argv = [binary, "exec", "--skip-git-repo-check", "--sandbox", "read-only", prompt]
+        # No sandbox: bubblewrap needs user namespaces, which a CI container may not
+        # grant, and the one command run is an `echo` in a temporary directory.
+        argv = [binary, "exec", "--skip-git-repo-check"]
+        argv += ["--sandbox", "danger-full-access", prompt]
         result = run_agent(argv, env, work)
         # Codex names each setting it does not know: every one the page shows is real.
         assert "unrecognized configuration settings" not in result.stderr, result.stderr
