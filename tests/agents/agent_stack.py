@@ -2,13 +2,13 @@
 agents that `scripts/install-agents` put in `target/agents`, and their offline
 environment (a module of its own, since `conftest` is a name every suite uses).
 
-The gateway's configuration is the one docs/agents.md shows: one API key (`sk-test`),
-an OpenAI-compatible backend `oa`, an Ollama backend `ol` and an Anthropic backend `an`
-on the mock, each with `max_output_tokens` (the agents ask for far more than a small local model writes), the
-built-in `echo` backend, and a
-pattern alias `claude-*` that takes the `claude-…` names Claude Code asks for when no
-model is set, including the small one it uses for background work. There is no default
-backend, so a `claude-…` name that reaches echo got there by the alias.
+The gateway's configuration follows docs/agents.md: one API key (`sk-test`), an
+OpenAI-compatible backend `oa`, an Ollama backend `ol` and an Anthropic backend `an` on
+the mock, each with `max_output_tokens` (the agents ask for far more than a small local
+model writes), the built-in `echo` backend, and a pattern alias `claude-*` that takes
+the `claude-…` names Claude Code asks for when no model is set, including the small one
+it uses for background work. There is no default backend, so a `claude-…` name that
+reaches echo got there by the alias.
 
 The agents are offline: each runs with a fresh HOME (and CODEX_HOME) in a temporary
 directory, so nothing of the machine's own agent configuration or login is read, and
