@@ -35,7 +35,7 @@ AGENTS_BIN = REPO / "target" / "agents" / "node_modules" / ".bin"
 PINS = json.loads((Path(__file__).parent / "package.json").read_text())["dependencies"]
 
 
-def _binary(variable):
+def built_binary(variable):
     path = os.environ.get(variable)
     if not path:
         pytest.fail(f"${variable} is not set; run the suite through scripts/test")
@@ -173,8 +173,8 @@ def offline_env(home):
 
 def start_stack(tmp_path_factory):
     """Starts the mock and the gateway, yields a `Stack`, then stops both."""
-    switchyard = _binary("SWITCHYARD_BIN")
-    mock_binary = _binary("MOCK_UPSTREAM_BIN")
+    switchyard = built_binary("SWITCHYARD_BIN")
+    mock_binary = built_binary("MOCK_UPSTREAM_BIN")
     directory = tmp_path_factory.mktemp("switchyard")
 
     mock, mock_url = _start_mock(mock_binary)
@@ -221,6 +221,16 @@ def _doc_block(section, language):
     fence = f"```{language}\n"
     begin = body.index(fence) + len(fence)
     return body[begin : body.index("```", begin)]
+
+
+def documented_gateway_config(keys_file):
+    """docs/agents.md's gateway configuration, its keys file at `keys_file`."""
+    lines = []
+    for line in _doc_block("The gateway", "toml").splitlines():
+        if line.startswith("keys_file = "):
+            line = f"keys_file = {json.dumps(str(keys_file))}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def documented_codex_config(model, gateway):

@@ -22,7 +22,9 @@ from agent_stack import (
     API_KEY,
     MAX_OUTPUT_TOKENS,
     agent_binary,
+    built_binary,
     documented_claude_env,
+    documented_gateway_config,
     documented_codex_config,
     offline_env,
 )
@@ -137,6 +139,22 @@ def check_image_follows_the_tool_result(requests):
     assert after["role"] == "user", after
     urls = [p["image_url"]["url"] for p in after["content"] if p["type"] == "image_url"]
     assert [url.split(",")[0] for url in urls] == ["data:image/png;base64"]
+
+
+def test_the_documented_gateway_configuration_is_valid(tmp_path):
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({API_KEY: "tester"}))
+    config = tmp_path / "switchyard.toml"
+    config.write_text(documented_gateway_config(keys))
+    check = subprocess.run(
+        [built_binary("SWITCHYARD_BIN"), "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "max_output_tokens 4096" in check.stdout
+    assert "claude-*" in check.stdout
 
 
 # ---------------------------------------------------------------- Codex CLI
