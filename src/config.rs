@@ -151,6 +151,9 @@ struct RawBackend {
     max_queue: Option<i64>,
     /// The longest a request waits for a slot.
     queue_timeout_secs: Option<f64>,
+    /// The most output tokens a request may ask of this backend
+    /// (`crate::pipeline::output_cap`).
+    max_output_tokens: Option<i64>,
     /// `kind` and the settings that kind takes.
     #[serde(flatten)]
     settings: BackendSettings,
@@ -317,6 +320,13 @@ impl Config {
                     queue.timeout.as_secs_f64()
                 );
             }
+            if let Some(tokens) = backend.max_output_tokens {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} max_output_tokens {tokens}: a larger max_tokens is lowered to it",
+                    ""
+                );
+            }
         }
         let _ = writeln!(out, "routing:");
         for backend in &self.backends {
@@ -381,6 +391,7 @@ impl RawConfig {
                     name: "echo".to_owned(),
                     kind: BackendKind::Echo,
                     queue: None,
+                    max_output_tokens: None,
                 }],
                 Some(
                     self.routing
@@ -670,10 +681,20 @@ impl RawBackend {
             self.queue_timeout_secs,
         )
         .map_err(ConfigError)?;
+        let max_output_tokens = match self.max_output_tokens {
+            None => None,
+            Some(tokens) if tokens > 0 => Some(tokens.unsigned_abs()),
+            Some(tokens) => {
+                return err(format!(
+                    "{key}.max_output_tokens must be a positive number of tokens (it is {tokens})"
+                ))
+            }
+        };
         Ok(BackendConfig {
             name: self.name,
             kind,
             queue,
+            max_output_tokens,
         })
     }
 }
@@ -727,6 +748,23 @@ mod tests {
 
     fn error_of(toml: &str) -> String {
         Config::from_toml(toml).unwrap_err().0
+    }
+
+    #[test]
+    fn max_output_tokens_is_read_for_any_kind_and_must_be_positive() {
+        let config = Config::from_toml(
+            "[[backends]]\nname = \"e\"\nkind = \"echo\"\nmax_output_tokens = 4096\n[[backends]]\nname = \"o\"\nkind = \"openai\"\nurl = \"http://h/v1\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.backends[0].max_output_tokens, Some(4096));
+        assert_eq!(config.backends[1].max_output_tokens, None);
+        assert!(config.describe().contains("max_output_tokens 4096"));
+        for bad in ["0", "-5"] {
+            let error = error_of(&format!(
+                "[[backends]]\nname = \"e\"\nkind = \"echo\"\nmax_output_tokens = {bad}\n"
+            ));
+            assert!(error.contains("backends[0].max_output_tokens"), "{error}");
+        }
     }
 
     #[test]

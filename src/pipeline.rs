@@ -37,6 +37,7 @@ use crate::timing::{self, Stopwatch};
 use crate::usage::{Draft, Finished, Recorder};
 
 mod admission;
+mod output_cap;
 use admission::{queued_stream, slot, First, Waiting};
 
 /// Largest accepted request body, per the configuration.
@@ -382,6 +383,8 @@ pub struct Target<'r> {
     pub backend: &'r Backend,
     /// The model as the upstream knows it.
     pub model: &'r str,
+    /// The backend's `max_output_tokens` (see `output_cap`).
+    pub max_output_tokens: Option<u64>,
     /// Whether no target follows this one.
     pub last: bool,
 }
@@ -405,6 +408,7 @@ where
             name: route.name,
             backend: route.backend,
             model: route.model,
+            max_output_tokens: route.max_output_tokens,
             last,
         };
         caller.trying(route.name, route.model);
@@ -447,7 +451,8 @@ async fn start_stream(
             caller.upstream_called();
             let first = async {
                 // The one place a streamed chat meets a backend.
-                let events = target.backend.chat(target.model, request).await;
+                let request = target.capped(request);
+                let events = target.backend.chat(target.model, &request).await;
                 caller.upstream_answered();
                 let events = peek_first(events?).await;
                 caller.draft.borrow_mut().first_event = Some(Instant::now());
@@ -478,8 +483,9 @@ async fn complete(
             let _slot = slot(caller, target.name).await?;
             caller.upstream_called();
             // The one place a whole chat answer is asked of a backend.
+            let request = target.capped(request);
             let completion =
-                until_client_gone(caller, target.backend.complete(target.model, request)).await;
+                until_client_gone(caller, target.backend.complete(target.model, &request)).await;
             caller.upstream_answered();
             let completion = completion?;
             if let Some(usage) = completion.usage {

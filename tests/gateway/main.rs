@@ -4,6 +4,7 @@
 mod harness;
 
 mod access;
+mod agents;
 mod anthropic;
 mod anthropic_backend;
 mod auth;
