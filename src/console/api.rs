@@ -49,6 +49,7 @@ pub fn scope() -> impl HttpServiceFactory {
         .route("/keys", web::get().to(list_keys))
         .route("/keys", web::post().to(add_key))
         .route("/keys/{id}/{action}", web::post().to(change_key))
+        .route("/usage", web::get().to(super::usage::usage))
         .default_service(web::to(not_found))
         .wrap(from_fn(admin_only))
 }
@@ -238,10 +239,9 @@ async fn session(request: HttpRequest) -> HttpResponse {
 async fn overview(
     router: web::Data<Router>,
     admission: Option<web::Data<Admission>>,
-    config: web::Data<Config>,
     usage: super::usage::Source,
 ) -> HttpResponse {
-    let last_hour = usage.last_hour(&config).await;
+    let last_hour = usage.last_hour().await;
     let backends: Vec<Value> = router
         .health()
         .into_iter()
@@ -323,7 +323,7 @@ async fn list_keys(config: web::Data<Config>, usage: super::usage::Source) -> Ht
         }
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     };
-    let today = usage.tokens_today(&config).await;
+    let today = usage.tokens_today().await;
     let now = jiff::Timestamp::now();
     let listed: Vec<Listed> = entries
         .iter()

@@ -387,3 +387,118 @@ async fn the_overview_shows_every_backend_and_its_upstreams() {
         assert_eq!(backend["queued"], 0, "{backend}");
     }
 }
+
+#[actix_web::test]
+async fn usage_and_the_overview_count_known_traffic() {
+    let (_, path) = start("usage-keys").await;
+    let dir = path.parent().unwrap().to_owned();
+    let gateway = harness::start(&format!(
+        "[auth]\nkeys_file = {}\nadmin_keys = [\"{ADMIN}\"]\n[ledger]\npath = {}\n[[backends]]\nname = \"dead\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:1/v1\"\n",
+        json!(path.display().to_string()),
+        json!(dir.join("usage.db").display().to_string()),
+    ))
+    .await;
+    let mut tokens = 0;
+    for _ in 0..2 {
+        let answer = chat(&gateway, USER, "echo/x").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        tokens += answer.json()["usage"]["total_tokens"].as_u64().unwrap();
+    }
+    let failed = chat(&gateway, USER, "dead/x").await;
+    assert_eq!(failed.status, 502, "{}", failed.body);
+
+    // The ledger writes in small batches: ask until the rows are in.
+    let mut report = Value::Null;
+    for _ in 0..50 {
+        let answer = call(
+            &gateway,
+            "GET",
+            "/ui/api/usage?since=1h",
+            Some(ADMIN),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        report = answer.json();
+        if report["total"]["requests"] == 3 {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(report["total"]["requests"], 3, "{report}");
+    assert_eq!(report["total"]["total_tokens"], tokens, "{report}");
+    assert_eq!(report["total"]["errors"], 1, "{report}");
+    assert_eq!(
+        report["by_user"],
+        json!([{"name": "alice", "requests": 3, "prompt_tokens": report["total"]["prompt_tokens"], "completion_tokens": report["total"]["completion_tokens"], "total_tokens": tokens, "errors": 1}])
+    );
+    let backends: Vec<(&str, u64)> = report["by_backend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["name"].as_str().unwrap(),
+                row["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(backends, [("dead", 1), ("echo", 2)]);
+    assert_eq!(
+        report["days_by_user"]["alice"][0]["total_tokens"], tokens,
+        "{report}"
+    );
+    let bad = call(
+        &gateway,
+        "GET",
+        "/ui/api/usage?since=yesterdayish",
+        Some(ADMIN),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.json()["error"]["field"], "since");
+
+    let overview = call(&gateway, "GET", "/ui/api/overview", Some(ADMIN), &[], None)
+        .await
+        .json();
+    let backend = |name: &str| {
+        overview["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        backend("echo")["last_hour"],
+        json!({"requests": 2, "errors": 0})
+    );
+    assert_eq!(
+        backend("dead")["last_hour"],
+        json!({"requests": 1, "errors": 1})
+    );
+    assert_eq!(
+        backend("oa")["last_hour"],
+        json!({"requests": 0, "errors": 0})
+    );
+    let recent = &overview["recent_errors"][0];
+    assert_eq!(recent["backend"], "dead", "{overview}");
+    assert_eq!(recent["kind"], "connect", "{overview}");
+
+    // Each key's tokens today are in the listing.
+    let keys = call(&gateway, "GET", "/ui/api/keys", Some(ADMIN), &[], None)
+        .await
+        .json();
+    let alice = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["user"] == "alice")
+        .cloned()
+        .unwrap();
+    assert_eq!(alice["tokens_today"], tokens, "{keys}");
+}
