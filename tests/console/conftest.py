@@ -70,8 +70,9 @@ def _start_mock(binary):
 
 
 def _write_config(directory, listen, mock_url):
-    keys = directory / "keys.json"
-    keys.write_text(json.dumps({USER_KEY: "tester"}))
+    # Relative to the gateway's working directory (this folder), so that the keys page
+    # and its screenshot name the file as a user's config would.
+    (directory / "keys.json").write_text(json.dumps({USER_KEY: "tester"}))
     config = directory / "switchyard.toml"
     config.write_text(
         f"""\
@@ -79,7 +80,7 @@ def _write_config(directory, listen, mock_url):
 listen = "{listen}"
 
 [auth]
-keys_file = {json.dumps(str(keys))}
+keys_file = "keys.json"
 admin_keys = ["{ADMIN_KEY}"]
 
 [ledger]
