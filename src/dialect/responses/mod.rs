@@ -10,6 +10,7 @@
 
 mod parse;
 mod render;
+mod saved;
 pub mod store;
 
 use std::sync::Arc;
