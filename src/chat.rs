@@ -653,6 +653,10 @@ pub enum Event {
     ThinkingSignature(String),
     ToolCall(ToolCallDelta),
     Finish(FinishReason),
+    /// The upstream stopped on this one of the request's stop sequences (said before its
+    /// `Finish(Stop)`); only a server that names the sequence (Anthropic's) sends it,
+    /// and only Anthropic's dialect has a place for it.
+    StopSequence(String),
     Usage(Usage),
 }
 
@@ -668,6 +672,8 @@ pub struct Completion {
     pub thinking_signature: String,
     pub tool_calls: Vec<ToolCall<'static>>,
     pub finish_reason: Option<FinishReason>,
+    /// The stop sequence the upstream stopped on, where it said so.
+    pub stop_sequence: Option<String>,
     pub usage: Option<Usage>,
 }
 
@@ -696,6 +702,7 @@ impl Completion {
                 call.arguments.to_mut().push_str(&delta.arguments);
             }
             Event::Finish(reason) => self.finish_reason = Some(reason),
+            Event::StopSequence(sequence) => self.stop_sequence = Some(sequence),
             Event::Usage(usage) => self.usage = Some(usage),
         }
     }

@@ -372,3 +372,49 @@ async fn a_failed_tool_says_so_and_a_client_that_leaves_cancels_the_upstream() {
     }
     assert_eq!(gateway.mock.cancelled.load(Ordering::SeqCst), 1);
 }
+
+/// An Anthropic upstream that stopped on one of the request's stop sequences says which;
+/// an Anthropic client reads `stop_reason: "stop_sequence"` and the sequence, whole and
+/// streamed. An OpenAI-style upstream does not say, so its answer reads `end_turn`.
+#[actix_web::test]
+async fn a_stop_sequence_named_upstream_reaches_an_anthropic_client() {
+    let gateway = start().await;
+    let ask = |model: &str, stream: bool| {
+        json!({"model": model, "max_tokens": 50, "stream": stream, "stop_sequences": ["END", "STOP"],
+               "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let whole = gateway
+        .post("/v1/messages", &ask("an/mock-stopseq", false))
+        .await
+        .json();
+    assert_eq!(whole["stop_reason"], "stop_sequence", "{whole}");
+    assert_eq!(whole["stop_sequence"], "END");
+    let streamed = gateway
+        .post("/v1/messages", &ask("an/mock-stopseq", true))
+        .await;
+    let delta = streamed
+        .body
+        .split("\n\n")
+        .find(|event| event.starts_with("event: message_delta"))
+        .and_then(|event| event.split_once("data: "))
+        .map(|(_, data)| serde_json::from_str::<Value>(data).unwrap())
+        .unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "stop_sequence", "{delta}");
+    assert_eq!(delta["delta"]["stop_sequence"], "END");
+    // An OpenAI client of the same upstream reads "stop".
+    let openai = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "an/mock-stopseq", "stop": ["END"], "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .json();
+    assert_eq!(openai["choices"][0]["finish_reason"], "stop");
+    // The OpenAI-style upstream never says which sequence stopped it.
+    let other = gateway
+        .post("/v1/messages", &ask("oa/mock-stopseq", false))
+        .await
+        .json();
+    assert_eq!(other["stop_reason"], "end_turn", "{other}");
+    assert_eq!(other["stop_sequence"], Value::Null);
+}

@@ -54,6 +54,13 @@ fn tool_id(id: Option<&str>) -> String {
 /// Renders a whole answer as one `message`: its thinking, text and tool calls as
 /// content blocks in that order, each call's arguments parsed into its `input`.
 pub fn render_completion(model: &str, completion: &Completion) -> Result<Value, GatewayError> {
+    let finish = completion.effective_finish();
+    // `stop_sequence` only where the upstream said which one; OpenAI-style and Ollama
+    // servers stop on a sequence without saying so, which reads as `end_turn`.
+    let stop_sequence = completion
+        .stop_sequence
+        .as_deref()
+        .filter(|_| finish == FinishReason::Stop);
     let mut content = Vec::new();
     if !completion.thinking.is_empty() {
         content.push(json!({"type": "thinking", "thinking": completion.thinking,
@@ -89,8 +96,8 @@ pub fn render_completion(model: &str, completion: &Completion) -> Result<Value, 
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(completion.effective_finish()),
-        "stop_sequence": null,
+        "stop_reason": stop_sequence.map_or(stop_reason(finish), |_| "stop_sequence"),
+        "stop_sequence": stop_sequence,
         "usage": WireUsage::from(completion.usage.unwrap_or_default()),
     }))
 }
@@ -224,6 +231,8 @@ pub struct SseRenderer {
     /// Canonical tool-call indices whose block was opened.
     tools: Vec<usize>,
     finish: Option<FinishReason>,
+    /// The stop sequence the upstream stopped on, where it said which.
+    stop_sequence: Option<String>,
     usage: Option<Usage>,
     /// Nothing more is written: an error event ended the stream.
     ended: bool,
@@ -241,6 +250,7 @@ impl SseRenderer {
             next_index: 0,
             tools: Vec::new(),
             finish: None,
+            stop_sequence: None,
             usage: None,
             ended: false,
             failed: false,
@@ -383,6 +393,7 @@ impl StreamRenderer for SseRenderer {
             }
             Event::ToolCall(call) => self.tool_call(call, out),
             Event::Finish(reason) => self.finish = Some(reason),
+            Event::StopSequence(sequence) => self.stop_sequence = Some(sequence),
             Event::Text(_) | Event::Thinking(_) | Event::Usage(_) => {}
         }
     }
@@ -398,11 +409,15 @@ impl StreamRenderer for SseRenderer {
             reason => reason,
         };
         let usage = self.usage.unwrap_or_default();
+        let stop_sequence = self
+            .stop_sequence
+            .as_deref()
+            .filter(|_| reason == FinishReason::Stop);
         write_event(
             out,
             "message_delta",
             &json!({"type": "message_delta",
-                    "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
+                    "delta": {"stop_reason": stop_sequence.map_or(stop_reason(reason), |_| "stop_sequence"), "stop_sequence": stop_sequence},
                     "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}}),
         );
         write_event(out, "message_stop", &json!({"type": "message_stop"}));
@@ -517,6 +532,8 @@ mod tests {
                 arguments: Cow::Borrowed("{\"a\":1}"),
             }],
             finish_reason: Some(FinishReason::Stop),
+            // Tool calls outrank a stop sequence as the reason given.
+            stop_sequence: Some("END".into()),
             usage: Some(usage()),
         };
         let value = render_completion("m", &completion).unwrap();
@@ -538,6 +555,14 @@ mod tests {
             value["usage"],
             json!({"input_tokens": 7, "output_tokens": 5})
         );
+        let stopped = Completion {
+            finish_reason: Some(FinishReason::Stop),
+            stop_sequence: Some("END".into()),
+            ..Completion::default()
+        };
+        let value = render_completion("m", &stopped).unwrap();
+        assert_eq!(value["stop_reason"], "stop_sequence");
+        assert_eq!(value["stop_sequence"], "END");
         for (reason, name) in [
             (FinishReason::Stop, "end_turn"),
             (FinishReason::Length, "max_tokens"),
