@@ -209,6 +209,11 @@ impl Dialect for Responses {
         Ok(HttpResponse::Ok().json(render::render_whole(model, reply, completion)))
     }
 
+    fn queue_comment(position: usize, out: &mut bytes::BytesMut) -> bool {
+        // Before `response.created`: the first numbered event is still 0.
+        super::sse_queue_comment(position, out)
+    }
+
     fn render_error(error: &GatewayError) -> HttpResponse {
         crate::dialect::openai::render_error(error)
     }
