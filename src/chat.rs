@@ -657,6 +657,10 @@ pub enum Event {
     /// `Finish(Stop)`); only a server that names the sequence (Anthropic's) sends it,
     /// and only Anthropic's dialect has a place for it.
     StopSequence(String),
+    /// The prompt's tokens, known before the answer (Anthropic's `message_start` says
+    /// them), for a dialect that shows them at its stream's start. Only a hint: the
+    /// final `Usage` carries them again, and nothing counts this one.
+    PromptTokens(u64),
     Usage(Usage),
 }
 
@@ -703,6 +707,7 @@ impl Completion {
             }
             Event::Finish(reason) => self.finish_reason = Some(reason),
             Event::StopSequence(sequence) => self.stop_sequence = Some(sequence),
+            Event::PromptTokens(_) => {}
             Event::Usage(usage) => self.usage = Some(usage),
         }
     }

@@ -418,3 +418,43 @@ async fn a_stop_sequence_named_upstream_reaches_an_anthropic_client() {
     assert_eq!(other["stop_reason"], "end_turn", "{other}");
     assert_eq!(other["stop_sequence"], Value::Null);
 }
+
+/// An Anthropic upstream says the prompt's tokens in its `message_start`; an Anthropic
+/// client reads them in the gateway's `message_start` too, and the counts in
+/// `message_delta` are the same as before. Other upstreams say them only at the end.
+#[actix_web::test]
+async fn message_start_carries_the_prompt_tokens_an_anthropic_upstream_said() {
+    let gateway = start().await;
+    let start_usage = |model: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let body = json!({"model": model, "max_tokens": 50, "stream": true,
+                              "messages": [{"role": "user", "content": "hi"}]});
+            let answer = gateway.post("/v1/messages", &body).await;
+            let data = |name: &str| -> Value {
+                let event = answer
+                    .body
+                    .split("\n\n")
+                    .find(|event| event.starts_with(&format!("event: {name}\n")))
+                    .unwrap_or_else(|| panic!("{name}: {}", answer.body));
+                serde_json::from_str(event.split_once("data: ").unwrap().1).unwrap()
+            };
+            (
+                data("message_start")["message"]["usage"].clone(),
+                data("message_delta")["usage"].clone(),
+            )
+        }
+    };
+    let (at_start, at_end) = start_usage("an/mock-model").await;
+    assert_eq!(
+        at_start,
+        json!({"input_tokens": mock::PROMPT_TOKENS, "output_tokens": 0})
+    );
+    assert_eq!(
+        at_end,
+        json!({"input_tokens": mock::PROMPT_TOKENS, "output_tokens": 5})
+    );
+    let (at_start, at_end) = start_usage("oa/mock-model").await;
+    assert_eq!(at_start["input_tokens"], 0, "known only at the end");
+    assert_eq!(at_end["input_tokens"], mock::PROMPT_TOKENS);
+}

@@ -338,6 +338,7 @@ pub(super) fn stream(backend: String, body: UpstreamBody) -> EventStream {
     Box::pin(async_stream::stream! {
         let mut decoder = Decoder::default();
         let mut events = Vec::new();
+        let mut told_prompt = false;
         let data = sse_data(body);
         futures::pin_mut!(data);
         while let Some(item) = data.next().await {
@@ -351,6 +352,15 @@ pub(super) fn stream(backend: String, body: UpstreamBody) -> EventStream {
             if let Err(e) = decoder.event(&backend, &data, &mut events) {
                 yield Err(e);
                 return;
+            }
+            // The prompt's tokens of `message_start` go out with the answer's first
+            // event, not alone before it: until that event an upstream failure still
+            // keeps its own status.
+            if !told_prompt && !events.is_empty() {
+                told_prompt = true;
+                if let Some(tokens) = decoder.usage.map(|usage| usage.prompt_tokens).filter(|n| *n > 0) {
+                    yield Ok(Event::PromptTokens(tokens));
+                }
             }
             for event in events.drain(..) {
                 yield Ok(event);

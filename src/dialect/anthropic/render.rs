@@ -233,6 +233,8 @@ pub struct SseRenderer {
     finish: Option<FinishReason>,
     /// The stop sequence the upstream stopped on, where it said which.
     stop_sequence: Option<String>,
+    /// The prompt's tokens where the upstream said them before its answer.
+    prompt_tokens: Option<u64>,
     usage: Option<Usage>,
     /// Nothing more is written: an error event ended the stream.
     ended: bool,
@@ -251,6 +253,7 @@ impl SseRenderer {
             tools: Vec::new(),
             finish: None,
             stop_sequence: None,
+            prompt_tokens: None,
             usage: None,
             ended: false,
             failed: false,
@@ -263,7 +266,11 @@ impl SseRenderer {
             return;
         }
         let usage = WireUsage {
-            input_tokens: self.usage.map_or(0, |usage| usage.prompt_tokens),
+            input_tokens: self
+                .usage
+                .map(|usage| usage.prompt_tokens)
+                .or(self.prompt_tokens)
+                .unwrap_or(0),
             output_tokens: 0,
         };
         write_event(
@@ -362,9 +369,17 @@ impl StreamRenderer for SseRenderer {
         if self.ended {
             return;
         }
-        if let Event::Usage(usage) = event {
-            self.usage = Some(usage);
-            return;
+        match event {
+            Event::Usage(usage) => {
+                self.usage = Some(usage);
+                return;
+            }
+            // Known before the first token, shown in `message_start`.
+            Event::PromptTokens(tokens) => {
+                self.prompt_tokens = Some(tokens);
+                return;
+            }
+            _ => {}
         }
         self.start(out);
         match event {
@@ -394,7 +409,7 @@ impl StreamRenderer for SseRenderer {
             Event::ToolCall(call) => self.tool_call(call, out),
             Event::Finish(reason) => self.finish = Some(reason),
             Event::StopSequence(sequence) => self.stop_sequence = Some(sequence),
-            Event::Text(_) | Event::Thinking(_) | Event::Usage(_) => {}
+            Event::Text(_) | Event::Thinking(_) | Event::Usage(_) | Event::PromptTokens(_) => {}
         }
     }
 

@@ -334,7 +334,7 @@ impl StreamRenderer for NdjsonRenderer {
             Event::Usage(usage) => self.usage = Some(usage),
             // Only the server that made it reads a signature back; Ollama has no field,
             // nor one for which stop sequence ended the answer.
-            Event::ThinkingSignature(_) | Event::StopSequence(_) => {}
+            Event::ThinkingSignature(_) | Event::StopSequence(_) | Event::PromptTokens(_) => {}
         }
     }
 

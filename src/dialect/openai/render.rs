@@ -287,7 +287,7 @@ impl StreamRenderer for SseRenderer {
             Event::Usage(usage) => self.usage = Some(usage),
             // Only the server that made it reads a signature back; OpenAI has no field,
             // nor one for which stop sequence ended the answer.
-            Event::ThinkingSignature(_) | Event::StopSequence(_) => {}
+            Event::ThinkingSignature(_) | Event::StopSequence(_) | Event::PromptTokens(_) => {}
         }
     }
 

@@ -551,7 +551,7 @@ impl StreamRenderer for ResponsesRenderer {
             // place for it but `encrypted_content`, which it sends back verbatim and
             // the gateway drops. A Responses answer does not say which stop sequence
             // ended it.
-            Event::ThinkingSignature(_) | Event::StopSequence(_) => {}
+            Event::ThinkingSignature(_) | Event::StopSequence(_) | Event::PromptTokens(_) => {}
         }
     }
 
