@@ -653,6 +653,14 @@ pub enum Event {
     ThinkingSignature(String),
     ToolCall(ToolCallDelta),
     Finish(FinishReason),
+    /// The upstream stopped on this one of the request's stop sequences (said before its
+    /// `Finish(Stop)`); only a server that names the sequence (Anthropic's) sends it,
+    /// and only Anthropic's dialect has a place for it.
+    StopSequence(String),
+    /// The prompt's tokens, known before the answer (Anthropic's `message_start` says
+    /// them), for a dialect that shows them at its stream's start. Only a hint: the
+    /// final `Usage` carries them again, and nothing counts this one.
+    PromptTokens(u64),
     Usage(Usage),
 }
 
@@ -668,6 +676,8 @@ pub struct Completion {
     pub thinking_signature: String,
     pub tool_calls: Vec<ToolCall<'static>>,
     pub finish_reason: Option<FinishReason>,
+    /// The stop sequence the upstream stopped on, where it said so.
+    pub stop_sequence: Option<String>,
     pub usage: Option<Usage>,
 }
 
@@ -696,6 +706,8 @@ impl Completion {
                 call.arguments.to_mut().push_str(&delta.arguments);
             }
             Event::Finish(reason) => self.finish_reason = Some(reason),
+            Event::StopSequence(sequence) => self.stop_sequence = Some(sequence),
+            Event::PromptTokens(_) => {}
             Event::Usage(usage) => self.usage = Some(usage),
         }
     }

@@ -13,6 +13,7 @@ use crate::auth::{Anonymous, KeyStore};
 use crate::backend::Pools;
 use crate::config::Config;
 use crate::dialect::ollama::Ollama;
+use crate::dialect::responses::store::ResponseStore;
 use crate::metrics::{CountedAtEnd, Metrics};
 use crate::peer::TrustedProxies;
 use crate::pipeline::BodyLimit;
@@ -33,6 +34,9 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// Where every request's outcome goes: metrics, token budgets, the usage ledger.
     pub usage: Arc<Recorder>,
+    /// The stored responses of the Responses API, opened by [`start`] (in the ledger's
+    /// database when there is one) and closed by [`serve`] after the last answer.
+    pub responses: Arc<std::sync::OnceLock<Arc<ResponseStore>>>,
 }
 
 impl Shared {
@@ -56,6 +60,7 @@ impl Shared {
             usage: Arc::new(Recorder::new(metrics.clone(), keys.clone(), &backends)),
             keys,
             metrics,
+            responses: Arc::default(),
         })
     }
 
@@ -103,9 +108,22 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
     let factory_config = config.clone();
     let pools = shared.pools.clone();
     // Stored responses are shared by every worker, as a continuation may land on any.
-    let responses = web::Data::new(crate::dialect::responses::store::ResponseStore::new(
-        config.responses,
-    ));
+    // With the usage ledger on, they are kept in its database and outlast a restart.
+    let store = match shared.responses.get() {
+        Some(store) => store.clone(),
+        None => {
+            let database = config
+                .ledger
+                .enabled
+                .then_some(config.ledger.path.as_path());
+            let store = Arc::new(
+                ResponseStore::open(config.responses, database).map_err(std::io::Error::other)?,
+            );
+            let _ = shared.responses.set(store.clone());
+            store
+        }
+    };
+    let responses = web::Data::from(store);
     // actix's Logger formats its line (and reads the peer address) for every request
     // even when its level is filtered out; leave it out of the chain then.
     let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
@@ -181,6 +199,7 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
 /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish (bounded).
 pub async fn serve(shared: Shared) -> std::io::Result<()> {
     let usage = shared.usage.clone();
+    let responses = shared.responses.clone();
     let (server, address) = start(shared)?;
     log::info!("listening on http://{address}");
     // actix stops at once on Ctrl-C; both signals must let in-flight answers finish.
@@ -204,6 +223,9 @@ pub async fn serve(shared: Shared) -> std::io::Result<()> {
     let served = server.await;
     // Every answer has ended: the ledger's writer stores what is queued, then stops.
     usage.close();
+    if let Some(store) = responses.get() {
+        store.close();
+    }
     served
 }
 

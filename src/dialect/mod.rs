@@ -80,6 +80,16 @@ pub trait Dialect: Sized + 'static {
     fn render_error(error: &GatewayError) -> HttpResponse;
 }
 
+/// A waiting stream's place in line as an SSE comment line, which every SSE parser skips
+/// (OpenAI's and Anthropic's SDKs both drop lines that start with `:`): the
+/// `queue_comment` of each SSE dialect.
+pub fn sse_queue_comment(position: usize, out: &mut BytesMut) -> bool {
+    out.extend_from_slice(b": queue position ");
+    out.extend_from_slice(itoa::Buffer::new().format(position).as_bytes());
+    out.extend_from_slice(b"\n\n");
+    true
+}
+
 /// Starts an error answer with the error's status and the headers it carries (an
 /// upstream's `Retry-After`), for each dialect to add its body.
 pub fn error_response(error: &GatewayError) -> HttpResponseBuilder {

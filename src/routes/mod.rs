@@ -100,8 +100,15 @@ async fn key_check<D: Dialect>(
     let mut response = match admitted {
         Ok(()) => next.call(request).await?.map_into_left_body(),
         Err(refusal) => {
-            crate::usage::refused_at_door(&request, D::NAME, &refusal);
-            let answer = D::render_error(&refusal);
+            // The model listings under /v1 answer an Anthropic client in its shape, their
+            // refusals included.
+            let answer = if models::anthropic_listing(request.request()) {
+                crate::usage::refused_at_door(&request, Anthropic::NAME, &refusal);
+                Anthropic::render_error(&refusal)
+            } else {
+                crate::usage::refused_at_door(&request, D::NAME, &refusal);
+                D::render_error(&refusal)
+            };
             request.into_response(answer).map_into_right_body()
         }
     };

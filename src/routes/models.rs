@@ -103,6 +103,14 @@ fn wants_anthropic(request: &HttpRequest) -> bool {
     request.headers().contains_key("anthropic-version")
 }
 
+/// Whether a request is for `/v1/models` or `/v1/models/{id}` from an Anthropic client:
+/// the one place where a scope's key check answers in another dialect than its own, as
+/// these two routes are shared by OpenAI's and Anthropic's clients.
+pub fn anthropic_listing(request: &HttpRequest) -> bool {
+    let path = request.path();
+    (path == "/v1/models" || path.starts_with("/v1/models/")) && wants_anthropic(request)
+}
+
 pub async fn openai_models(
     request: HttpRequest,
     router: web::Data<Router>,

@@ -117,7 +117,10 @@ impl Draft {
         match event {
             Event::Usage(usage) => self.usage(usage.prompt_tokens, usage.completion_tokens),
             Event::Text(_) | Event::Thinking(_) | Event::ToolCall(_) => self.pieces += 1,
-            Event::Finish(_) | Event::ThinkingSignature(_) => {}
+            Event::Finish(_)
+            | Event::StopSequence(_)
+            | Event::PromptTokens(_)
+            | Event::ThinkingSignature(_) => {}
         }
     }
 

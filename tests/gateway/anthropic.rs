@@ -952,3 +952,56 @@ async fn what_claude_code_sends_is_served() {
         assert!(sent.get(unknown).is_none(), "{unknown}");
     }
 }
+
+/// The listings' refusals reach an Anthropic client in its shape too: no key (401, from
+/// the `/v1` scope's key check), a model the key may not use (403), one that does not
+/// exist (404); without the header they stay OpenAI's.
+#[actix_web::test]
+async fn listing_refusals_take_anthropics_shape_for_anthropic_clients() {
+    let path = keys_file(r#"{"sk-listing-0123456789": {"user": "lister", "models": ["oa/*"]}}"#);
+    let gateway = harness::start(&format!("[auth]\nkeys_file = \"{}\"\n", path.display())).await;
+    let get = |path: &str, key: Option<&'static str>, anthropic: bool| {
+        let mut request = client().get(format!("{}{path}", gateway.base));
+        if anthropic {
+            request = request.insert_header(("anthropic-version", "2023-06-01"));
+        }
+        if let Some(key) = key {
+            request = request.insert_header(("x-api-key", key));
+        }
+        async move { send(request, None).await }
+    };
+    let key = Some("sk-listing-0123456789");
+    for path in ["/v1/models", "/v1/models/oa/mock-model"] {
+        let none = get(path, None, true).await;
+        assert_eq!(none.status, 401, "{path}");
+        assert_eq!(anthropic_error(&none).0, "authentication_error");
+        let wrong = get(path, Some("sk-wrong"), true).await;
+        assert_eq!(wrong.status, 401, "{path}");
+        assert_eq!(anthropic_error(&wrong).0, "authentication_error");
+        let openai = get(path, None, false).await;
+        assert_eq!(openai.status, 401);
+        assert_eq!(
+            openai.json()["error"]["code"],
+            "invalid_api_key",
+            "{}",
+            openai.body
+        );
+        assert!(openai.json().get("type").is_none(), "OpenAI's shape");
+    }
+    let forbidden = get("/v1/models/ol/mock-model", key, true).await;
+    assert_eq!(forbidden.status, 403);
+    assert_eq!(anthropic_error(&forbidden).0, "permission_error");
+    let missing = get("/v1/models/oa/not-listed", key, true).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(anthropic_error(&missing).0, "not_found_error");
+    let allowed = get("/v1/models/oa/mock-model", key, true).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(allowed.json()["type"], "model");
+    // Other /v1 routes keep OpenAI's shape whatever the headers.
+    let chat = client()
+        .post(format!("{}/v1/chat/completions", gateway.base))
+        .insert_header(("anthropic-version", "2023-06-01"));
+    let chat = send(chat, Some("{}")).await;
+    assert_eq!(chat.status, 401);
+    assert!(chat.json().get("type").is_none(), "{}", chat.body);
+}

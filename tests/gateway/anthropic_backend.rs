@@ -372,3 +372,89 @@ async fn a_failed_tool_says_so_and_a_client_that_leaves_cancels_the_upstream() {
     }
     assert_eq!(gateway.mock.cancelled.load(Ordering::SeqCst), 1);
 }
+
+/// An Anthropic upstream that stopped on one of the request's stop sequences says which;
+/// an Anthropic client reads `stop_reason: "stop_sequence"` and the sequence, whole and
+/// streamed. An OpenAI-style upstream does not say, so its answer reads `end_turn`.
+#[actix_web::test]
+async fn a_stop_sequence_named_upstream_reaches_an_anthropic_client() {
+    let gateway = start().await;
+    let ask = |model: &str, stream: bool| {
+        json!({"model": model, "max_tokens": 50, "stream": stream, "stop_sequences": ["END", "STOP"],
+               "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let whole = gateway
+        .post("/v1/messages", &ask("an/mock-stopseq", false))
+        .await
+        .json();
+    assert_eq!(whole["stop_reason"], "stop_sequence", "{whole}");
+    assert_eq!(whole["stop_sequence"], "END");
+    let streamed = gateway
+        .post("/v1/messages", &ask("an/mock-stopseq", true))
+        .await;
+    let delta = streamed
+        .body
+        .split("\n\n")
+        .find(|event| event.starts_with("event: message_delta"))
+        .and_then(|event| event.split_once("data: "))
+        .map(|(_, data)| serde_json::from_str::<Value>(data).unwrap())
+        .unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "stop_sequence", "{delta}");
+    assert_eq!(delta["delta"]["stop_sequence"], "END");
+    // An OpenAI client of the same upstream reads "stop".
+    let openai = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "an/mock-stopseq", "stop": ["END"], "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .json();
+    assert_eq!(openai["choices"][0]["finish_reason"], "stop");
+    // The OpenAI-style upstream never says which sequence stopped it.
+    let other = gateway
+        .post("/v1/messages", &ask("oa/mock-stopseq", false))
+        .await
+        .json();
+    assert_eq!(other["stop_reason"], "end_turn", "{other}");
+    assert_eq!(other["stop_sequence"], Value::Null);
+}
+
+/// An Anthropic upstream says the prompt's tokens in its `message_start`; an Anthropic
+/// client reads them in the gateway's `message_start` too, and the counts in
+/// `message_delta` are the same as before. Other upstreams say them only at the end.
+#[actix_web::test]
+async fn message_start_carries_the_prompt_tokens_an_anthropic_upstream_said() {
+    let gateway = start().await;
+    let start_usage = |model: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let body = json!({"model": model, "max_tokens": 50, "stream": true,
+                              "messages": [{"role": "user", "content": "hi"}]});
+            let answer = gateway.post("/v1/messages", &body).await;
+            let data = |name: &str| -> Value {
+                let event = answer
+                    .body
+                    .split("\n\n")
+                    .find(|event| event.starts_with(&format!("event: {name}\n")))
+                    .unwrap_or_else(|| panic!("{name}: {}", answer.body));
+                serde_json::from_str(event.split_once("data: ").unwrap().1).unwrap()
+            };
+            (
+                data("message_start")["message"]["usage"].clone(),
+                data("message_delta")["usage"].clone(),
+            )
+        }
+    };
+    let (at_start, at_end) = start_usage("an/mock-model").await;
+    assert_eq!(
+        at_start,
+        json!({"input_tokens": mock::PROMPT_TOKENS, "output_tokens": 0})
+    );
+    assert_eq!(
+        at_end,
+        json!({"input_tokens": mock::PROMPT_TOKENS, "output_tokens": 5})
+    );
+    let (at_start, at_end) = start_usage("oa/mock-model").await;
+    assert_eq!(at_start["input_tokens"], 0, "known only at the end");
+    assert_eq!(at_end["input_tokens"], mock::PROMPT_TOKENS);
+}

@@ -521,3 +521,217 @@ async fn a_key_at_its_own_cap_waits_in_line_or_is_refused_where_there_is_none() 
         Some(2.0)
     );
 }
+
+/// Sends `body` as `key` and reads the whole answer (a future that borrows nothing).
+fn ask_with(
+    gateway: &Harness,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> impl std::future::Future<Output = Answer> + 'static {
+    let request = client()
+        .post(format!("{}{path}", gateway.base))
+        .insert_header(("authorization", format!("Bearer {key}")))
+        .insert_header(("anthropic-version", "2023-06-01"));
+    async move { send(request, Some(&body.to_string())).await }
+}
+
+/// An Anthropic Messages request and a Responses request for `model`.
+fn anthropic_body(model: &str, stream: bool, marker: &str) -> Value {
+    json!({"model": model, "max_tokens": 50, "stream": stream,
+           "messages": [{"role": "user", "content": marker}]})
+}
+
+fn responses_body(model: &str, stream: bool, marker: &str) -> Value {
+    json!({"model": model, "stream": stream, "input": marker})
+}
+
+/// The (`event:` name, data) pairs of an SSE body as a parser reads them.
+fn named_events(raw: &str) -> Vec<(String, Value)> {
+    raw.split("\n\n")
+        .filter_map(|event| {
+            let lines: Vec<&str> = event.lines().filter(|l| !l.starts_with(':')).collect();
+            let name = lines.iter().find_map(|l| l.strip_prefix("event: "))?;
+            let data = lines.iter().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_owned(), serde_json::from_str(data).unwrap()))
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn anthropic_and_responses_streams_that_wait_are_told_their_place() {
+    let gateway = gateway("place-sse", "max_concurrent = 1").await;
+    for (path, body, first_event) in [
+        (
+            "/v1/messages",
+            anthropic_body("gpu/m-chunks2", true, "anthropic"),
+            "message_start",
+        ),
+        (
+            "/v1/responses",
+            responses_body("gpu/m-chunks2", true, "responses"),
+            "response.created",
+        ),
+    ] {
+        let holder = actix_web::rt::spawn(ask(
+            &gateway,
+            "/api/chat",
+            ALICE,
+            "gpu/m-gap300chunks3",
+            true,
+            "holder",
+        ));
+        until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
+        let answer = ask_with(&gateway, path, BOB, body).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        assert!(
+            answer.body.starts_with(&format!(
+                ": queue position 1\n\nevent: {first_event}\ndata: "
+            )),
+            "{path}: {}",
+            answer.body
+        );
+        let events = named_events(&answer.body);
+        assert_eq!(events[0].0, first_event);
+        // What the SDKs read: every event whole, the text as the upstream sent it.
+        let text: String = events
+            .iter()
+            .filter_map(|(name, data)| match name.as_str() {
+                "content_block_delta" => data["delta"]["text"].as_str(),
+                "response.output_text.delta" => data["delta"].as_str(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "w0 w1 ", "{path}");
+        if path == "/v1/responses" {
+            for (number, (_, data)) in events.iter().enumerate() {
+                assert_eq!(data["sequence_number"], number, "{data}");
+            }
+        }
+        assert_eq!(holder.await.unwrap().status, 200);
+    }
+    assert_eq!(
+        arrived(&gateway),
+        ["holder", "anthropic", "holder", "responses"]
+    );
+}
+
+/// The place in line, the queue's refusals, for the Anthropic and Responses dialects.
+#[actix_web::test]
+async fn a_full_queue_and_an_expired_wait_refuse_in_anthropics_and_openais_shapes() {
+    let gateway = gateway("full-sse", "max_concurrent = 1\nmax_queue = 1").await;
+    let holder = actix_web::rt::spawn(ask(
+        &gateway,
+        "/api/chat",
+        ALICE,
+        "gpu/m-gap300chunks3",
+        true,
+        "holder",
+    ));
+    until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
+    let waiter = actix_web::rt::spawn(ask(&gateway, "/api/chat", ALICE, "gpu/m", false, "waiter"));
+    until_metric(&gateway, DEPTH, &[GPU], 1.0).await;
+    for stream in [false, true] {
+        for (path, body) in [
+            ("/v1/messages", anthropic_body("gpu/m", stream, "refused")),
+            ("/v1/responses", responses_body("gpu/m", stream, "refused")),
+        ] {
+            let answer = ask_with(&gateway, path, BOB, body).await;
+            assert_eq!(answer.status, 429, "{path} {stream}: {}", answer.body);
+            assert!(answer.headers.contains_key("retry-after"), "{path}");
+            let body = answer.json();
+            if path == "/v1/messages" {
+                assert_eq!(body["type"], "error", "{body}");
+            }
+            assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("max_queue"),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(holder.await.unwrap().status, 200);
+    assert_eq!(waiter.await.unwrap().status, 200);
+    assert_eq!(arrived(&gateway), ["holder", "waiter"], "never forwarded");
+
+    let gateway = self::gateway(
+        "expired-sse",
+        "max_concurrent = 1\nqueue_timeout_secs = 0.3",
+    )
+    .await;
+    let holder = actix_web::rt::spawn(ask(
+        &gateway,
+        "/api/chat",
+        ALICE,
+        "gpu/m-gap500chunks3",
+        true,
+        "holder",
+    ));
+    until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
+    let (anthropic, responses, anthropic_stream, responses_stream) = futures::join!(
+        ask_with(
+            &gateway,
+            "/v1/messages",
+            BOB,
+            anthropic_body("gpu/m", false, "late")
+        ),
+        ask_with(
+            &gateway,
+            "/v1/responses",
+            BOB,
+            responses_body("gpu/m", false, "late")
+        ),
+        ask_with(
+            &gateway,
+            "/v1/messages",
+            BOB,
+            anthropic_body("gpu/m", true, "late")
+        ),
+        ask_with(
+            &gateway,
+            "/v1/responses",
+            BOB,
+            responses_body("gpu/m", true, "late")
+        ),
+    );
+    for answer in [&anthropic, &responses] {
+        assert_eq!(answer.status, 429, "{}", answer.body);
+        assert!(answer.headers.contains_key("retry-after"));
+        assert_eq!(answer.json()["error"]["type"], "rate_limit_error");
+        assert!(
+            answer.body.contains("queue_timeout_secs"),
+            "{}",
+            answer.body
+        );
+    }
+    assert_eq!(anthropic.json()["type"], "error");
+    // Streams whose headers went out end with their dialect's error event.
+    assert_eq!(anthropic_stream.status, 200);
+    assert!(anthropic_stream.body.starts_with(": queue position "));
+    let events = named_events(&anthropic_stream.body);
+    assert_eq!(events.len(), 1, "{}", anthropic_stream.body);
+    assert_eq!(events[0].0, "error");
+    assert_eq!(events[0].1["error"]["type"], "rate_limit_error");
+    assert_eq!(responses_stream.status, 200);
+    assert!(responses_stream.body.starts_with(": queue position "));
+    let events = named_events(&responses_stream.body);
+    let (name, failed) = events.last().unwrap();
+    assert_eq!(name, "response.failed", "{}", responses_stream.body);
+    assert_eq!(failed["response"]["status"], "failed");
+    assert!(
+        failed["response"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("queue_timeout_secs"),
+        "{failed}"
+    );
+    assert_eq!(holder.await.unwrap().status, 200);
+    assert_eq!(
+        arrived(&gateway),
+        ["holder"],
+        "no late request was forwarded"
+    );
+}

@@ -832,3 +832,75 @@ async fn codex_requests_are_served() {
         .unwrap()
         .starts_with("You are a coding agent"));
 }
+
+/// With the usage ledger on, stored responses are kept in its database: a second gateway
+/// on the same file (as after a restart) reads, continues and deletes them, each key
+/// still seeing only its own.
+#[actix_web::test]
+async fn stored_responses_outlast_a_restart_with_the_ledger_on() {
+    let keys = keys_file(
+        "restart",
+        r#"{"sk-alice-0123456789": "alice", "sk-bob-0123456789ab": "bob"}"#,
+    );
+    let db = keys.with_file_name("ledger/switchyard.db");
+    let _ = std::fs::remove_file(&db);
+    let config = format!(
+        "[auth]\nkeys_file = \"{}\"\n[ledger]\nenabled = true\npath = \"{}\"\n",
+        keys.display(),
+        db.display()
+    );
+    let (alice, bob) = ("sk-alice-0123456789", "sk-bob-0123456789ab");
+    let first = harness::start(&config).await;
+    let made = as_key(
+        &first,
+        alice,
+        "POST",
+        "/v1/responses",
+        Some(json!({"model": "oa/mock-restart", "input": "My name is Ada."})),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let object = made.json();
+    let id = object["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/responses/{id}");
+
+    let second = harness::start(&config).await;
+    // The first gateway's writer puts the row in the table a moment after the answer.
+    let mut read = as_key(&second, alice, "GET", &path, None).await;
+    for _ in 0..40 {
+        if read.status == 200 {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        read = as_key(&second, alice, "GET", &path, None).await;
+    }
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json(), object);
+    assert_eq!(as_key(&second, bob, "GET", &path, None).await.status, 404);
+    assert_eq!(
+        as_key(&second, bob, "DELETE", &path, None).await.status,
+        404
+    );
+    let continued = as_key(
+        &second,
+        alice,
+        "POST",
+        "/v1/responses",
+        Some(json!({"model": "oa/mock-restart2", "previous_response_id": id, "input": "Name?"})),
+    )
+    .await;
+    assert_eq!(continued.status, 200, "{}", continued.body);
+    assert_eq!(
+        upstream(&second, "mock-restart2")["messages"],
+        json!([
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": mock::PIECES.concat()},
+            {"role": "user", "content": "Name?"}
+        ])
+    );
+    assert_eq!(
+        as_key(&second, alice, "DELETE", &path, None).await.status,
+        200
+    );
+    assert_eq!(as_key(&first, alice, "GET", &path, None).await.status, 404);
+}

@@ -31,6 +31,7 @@ struct WireMessage {
     #[serde(default)]
     content: Vec<WireBlock>,
     stop_reason: Option<String>,
+    stop_sequence: Option<String>,
     usage: Option<WireUsage>,
 }
 
@@ -55,6 +56,7 @@ struct WireDelta {
     signature: Option<String>,
     partial_json: Option<String>,
     stop_reason: Option<String>,
+    stop_sequence: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -94,6 +96,13 @@ fn finish_reason(reason: &str) -> FinishReason {
         // end_turn, stop_sequence, pause_turn
         _ => FinishReason::Stop,
     }
+}
+
+/// The stop sequence an answer stopped on, when Anthropic says it stopped on one.
+fn stop_sequence(reason: &str, sequence: Option<String>) -> Option<Event> {
+    sequence
+        .filter(|_| reason == "stop_sequence")
+        .map(Event::StopSequence)
 }
 
 /// The most content blocks one answer may have; an index beyond is a broken upstream.
@@ -258,8 +267,11 @@ impl Decoder {
                 }
             }
             "message_delta" => {
-                if let Some(reason) = event.delta.and_then(|delta| delta.stop_reason) {
-                    out.push(Event::Finish(finish_reason(&reason)));
+                if let Some(delta) = event.delta {
+                    if let Some(reason) = delta.stop_reason {
+                        out.extend(stop_sequence(&reason, delta.stop_sequence));
+                        out.push(Event::Finish(finish_reason(&reason)));
+                    }
                 }
                 if let Some(usage) = event.usage {
                     self.usage(usage);
@@ -307,6 +319,7 @@ pub(super) fn whole(backend: &str, body: &[u8]) -> Result<Completion, GatewayErr
         decoder.block(backend, index, block, &mut events)?;
     }
     if let Some(reason) = message.stop_reason {
+        events.extend(stop_sequence(&reason, message.stop_sequence));
         events.push(Event::Finish(finish_reason(&reason)));
     }
     if let Some(usage) = message.usage {
@@ -325,6 +338,7 @@ pub(super) fn stream(backend: String, body: UpstreamBody) -> EventStream {
     Box::pin(async_stream::stream! {
         let mut decoder = Decoder::default();
         let mut events = Vec::new();
+        let mut told_prompt = false;
         let data = sse_data(body);
         futures::pin_mut!(data);
         while let Some(item) = data.next().await {
@@ -338,6 +352,15 @@ pub(super) fn stream(backend: String, body: UpstreamBody) -> EventStream {
             if let Err(e) = decoder.event(&backend, &data, &mut events) {
                 yield Err(e);
                 return;
+            }
+            // The prompt's tokens of `message_start` go out with the answer's first
+            // event, not alone before it: until that event an upstream failure still
+            // keeps its own status.
+            if !told_prompt && !events.is_empty() {
+                told_prompt = true;
+                if let Some(tokens) = decoder.usage.map(|usage| usage.prompt_tokens).filter(|n| *n > 0) {
+                    yield Ok(Event::PromptTokens(tokens));
+                }
             }
             for event in events.drain(..) {
                 yield Ok(event);
@@ -536,6 +559,12 @@ mod tests {
         ] {
             assert_eq!(finish_reason(reason), finish);
         }
+        assert_eq!(
+            stop_sequence("stop_sequence", Some("END".into())),
+            Some(Event::StopSequence("END".into()))
+        );
+        assert_eq!(stop_sequence("end_turn", Some("END".into())), None);
+        assert_eq!(stop_sequence("stop_sequence", None), None);
     }
 
     #[test]

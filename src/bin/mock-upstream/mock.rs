@@ -470,10 +470,17 @@ async fn anthropic_messages(
     }
     let stream = body["stream"].as_bool().unwrap_or(false);
     let output_tokens = script.pieces.len() as u64;
+    // A model named "…stopseq…" stops on the request's first stop sequence.
+    let stopped_on = body["stop_sequences"][0]
+        .as_str()
+        .filter(|_| model.contains("stopseq"))
+        .map(str::to_owned);
     let stop_reason = if script.tool.is_some() {
         "tool_use"
     } else if script.finish == "length" {
         "max_tokens"
+    } else if stopped_on.is_some() {
+        "stop_sequence"
     } else {
         "end_turn"
     };
@@ -496,7 +503,7 @@ async fn anthropic_messages(
         }
         return HttpResponse::Ok().json(json!({
             "id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop_reason, "stop_sequence": null,
+            "stop_reason": stop_reason, "stop_sequence": stopped_on,
             "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": output_tokens},
         }));
     }
@@ -542,7 +549,7 @@ async fn anthropic_messages(
         }
     } else {
         events.push(event(json!({"type": "content_block_stop", "index": index})));
-        events.push(event(json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
+        events.push(event(json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stopped_on}, "usage": {"output_tokens": output_tokens}})));
         events.push(event(json!({"type": "message_stop"})));
     }
     stream_response(state.into_inner(), "text/event-stream", events, &script)

@@ -47,6 +47,10 @@ impl Dialect for Anthropic {
         Ok(HttpResponse::Ok().json(render_completion(model, completion)?))
     }
 
+    fn queue_comment(position: usize, out: &mut bytes::BytesMut) -> bool {
+        super::sse_queue_comment(position, out)
+    }
+
     fn render_error(error: &GatewayError) -> HttpResponse {
         render_error(error)
     }

@@ -54,6 +54,13 @@ fn tool_id(id: Option<&str>) -> String {
 /// Renders a whole answer as one `message`: its thinking, text and tool calls as
 /// content blocks in that order, each call's arguments parsed into its `input`.
 pub fn render_completion(model: &str, completion: &Completion) -> Result<Value, GatewayError> {
+    let finish = completion.effective_finish();
+    // `stop_sequence` only where the upstream said which one; OpenAI-style and Ollama
+    // servers stop on a sequence without saying so, which reads as `end_turn`.
+    let stop_sequence = completion
+        .stop_sequence
+        .as_deref()
+        .filter(|_| finish == FinishReason::Stop);
     let mut content = Vec::new();
     if !completion.thinking.is_empty() {
         content.push(json!({"type": "thinking", "thinking": completion.thinking,
@@ -89,8 +96,8 @@ pub fn render_completion(model: &str, completion: &Completion) -> Result<Value, 
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(completion.effective_finish()),
-        "stop_sequence": null,
+        "stop_reason": stop_sequence.map_or(stop_reason(finish), |_| "stop_sequence"),
+        "stop_sequence": stop_sequence,
         "usage": WireUsage::from(completion.usage.unwrap_or_default()),
     }))
 }
@@ -224,6 +231,10 @@ pub struct SseRenderer {
     /// Canonical tool-call indices whose block was opened.
     tools: Vec<usize>,
     finish: Option<FinishReason>,
+    /// The stop sequence the upstream stopped on, where it said which.
+    stop_sequence: Option<String>,
+    /// The prompt's tokens where the upstream said them before its answer.
+    prompt_tokens: Option<u64>,
     usage: Option<Usage>,
     /// Nothing more is written: an error event ended the stream.
     ended: bool,
@@ -241,6 +252,8 @@ impl SseRenderer {
             next_index: 0,
             tools: Vec::new(),
             finish: None,
+            stop_sequence: None,
+            prompt_tokens: None,
             usage: None,
             ended: false,
             failed: false,
@@ -253,7 +266,11 @@ impl SseRenderer {
             return;
         }
         let usage = WireUsage {
-            input_tokens: self.usage.map_or(0, |usage| usage.prompt_tokens),
+            input_tokens: self
+                .usage
+                .map(|usage| usage.prompt_tokens)
+                .or(self.prompt_tokens)
+                .unwrap_or(0),
             output_tokens: 0,
         };
         write_event(
@@ -352,9 +369,17 @@ impl StreamRenderer for SseRenderer {
         if self.ended {
             return;
         }
-        if let Event::Usage(usage) = event {
-            self.usage = Some(usage);
-            return;
+        match event {
+            Event::Usage(usage) => {
+                self.usage = Some(usage);
+                return;
+            }
+            // Known before the first token, shown in `message_start`.
+            Event::PromptTokens(tokens) => {
+                self.prompt_tokens = Some(tokens);
+                return;
+            }
+            _ => {}
         }
         self.start(out);
         match event {
@@ -383,7 +408,8 @@ impl StreamRenderer for SseRenderer {
             }
             Event::ToolCall(call) => self.tool_call(call, out),
             Event::Finish(reason) => self.finish = Some(reason),
-            Event::Text(_) | Event::Thinking(_) | Event::Usage(_) => {}
+            Event::StopSequence(sequence) => self.stop_sequence = Some(sequence),
+            Event::Text(_) | Event::Thinking(_) | Event::Usage(_) | Event::PromptTokens(_) => {}
         }
     }
 
@@ -398,11 +424,15 @@ impl StreamRenderer for SseRenderer {
             reason => reason,
         };
         let usage = self.usage.unwrap_or_default();
+        let stop_sequence = self
+            .stop_sequence
+            .as_deref()
+            .filter(|_| reason == FinishReason::Stop);
         write_event(
             out,
             "message_delta",
             &json!({"type": "message_delta",
-                    "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
+                    "delta": {"stop_reason": stop_sequence.map_or(stop_reason(reason), |_| "stop_sequence"), "stop_sequence": stop_sequence},
                     "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}}),
         );
         write_event(out, "message_stop", &json!({"type": "message_stop"}));
@@ -517,6 +547,8 @@ mod tests {
                 arguments: Cow::Borrowed("{\"a\":1}"),
             }],
             finish_reason: Some(FinishReason::Stop),
+            // Tool calls outrank a stop sequence as the reason given.
+            stop_sequence: Some("END".into()),
             usage: Some(usage()),
         };
         let value = render_completion("m", &completion).unwrap();
@@ -538,6 +570,14 @@ mod tests {
             value["usage"],
             json!({"input_tokens": 7, "output_tokens": 5})
         );
+        let stopped = Completion {
+            finish_reason: Some(FinishReason::Stop),
+            stop_sequence: Some("END".into()),
+            ..Completion::default()
+        };
+        let value = render_completion("m", &stopped).unwrap();
+        assert_eq!(value["stop_reason"], "stop_sequence");
+        assert_eq!(value["stop_sequence"], "END");
         for (reason, name) in [
             (FinishReason::Stop, "end_turn"),
             (FinishReason::Length, "max_tokens"),

@@ -332,8 +332,9 @@ impl StreamRenderer for NdjsonRenderer {
                 self.finish = Some(reason);
             }
             Event::Usage(usage) => self.usage = Some(usage),
-            // Only the server that made it reads a signature back; Ollama has no field.
-            Event::ThinkingSignature(_) => {}
+            // Only the server that made it reads a signature back; Ollama has no field,
+            // nor one for which stop sequence ended the answer.
+            Event::ThinkingSignature(_) | Event::StopSequence(_) | Event::PromptTokens(_) => {}
         }
     }
 

@@ -47,11 +47,7 @@ impl Dialect for OpenAi {
     }
 
     fn queue_comment(position: usize, out: &mut BytesMut) -> bool {
-        // An SSE comment line: every SSE parser skips it.
-        out.extend_from_slice(b": queue position ");
-        out.extend_from_slice(itoa::Buffer::new().format(position).as_bytes());
-        out.extend_from_slice(b"\n\n");
-        true
+        super::sse_queue_comment(position, out)
     }
 
     fn render_error(error: &GatewayError) -> HttpResponse {

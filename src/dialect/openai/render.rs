@@ -285,8 +285,9 @@ impl StreamRenderer for SseRenderer {
             }
             Event::Finish(reason) => self.finish(reason, out),
             Event::Usage(usage) => self.usage = Some(usage),
-            // Only the server that made it reads a signature back; OpenAI has no field.
-            Event::ThinkingSignature(_) => {}
+            // Only the server that made it reads a signature back; OpenAI has no field,
+            // nor one for which stop sequence ended the answer.
+            Event::ThinkingSignature(_) | Event::StopSequence(_) | Event::PromptTokens(_) => {}
         }
     }
 

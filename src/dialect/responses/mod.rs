@@ -10,6 +10,7 @@
 
 mod parse;
 mod render;
+mod saved;
 pub mod store;
 
 use std::sync::Arc;
@@ -206,6 +207,11 @@ impl Dialect for Responses {
         completion: &Completion,
     ) -> Result<HttpResponse, GatewayError> {
         Ok(HttpResponse::Ok().json(render::render_whole(model, reply, completion)))
+    }
+
+    fn queue_comment(position: usize, out: &mut bytes::BytesMut) -> bool {
+        // Before `response.created`: the first numbered event is still 0.
+        super::sse_queue_comment(position, out)
     }
 
     fn render_error(error: &GatewayError) -> HttpResponse {

@@ -549,8 +549,9 @@ impl StreamRenderer for ResponsesRenderer {
             Event::Usage(usage) => self.usage = Some(usage),
             // Only Anthropic's API takes its signature back; a Responses client has no
             // place for it but `encrypted_content`, which it sends back verbatim and
-            // the gateway drops.
-            Event::ThinkingSignature(_) => {}
+            // the gateway drops. A Responses answer does not say which stop sequence
+            // ended it.
+            Event::ThinkingSignature(_) | Event::StopSequence(_) | Event::PromptTokens(_) => {}
         }
     }
 
@@ -677,6 +678,7 @@ mod tests {
             finish_reason: Some(FinishReason::ToolCalls),
             usage: Some(usage()),
             thinking_signature: String::new(),
+            stop_sequence: None,
         };
         let store = Arc::new(ResponseStore::new(StoreConfig::default()));
         let mut reply = reply();

@@ -2,9 +2,11 @@
 //! request can continue the conversation by `previous_response_id`, and so that
 //! `GET`/`DELETE /v1/responses/{id}` work.
 //!
-//! The store lives in memory, shared by every worker, bounded by count and by age (the
-//! `[responses]` section of the configuration): a gateway in front of small local models
-//! must not grow without end because clients forget to delete. Each response belongs to
+//! The store is shared by every worker, bounded by count and by age (the `[responses]`
+//! section of the configuration): a gateway in front of small local models must not grow
+//! without end because clients forget to delete. With the usage ledger on, it lives in
+//! the ledger's SQLite database (`saved.rs`) and outlasts a restart; with it off, in
+//! memory. [`ResponseStore`] is the one type the dialect sees either way. Each response belongs to
 //! the key that made it; another key is told it does not exist, exactly as if it did not.
 //!
 //! A conversation is kept as canonical messages, not as wire items, so a continuation is
@@ -12,12 +14,14 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::saved::Database;
 use crate::chat::{Image, Message, Part, ToolCall};
 
 /// `[responses]`: how many stored responses are kept, and for how long.
@@ -77,14 +81,40 @@ struct Inner {
 /// The stored responses of every caller.
 pub struct ResponseStore {
     config: StoreConfig,
-    inner: Mutex<Inner>,
+    kept: Kept,
+}
+
+/// Where the responses are.
+enum Kept {
+    Memory(Mutex<Inner>),
+    Database(Database),
 }
 
 impl ResponseStore {
+    /// A store in memory, forgotten when the gateway stops.
     pub fn new(config: StoreConfig) -> ResponseStore {
         ResponseStore {
             config,
-            inner: Mutex::new(Inner::default()),
+            kept: Kept::Memory(Mutex::new(Inner::default())),
+        }
+    }
+
+    /// A store in the SQLite database at `database` when there is one (the usage
+    /// ledger's file), in memory otherwise.
+    pub fn open(config: StoreConfig, database: Option<&Path>) -> Result<ResponseStore, String> {
+        Ok(match database {
+            Some(path) => ResponseStore {
+                config,
+                kept: Kept::Database(Database::open(path, config)?),
+            },
+            None => ResponseStore::new(config),
+        })
+    }
+
+    /// Writes what is waiting to be written; the store keeps nothing more after this.
+    pub fn close(&self) {
+        if let Kept::Database(database) = &self.kept {
+            database.close();
         }
     }
 
@@ -97,7 +127,11 @@ impl ResponseStore {
         if self.config.store_max == 0 {
             return;
         }
-        let Ok(mut inner) = self.inner.lock() else {
+        let inner = match &self.kept {
+            Kept::Memory(inner) => inner,
+            Kept::Database(database) => return database.put(id, response),
+        };
+        let Ok(mut inner) = inner.lock() else {
             return;
         };
         let now = Instant::now();
@@ -126,7 +160,11 @@ impl ResponseStore {
 
     /// The response `id` if `owner` made it and it has not aged out.
     pub fn get(&self, id: &str, owner: &str) -> Option<StoredResponse> {
-        let inner = self.inner.lock().ok()?;
+        let inner = match &self.kept {
+            Kept::Memory(inner) => inner,
+            Kept::Database(database) => return database.get(id, owner),
+        };
+        let inner = inner.lock().ok()?;
         let entry = inner.entries.get(id)?;
         (&*entry.response.owner == owner && entry.made.elapsed() <= self.max_age())
             .then(|| entry.response.clone())
@@ -134,7 +172,11 @@ impl ResponseStore {
 
     /// Deletes the response `id` if `owner` made it; whether there was one to delete.
     pub fn delete(&self, id: &str, owner: &str) -> bool {
-        let Ok(mut inner) = self.inner.lock() else {
+        let inner = match &self.kept {
+            Kept::Memory(inner) => inner,
+            Kept::Database(database) => return database.delete(id, owner),
+        };
+        let Ok(mut inner) = inner.lock() else {
             return false;
         };
         let max_age = self.max_age();
