@@ -45,6 +45,8 @@ struct RawConfig {
     /// Stored responses of the Responses API.
     #[serde(default)]
     responses: crate::dialect::responses::store::StoreConfig,
+    /// `[cluster]`: limits, slots and usage shared with other instances through Redis.
+    cluster: Option<crate::cluster::RawCluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +173,8 @@ pub struct Config {
     pub aliases: Vec<Alias>,
     /// `[responses]`: the limits of the stored responses.
     pub responses: crate::dialect::responses::store::StoreConfig,
+    /// `[cluster]`, checked; `None`: this instance shares nothing and connects nowhere.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// Admin keys from the configuration: secrets, so their `Debug` says only how many.
@@ -448,6 +452,10 @@ impl RawConfig {
             default_backend,
             backends,
             responses: self.responses,
+            cluster: self
+                .cluster
+                .map(|raw| raw.check().map_err(ConfigError))
+                .transpose()?,
         })
     }
 }

@@ -36,7 +36,9 @@ impl Shared {
     /// Loads the keys and applies the contract's rule on anonymous serving.
     pub fn prepare(config: Config) -> Result<Shared, String> {
         let anonymous = Anonymous::for_config(&config);
-        let keys = KeyStore::load(config.keys_file.clone(), &config.admin_keys.0, anonymous)?;
+        let mut keys = KeyStore::load(config.keys_file.clone(), &config.admin_keys.0, anonymous)?;
+        let cluster = config.cluster.clone().map(crate::cluster::Cluster::new);
+        keys.share_with(cluster.clone());
         if keys.is_empty() && anonymous == Anonymous::Never {
             return Err(format!(
                 "server.listen {} is not a loopback address and no API keys are configured: set auth.keys_file, or auth.allow_anonymous = true to serve without keys",
@@ -51,7 +53,7 @@ impl Shared {
             .collect();
         Ok(Shared {
             pools: Arc::new(Pools::for_config(&config)),
-            admission: Arc::new(Admission::new(&limits, metrics.clone())),
+            admission: Arc::new(Admission::new(&limits, metrics.clone()).with_cluster(cluster)),
             config: Arc::new(config),
             keys: Arc::new(keys),
             metrics,
@@ -62,6 +64,9 @@ impl Shared {
 /// Binds the listener and returns the server (not yet awaited) and its address.
 pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let config = shared.config.clone();
+    if let Some(cluster) = shared.keys.cluster() {
+        cluster.launch();
+    }
     let keys = web::Data::from(shared.keys.clone());
     let metrics = web::Data::from(shared.metrics.clone());
     let admission = web::Data::from(shared.admission.clone());
