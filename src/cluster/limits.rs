@@ -22,7 +22,7 @@ use crate::limits::{Budgets, RateLimits, RequestBudget};
 /// none), this request's member in the window, ms left in the UTC day.
 /// Returns {admitted, which refused (1 rpm, 2 tpm, 3 day), retry ms, rpm left, tpm
 /// left, day left} with -1 for a limit the key does not have.
-static ADMIT: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')

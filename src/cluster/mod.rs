@@ -402,7 +402,16 @@ impl Cluster {
         )
         .await
         {
-            Ok(Ok(manager)) => Ok(manager),
+            Ok(Ok(manager)) => {
+                // Loaded now, so that no request pays for a NOSCRIPT and a reload.
+                let mut loader = manager.clone();
+                for script in [&*slots::ACQUIRE, &*limits::ADMIT] {
+                    if let Err(error) = script.prepare_invoke().load_async(&mut loader).await {
+                        return Err(error.to_string());
+                    }
+                }
+                Ok(manager)
+            }
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("no connection within 2 s".to_owned()),
         }

@@ -28,7 +28,7 @@ use crate::queue::{KeyCap, Slot};
 /// KEYS: the sorted sets; ARGV[1]: the holder; ARGV[2]: the lease in ms; ARGV[2 + i]:
 /// the budget of KEYS[i]. Takes a slot of every set or of none. Redis's own clock
 /// scores the leases, so instances' clocks need not agree.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')

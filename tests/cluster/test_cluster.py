@@ -6,8 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from conftest import LEASE_SECS
-
 ALICE = "sk-alice-0123456789"
 LIMITED = "sk-limited-0123456789"
 
@@ -81,25 +79,44 @@ def test_a_backend_never_sees_more_than_its_cluster_wide_max_concurrent(cluster,
     assert upstream.most == 2
 
 
-def test_a_killed_gateway_frees_its_slot_within_the_lease_time(cluster, upstream, redis):
+def test_a_killed_gateway_frees_its_slot_within_the_lease_time(cluster, upstream, redis, lease_secs):
     gateways = cluster({ALICE: "alice"}, max_concurrent=1)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(chat, gateways[0], ALICE, "gpu/slow", 5)
         wait_for(lambda: redis.command("ZCARD", "switchyard:slots:backend:gpu") == 1, 5,
                  "the slow request holds the slot")
         # Held and renewed: another instance's request waits past a lease time.
-        time.sleep(LEASE_SECS * 1.5)
+        time.sleep(lease_secs * 1.5)
         assert redis.command("ZCARD", "switchyard:slots:backend:gpu") == 1
         gateways[0].stop(kill=True)
         killed = time.monotonic()
         answer = chat(gateways[1], ALICE)
         waited = time.monotonic() - killed
     assert answer.status_code == 200, answer.text
-    assert waited <= LEASE_SECS + 1.0, waited
+    assert waited <= lease_secs + 1.0, waited
+
+
+def test_a_slow_redis_is_waited_on_for_at_most_the_timeout(cluster, redis):
+    gateways = cluster({LIMITED: {"user": "carol", "rpm": 100}}, timeout_ms=50)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sleeping = pool.submit(redis.command, "DEBUG", "SLEEP", "2")
+        time.sleep(0.2)
+        started = time.monotonic()
+        answer = chat(gateways[0], LIMITED, "echo/m")
+        took = time.monotonic() - started
+        assert answer.status_code == 200
+        # Counted on this instance's share (100 / 3) while Redis keeps quiet.
+        assert answer.headers["x-ratelimit-limit-requests"] == "34"
+        assert took < 1.0, took
+        sleeping.result()
+    wait_for(lambda: gateways[0].health().get("redis") == "ok", 10, "redis answers again")
+    wait_for(
+        lambda: chat(gateways[0], LIMITED, "echo/m").headers["x-ratelimit-limit-requests"] == "100",
+        5, "counted in Redis again")
 
 
 def test_redis_stopped_then_restarted(cluster, redis):
-    gateways = cluster({ALICE: "alice"})
+    gateways = cluster({ALICE: "alice", LIMITED: {"user": "carol", "rpm": 100}})
     assert chat(gateways[0], ALICE, "echo/m").status_code == 200
     redis.stop()
     started = time.monotonic()
@@ -116,3 +133,8 @@ def test_redis_stopped_then_restarted(cluster, redis):
     for gateway in gateways:
         wait_for(lambda: gateway.health().get("redis") == "ok", 10, "redis is back")
     assert "shared again" in gateways[0].logs()
+    # Shared counting resumes: each instance's requests are counted in Redis again.
+    for gateway in gateways:
+        assert chat(gateway, LIMITED, "echo/m").status_code == 200
+    [window] = redis.command("KEYS", "switchyard:rpm:*")
+    assert redis.command("ZCARD", window) == 3
