@@ -275,3 +275,33 @@ impl Cluster {
         share
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{policy, KeyEntry};
+
+    #[tokio::test]
+    async fn without_redis_a_key_gets_this_instances_share() {
+        let cluster = crate::cluster::slots::tests::unreachable(3);
+        let entry = KeyEntry {
+            user: "carol".into(),
+            rpm: Some(12),
+            ..KeyEntry::default()
+        };
+        let key = policy("sk-shared-0123456789", &entry).unwrap();
+        let local = RateLimits::default();
+        let mut admitted = 0;
+        for _ in 0..12 {
+            match cluster.count(&key, &local).await {
+                Ok(budgets) => {
+                    admitted += 1;
+                    assert_eq!(budgets.requests.unwrap().limit, 4);
+                }
+                Err(GatewayError::RateLimited { .. }) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(admitted, 4, "12 rpm over 3 instances");
+    }
+}

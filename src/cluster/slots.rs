@@ -268,3 +268,42 @@ impl Drop for Lease {
         });
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cluster::{Cluster, RawCluster};
+
+    /// A cluster whose Redis never answered: every slot comes from the local share.
+    pub(crate) fn unreachable(instances: u64) -> Arc<Cluster> {
+        let raw: RawCluster = config::Config::builder()
+            .add_source(config::File::from_str(
+                &format!(
+                    "redis_url = \"redis://127.0.0.1:1/0\"\ninstances = {instances}\npoll_ms = 5"
+                ),
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        Cluster::new(raw.check().unwrap())
+    }
+
+    #[tokio::test]
+    async fn without_redis_an_instance_takes_its_share_of_the_slots() {
+        let cluster = unreachable(3);
+        let wants = vec![("gpu".to_owned(), 6), ("key".to_owned(), 9)];
+        let soon = || Instant::now() + std::time::Duration::from_millis(30);
+        let first = cluster.lease(&wants, soon()).await.expect("one of two");
+        let second = cluster.lease(&wants, soon()).await.expect("two of two");
+        assert!(first.local && second.local);
+        // 6 / 3 instances: the third waits, then gives up at its deadline.
+        assert!(cluster.lease(&wants, soon()).await.is_none());
+        drop(first);
+        let third = cluster.lease(&wants, soon()).await;
+        assert!(third.is_some(), "the freed share is taken again");
+        assert_eq!(cluster.local.lock().unwrap().get("key"), Some(&2));
+        assert_eq!(cluster.health(), "unreachable");
+    }
+}
