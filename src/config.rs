@@ -273,6 +273,9 @@ impl Config {
                 None => "none (anonymous)".to_owned(),
             }
         );
+        if let Some(cluster) = &self.cluster {
+            let _ = writeln!(out, "{}", cluster.describe());
+        }
         let _ = writeln!(out, "backends:");
         for backend in &self.backends {
             match backend.kind.upstream() {

@@ -171,6 +171,18 @@ impl ClusterSettings {
         }
     }
 
+    /// One line for `switchyard check`.
+    pub fn describe(&self) -> String {
+        format!(
+            "cluster: limits, slots and usage shared through {}{} (timeout {} ms, lease {} s; 1/{} of each limit while it is unreachable)",
+            self.shown_url(),
+            if self.password.is_some() { " with a password" } else { "" },
+            self.timeout.as_millis(),
+            self.lease.as_secs_f64(),
+            self.instances
+        )
+    }
+
     /// This instance's share of a limit while Redis is unreachable: at least 1.
     pub fn share(&self, limit: u64) -> u64 {
         limit.div_ceil(self.instances).max(1)
