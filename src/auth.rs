@@ -19,7 +19,8 @@ use subtle::ConstantTimeEq;
 use crate::config::{Config, MetricsAccess};
 use crate::error::GatewayError;
 use crate::keys::{self, KeyEntry, KeyPolicy};
-use crate::limits::{Budgets, RateLimits, RequestBudget};
+use crate::limits::{Budgets, RateLimits, Refusal, RequestBudget};
+use crate::metrics::Metrics;
 use crate::peer;
 
 /// How often the keys file is looked at for changes.
@@ -286,26 +287,32 @@ pub async fn admit(request: &ServiceRequest) -> (Result<(), GatewayError>, Budge
             match counted {
                 Ok(budgets) => (Ok(()), budgets),
                 Err(refusal) => {
+                    let Refusal { error, reason } = *refusal;
+                    if let Some(metrics) = request.app_data::<web::Data<Metrics>>() {
+                        metrics.rejected(&policy.user, reason);
+                    }
                     // The limit that refused is reported as spent.
-                    let tokens = matches!(refusal, GatewayError::RateLimited { tokens: true, .. });
                     let spent = |limit: Option<u64>| {
                         limit.map(|limit| RequestBudget {
                             limit,
                             remaining: 0,
                         })
                     };
-                    let budgets = if tokens {
-                        Budgets {
+                    let budgets = match reason {
+                        "tpm" => Budgets {
                             requests: None,
                             tokens: spent(policy.tpm),
-                        }
-                    } else {
-                        Budgets {
+                        },
+                        "tokens_per_day" => Budgets {
+                            requests: None,
+                            tokens: spent(policy.tokens_per_day),
+                        },
+                        _ => Budgets {
                             requests: spent(policy.rpm),
                             tokens: None,
-                        }
+                        },
                     };
-                    (Err(refusal), budgets)
+                    (Err(error), budgets)
                 }
             }
         }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::backend::BackendSettings;
 pub use crate::backend::{BackendConfig, BackendKind, UpstreamConfig};
+pub use crate::usage::LedgerConfig;
 
 /// Where the listen address is when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -45,6 +46,9 @@ struct RawConfig {
     /// Stored responses of the Responses API.
     #[serde(default)]
     responses: crate::dialect::responses::store::StoreConfig,
+    /// The usage ledger.
+    #[serde(default)]
+    ledger: LedgerConfig,
     /// `[cluster]`: limits, slots and usage shared with other instances through Redis.
     cluster: Option<crate::cluster::RawCluster>,
 }
@@ -149,6 +153,9 @@ struct RawBackend {
     max_queue: Option<i64>,
     /// The longest a request waits for a slot.
     queue_timeout_secs: Option<f64>,
+    /// The most output tokens a request may ask of this backend
+    /// (`crate::pipeline::output_cap`).
+    max_output_tokens: Option<i64>,
     /// `kind` and the settings that kind takes.
     #[serde(flatten)]
     settings: BackendSettings,
@@ -173,6 +180,8 @@ pub struct Config {
     pub aliases: Vec<Alias>,
     /// `[responses]`: the limits of the stored responses.
     pub responses: crate::dialect::responses::store::StoreConfig,
+    /// `[ledger]`: the usage ledger's file, or none.
+    pub ledger: LedgerConfig,
     /// `[cluster]`, checked; `None`: this instance shares nothing and connects nowhere.
     pub cluster: Option<crate::cluster::ClusterSettings>,
 }
@@ -273,6 +282,11 @@ impl Config {
                 None => "none (anonymous)".to_owned(),
             }
         );
+        let _ = if self.ledger.enabled {
+            writeln!(out, "usage ledger: {}", self.ledger.path.display())
+        } else {
+            writeln!(out, "usage ledger: off")
+        };
         if let Some(cluster) = &self.cluster {
             let _ = writeln!(out, "{}", cluster.describe());
         }
@@ -311,6 +325,13 @@ impl Config {
                     queue.max_concurrent,
                     queue.max_queue,
                     queue.timeout.as_secs_f64()
+                );
+            }
+            if let Some(tokens) = backend.max_output_tokens {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} max_output_tokens {tokens}: a larger max_tokens is lowered to it",
+                    ""
                 );
             }
         }
@@ -377,6 +398,7 @@ impl RawConfig {
                     name: "echo".to_owned(),
                     kind: BackendKind::Echo,
                     queue: None,
+                    max_output_tokens: None,
                 }],
                 Some(
                     self.routing
@@ -441,7 +463,13 @@ impl RawConfig {
         if self.server.cors_allow_origins.iter().any(|o| o == "*") && !keys_required {
             return err("server.cors_allow_origins \"*\" lets every web page call the gateway, so it needs keys: set auth.keys_file (and leave auth.allow_anonymous off), or name the origins");
         }
+        if self.ledger.enabled && self.ledger.path.as_os_str().is_empty() {
+            return err(
+                "ledger.path must not be empty; set ledger.enabled = false to keep no ledger",
+            );
+        }
         Ok(Config {
+            ledger: self.ledger,
             cors_allow_origins: self.server.cors_allow_origins,
             admin_keys: AdminKeys(self.auth.admin_keys),
             trusted_proxies,
@@ -664,10 +692,20 @@ impl RawBackend {
             self.queue_timeout_secs,
         )
         .map_err(ConfigError)?;
+        let max_output_tokens = match self.max_output_tokens {
+            None => None,
+            Some(tokens) if tokens > 0 => Some(tokens.unsigned_abs()),
+            Some(tokens) => {
+                return err(format!(
+                    "{key}.max_output_tokens must be a positive number of tokens (it is {tokens})"
+                ))
+            }
+        };
         Ok(BackendConfig {
             name: self.name,
             kind,
             queue,
+            max_output_tokens,
         })
     }
 }
@@ -721,6 +759,23 @@ mod tests {
 
     fn error_of(toml: &str) -> String {
         Config::from_toml(toml).unwrap_err().0
+    }
+
+    #[test]
+    fn max_output_tokens_is_read_for_any_kind_and_must_be_positive() {
+        let config = Config::from_toml(
+            "[[backends]]\nname = \"e\"\nkind = \"echo\"\nmax_output_tokens = 4096\n[[backends]]\nname = \"o\"\nkind = \"openai\"\nurl = \"http://h/v1\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.backends[0].max_output_tokens, Some(4096));
+        assert_eq!(config.backends[1].max_output_tokens, None);
+        assert!(config.describe().contains("max_output_tokens 4096"));
+        for bad in ["0", "-5"] {
+            let error = error_of(&format!(
+                "[[backends]]\nname = \"e\"\nkind = \"echo\"\nmax_output_tokens = {bad}\n"
+            ));
+            assert!(error.contains("backends[0].max_output_tokens"), "{error}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod router;
 mod routes;
 pub mod server;
 pub mod timing;
+pub mod usage;
 
 pub use config::Config;
 pub use server::{serve, start, Shared};

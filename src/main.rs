@@ -1,4 +1,4 @@
-//! The `switchyard` command: `serve` (the default) and `check`.
+//! The `switchyard` command: `serve` (the default), `check`, `keys`, `usage`, `health`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +36,9 @@ enum Command {
         #[command(subcommand)]
         command: switchyard::keys::cli::KeysCommand,
     },
+    /// Totals from the usage ledger: requests, tokens and errors, overall or by user,
+    /// model, backend or day. Works while the gateway runs.
+    Usage(switchyard::usage::report::UsageArgs),
     /// Ask a running gateway's `/health`: exit 0 when it answers ok, 1 otherwise. Needs
     /// nothing but this binary, so a container's HEALTHCHECK can run it.
     Health {
@@ -68,6 +71,19 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Usage(args)) = &cli.command {
+        // Only the ledger's place is read, as for `keys`.
+        return match switchyard::usage::report::run(path.as_deref(), args) {
+            Ok(output) => {
+                print!("{output}");
+                ExitCode::SUCCESS
+            }
+            Err(problem) => {
+                eprintln!("switchyard usage: {problem}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let shared = match Config::load(path.as_deref())
         .map_err(|e| e.to_string())
         .and_then(Shared::prepare)
@@ -88,7 +104,7 @@ fn main() -> ExitCode {
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
-        Command::Keys { .. } => ExitCode::SUCCESS,
+        Command::Keys { .. } | Command::Usage(_) => ExitCode::SUCCESS,
         Command::Health { .. } => health::report(&health::url_for(shared.config.listen)),
         Command::Serve => match actix_web::rt::System::new().block_on(switchyard::serve(shared)) {
             Ok(()) => ExitCode::SUCCESS,

@@ -3,14 +3,18 @@
 //! alias's targets in turn while the failure is one another server might not have),
 //! calls the backend, gives up when the client leaves, notes the `Server-Timing` marks
 //! and the tokens spent, and lets the dialect render the answer or the error.
-//! Embeddings take the same fallback, hang-up and timing.
+//! Embeddings take the same fallback, hang-up and timing. What each request cost and
+//! how it ended is gathered on its [`Caller`] and recorded once, when it ends
+//! (`crate::usage`).
 //!
 //! Dialects know nothing of backends and backends nothing of dialects; this module is
 //! where the two meet, through the canonical types of `chat.rs` and `embed.rs`.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, Route};
@@ -18,19 +22,22 @@ use bytes::{Bytes, BytesMut};
 use futures::future::{select, Either};
 use futures::{FutureExt, Stream, StreamExt};
 
-use crate::auth::{Key, KeyStore, User};
+use crate::auth::{Key, User};
 use crate::backend::Backend;
 use crate::chat::{peek_first, ChatRequest, Completion, Event, EventStream};
 use crate::dialect::{Dialect, ParsedChat, StreamRenderer};
 use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::GatewayError;
 use crate::hangup::{client_gone, ClientSocket};
+use crate::keys::KeyPolicy;
 use crate::metrics::{CountedAtEnd, Metrics};
 use crate::queue::{Admission, KeyCap, Slot};
 use crate::router::Router;
 use crate::timing::{self, Stopwatch};
+use crate::usage::{Draft, Finished, Recorder};
 
 mod admission;
+mod output_cap;
 use admission::{queued_stream, slot, First, Waiting};
 
 /// Largest accepted request body, per the configuration.
@@ -38,7 +45,6 @@ use admission::{queued_stream, slot, First, Waiting};
 pub struct BodyLimit(pub usize);
 
 /// Who is asking, for counting what they spend.
-#[derive(Clone)]
 pub struct Caller {
     pub user: Arc<str>,
     pub metrics: web::Data<Metrics>,
@@ -48,39 +54,22 @@ pub struct Caller {
     pub stopwatch: Option<Stopwatch>,
     /// The request, for a stream to count and log itself when it ends.
     request: HttpRequest,
-    /// Where a limited key's tokens are charged (keys with `tpm` only).
-    charge: Option<Charge>,
+    /// The key it came with, for its token budgets and the ledger's key id.
+    key: Option<Arc<KeyPolicy>>,
+    /// Where the request's outcome goes when it ends.
+    recorder: Option<web::Data<Recorder>>,
+    arrived: Instant,
+    /// What the request has gathered so far; recorded when the caller is dropped (a
+    /// whole answer, an error, a client that left), unless a stream took it along.
+    draft: RefCell<Draft>,
+    /// The answer's status, once rendered.
+    status: Cell<Option<StatusCode>>,
+    /// A stream's ledger records the outcome instead.
+    handed_off: Cell<bool>,
     /// Backends' slots, where a backend or this caller's key has `max_concurrent`.
     admission: Option<web::Data<Admission>>,
     /// The key's own `max_concurrent`.
     key_cap: Option<KeyCap>,
-}
-
-/// A key with a token budget, and the store that keeps its spending.
-#[derive(Clone)]
-struct Charge {
-    key_id: Arc<str>,
-    store: web::Data<KeyStore>,
-}
-
-/// Counts what an answer used: the token metrics, and a limited key's `tpm`.
-#[derive(Clone)]
-struct Spending {
-    metrics: web::Data<Metrics>,
-    user: Arc<str>,
-    charge: Option<Charge>,
-}
-
-impl Spending {
-    fn tokens(&self, backend: &str, prompt: u64, completion: u64) {
-        self.metrics.tokens(&self.user, backend, prompt, completion);
-        if let Some(charge) = &self.charge {
-            charge
-                .store
-                .limits()
-                .spend(&charge.key_id, prompt + completion);
-        }
-    }
 }
 
 /// The user name of requests served without keys, shared rather than allocated each time.
@@ -106,17 +95,11 @@ impl FromRequest for Caller {
             .unwrap_or_else(|| web::Data::new(Metrics::new()));
         let socket = request.conn_data::<ClientSocket>().copied();
         let stopwatch = request.extensions().get::<Stopwatch>().cloned();
-        let charge = request
+        let key = request
             .extensions()
             .get::<Key>()
-            .filter(|Key(policy)| policy.tpm.is_some())
-            .and_then(|Key(policy)| {
-                Some(Charge {
-                    key_id: policy.key_id.clone(),
-                    store: request.app_data::<web::Data<KeyStore>>()?.clone(),
-                })
-            });
-        let key_cap = request.extensions().get::<Key>().and_then(|Key(policy)| {
+            .map(|Key(policy)| policy.clone());
+        let key_cap = key.as_ref().and_then(|policy| {
             Some(KeyCap {
                 key_id: policy.key_id.clone(),
                 max: policy.max_concurrent?,
@@ -126,13 +109,21 @@ impl FromRequest for Caller {
             .app_data::<web::Data<Admission>>()
             .filter(|admission| key_cap.is_some() || admission.limits_backends())
             .cloned();
+        let arrived = stopwatch
+            .as_ref()
+            .map_or_else(Instant::now, Stopwatch::arrived);
         std::future::ready(Ok(Caller {
             user,
             metrics,
             socket,
             stopwatch,
             request: request.clone(),
-            charge,
+            key,
+            recorder: request.app_data::<web::Data<Recorder>>().cloned(),
+            arrived,
+            draft: RefCell::new(Draft::default()),
+            status: Cell::new(None),
+            handed_off: Cell::new(false),
             admission,
             key_cap,
         }))
@@ -140,12 +131,56 @@ impl FromRequest for Caller {
 }
 
 impl Caller {
-    /// What counts this caller's spending, for a stream to take along.
-    fn spending(&self) -> Spending {
-        Spending {
-            metrics: self.metrics.clone(),
+    /// This caller, for a stream that waits for a slot after the handler has returned:
+    /// what was gathered moves along, and this one records nothing.
+    fn hand_over(&self) -> Caller {
+        self.handed_off.set(true);
+        Caller {
             user: self.user.clone(),
-            charge: self.charge.clone(),
+            metrics: self.metrics.clone(),
+            socket: self.socket,
+            stopwatch: self.stopwatch.clone(),
+            request: self.request.clone(),
+            key: self.key.clone(),
+            recorder: self.recorder.clone(),
+            arrived: self.arrived,
+            draft: RefCell::new(std::mem::take(&mut *self.draft.borrow_mut())),
+            status: Cell::new(None),
+            handed_off: Cell::new(false),
+            admission: self.admission.clone(),
+            key_cap: self.key_cap.clone(),
+        }
+    }
+
+    /// Names the dialect the request came in: from here on it is a request that is
+    /// recorded when it ends.
+    pub fn speaks(&self, dialect: &'static str) {
+        self.draft.borrow_mut().dialect = dialect;
+    }
+
+    /// Notes the status the answer was rendered with.
+    pub fn answered(&self, status: StatusCode) {
+        self.status.set(Some(status));
+    }
+
+    /// Notes the model as the client named it.
+    fn asked(&self, model: &str) {
+        self.draft.borrow_mut().model = model.to_owned();
+    }
+
+    /// Notes the target about to be tried.
+    fn trying(&self, name: &str, model: &str) {
+        if let Some(recorder) = &self.recorder {
+            self.draft
+                .borrow_mut()
+                .target(recorder.backend(name), model);
+        }
+    }
+
+    /// Counts a failed upstream call.
+    fn upstream_failed(&self, error: &GatewayError) {
+        if let Some(recorder) = &self.recorder {
+            recorder.upstream_failed(error);
         }
     }
 
@@ -164,6 +199,36 @@ impl Caller {
         if let Some(stopwatch) = &self.stopwatch {
             stopwatch.upstream_answered();
         }
+    }
+
+    /// Who asked and what was gathered, to record how it ended.
+    fn finished(&self, draft: Draft, status: StatusCode) -> Finished {
+        Finished {
+            draft,
+            user: self.user.clone(),
+            key: self.key.clone(),
+            client_left: status == GatewayError::ClientGone.status(),
+            status,
+            arrived: self.arrived,
+        }
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        let draft = std::mem::take(self.draft.get_mut());
+        if self.handed_off.get() || draft.dialect.is_empty() {
+            return;
+        }
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        // Dropped unanswered: actix dropped the handler of a client that went away.
+        let status = self
+            .status
+            .get()
+            .unwrap_or_else(|| GatewayError::ClientGone.status());
+        recorder.finish(self.finished(draft, status));
     }
 }
 
@@ -237,9 +302,12 @@ pub async fn serve_chat<D: Dialect + Clone>(
     router: web::Data<Router>,
     caller: Caller,
 ) -> HttpResponse {
-    answer_chat(&dialect, body, &router, &caller)
+    caller.speaks(D::NAME);
+    let answer = answer_chat(&dialect, body, &router, &caller)
         .await
-        .unwrap_or_else(|error| D::render_error(&error))
+        .unwrap_or_else(|error| D::render_error(&error));
+    caller.answered(answer.status());
+    answer
 }
 
 async fn answer_chat<D: Dialect + Clone>(
@@ -253,6 +321,7 @@ async fn answer_chat<D: Dialect + Clone>(
     // (a stream or a completion) owns what it holds and needs neither.
     let body = body.bytes()?;
     let parsed = dialect.parse_chat(&body)?;
+    caller.asked(&parsed.model);
     caller.may_use(&parsed.model)?;
     if let Some(answer) = dialect.answer_locally(&parsed) {
         // Only a name that routes may be "loaded".
@@ -277,7 +346,7 @@ async fn answer_chat<D: Dialect + Clone>(
                     dialect: dialect.clone(),
                     body: body.clone(),
                     router: router.clone(),
-                    caller: caller.clone(),
+                    caller: caller.hand_over(),
                     ticket,
                 };
                 return Ok(stream_answer::<D>(queued_stream(waiting, place, renderer)));
@@ -314,6 +383,8 @@ pub struct Target<'r> {
     pub backend: &'r Backend,
     /// The model as the upstream knows it.
     pub model: &'r str,
+    /// The backend's `max_output_tokens` (see `output_cap`).
+    pub max_output_tokens: Option<u64>,
     /// Whether no target follows this one.
     pub last: bool,
 }
@@ -322,6 +393,7 @@ pub struct Target<'r> {
 /// the failure is one another server might not have, a plain name's one target.
 async fn with_fallback<'r, T, F, Fut>(
     router: &'r Router,
+    caller: &Caller,
     asked: &'r str,
     mut attempt: F,
 ) -> Result<T, GatewayError>
@@ -336,9 +408,15 @@ where
             name: route.name,
             backend: route.backend,
             model: route.model,
+            max_output_tokens: route.max_output_tokens,
             last,
         };
-        match attempt(target).await {
+        caller.trying(route.name, route.model);
+        let outcome = attempt(target).await;
+        if let Err(error) = &outcome {
+            caller.upstream_failed(error);
+        }
+        match outcome {
             Err(error) if !last && error.worth_another_target() => {
                 log::warn!(
                     "{asked}: target {}/{} failed ({error}); trying the next",
@@ -362,7 +440,7 @@ async fn start_stream(
     request: &ChatRequest<'_>,
     mut reserved: Option<Slot>,
 ) -> Result<EventStream, GatewayError> {
-    with_fallback(router, asked, |target| {
+    with_fallback(router, caller, asked, |target| {
         // A slot already given for the first target's backend.
         let reserved = reserved.take();
         async move {
@@ -373,20 +451,21 @@ async fn start_stream(
             caller.upstream_called();
             let first = async {
                 // The one place a streamed chat meets a backend.
-                let events = target.backend.chat(target.model, request).await;
+                let request = target.capped(request);
+                let events = target.backend.chat(target.model, &request).await;
                 caller.upstream_answered();
-                peek_first(events?).await
+                let events = peek_first(events?).await;
+                caller.draft.borrow_mut().first_event = Some(Instant::now());
+                events
             };
             let events = until_client_gone(caller, first).await?;
-            let (spending, name) = (caller.spending(), target.name.to_owned());
-            // The slot goes with the stream, given back when it ends or is dropped.
-            let events: EventStream = Box::pin(events.inspect(move |item| {
-                let _slot = &slot;
-                if let Ok(Event::Usage(usage)) = item {
-                    spending.tokens(&name, usage.prompt_tokens, usage.completion_tokens);
-                }
-            }));
-            Ok(events)
+            Ok(match slot {
+                // The slot goes with the stream, given back when it ends or is dropped.
+                Some(slot) => Box::pin(events.inspect(move |_| {
+                    let _slot = &slot;
+                })),
+                None => events,
+            })
         }
     })
     .await
@@ -399,19 +478,21 @@ async fn complete(
     asked: &str,
     request: &ChatRequest<'_>,
 ) -> Result<Completion, GatewayError> {
-    with_fallback(router, asked, |target| {
+    with_fallback(router, caller, asked, |target| {
         async move {
             let _slot = slot(caller, target.name).await?;
             caller.upstream_called();
             // The one place a whole chat answer is asked of a backend.
+            let request = target.capped(request);
             let completion =
-                until_client_gone(caller, target.backend.complete(target.model, request)).await;
+                until_client_gone(caller, target.backend.complete(target.model, &request)).await;
             caller.upstream_answered();
             let completion = completion?;
             if let Some(usage) = completion.usage {
                 caller
-                    .spending()
-                    .tokens(target.name, usage.prompt_tokens, usage.completion_tokens);
+                    .draft
+                    .borrow_mut()
+                    .usage(usage.prompt_tokens, usage.completion_tokens);
             }
             Ok(completion)
         }
@@ -427,6 +508,7 @@ pub async fn embed(
     asked: &str,
     request: EmbedRequest,
 ) -> Result<Embeddings, GatewayError> {
+    caller.asked(asked);
     caller.may_use(asked)?;
     if request.inputs.is_empty() {
         router.resolve(asked)?;
@@ -434,7 +516,7 @@ pub async fn embed(
     }
     let expected = request.inputs.len();
     let request = &request;
-    with_fallback(router, asked, |target| {
+    with_fallback(router, caller, asked, |target| {
         async move {
             let _slot = slot(caller, target.name).await?;
             caller.upstream_called();
@@ -443,9 +525,7 @@ pub async fn embed(
                 until_client_gone(caller, target.backend.embed(target.model, request)).await;
             caller.upstream_answered();
             let embeddings = embeddings?;
-            caller
-                .spending()
-                .tokens(target.name, embeddings.prompt_tokens, 0);
+            caller.draft.borrow_mut().usage(embeddings.prompt_tokens, 0);
             if embeddings.vectors.len() != expected {
                 return Err(GatewayError::UpstreamProtocol {
                     backend: target.name.to_owned(),
@@ -485,23 +565,45 @@ fn until_client_gone<'c, T>(
     }
 }
 
-/// Counts and logs a streamed answer when it ends, with the outcome it really had: 200
-/// for a clean end, the error's status for one that failed half way, 499 for a client
-/// that left (the stream is dropped before its end).
+/// Counts, logs and records a streamed answer when it ends, with the outcome it really
+/// had: 200 for a clean end, the error's status for one that failed half way, 499 for a
+/// client that left (the stream is dropped before its end), with the tokens used so far.
 struct StreamLedger {
     metrics: web::Data<Metrics>,
     request: HttpRequest,
     stopwatch: Option<Stopwatch>,
     closed: bool,
+    /// The request's draft, taken over from its caller, and who records it.
+    draft: Draft,
+    recorder: Option<(web::Data<Recorder>, Finished)>,
 }
 
 impl StreamLedger {
     fn new(caller: &Caller) -> StreamLedger {
+        caller.handed_off.set(true);
+        let draft = std::mem::take(&mut *caller.draft.borrow_mut());
         StreamLedger {
             metrics: caller.metrics.clone(),
             request: caller.request.clone(),
             stopwatch: caller.stopwatch.clone(),
             closed: false,
+            draft,
+            recorder: caller
+                .recorder
+                .clone()
+                .map(|recorder| (recorder, caller.finished(Draft::default(), StatusCode::OK))),
+        }
+    }
+
+    /// Notes what an event tells of the stream's usage.
+    fn saw(&mut self, event: &Event) {
+        self.draft.saw(event);
+    }
+
+    /// Counts the upstream failure that ended the stream.
+    fn upstream_failed(&self, error: &GatewayError) {
+        if let Some((recorder, _)) = &self.recorder {
+            recorder.upstream_failed(error);
         }
     }
 
@@ -509,6 +611,12 @@ impl StreamLedger {
     fn close(&mut self, status: StatusCode) {
         if std::mem::replace(&mut self.closed, true) {
             return;
+        }
+        if let Some((recorder, mut finished)) = self.recorder.take() {
+            finished.draft = std::mem::take(&mut self.draft);
+            finished.client_left = status == GatewayError::ClientGone.status();
+            finished.status = status;
+            recorder.finish(finished);
         }
         let route = self.request.match_pattern();
         self.metrics
@@ -551,10 +659,14 @@ where
         let mut next = events.next().await;
         loop {
             match next {
-                Some(Ok(event)) => renderer.event(event, &mut out),
+                Some(Ok(event)) => {
+                    ledger.saw(&event);
+                    renderer.event(event, &mut out);
+                }
                 Some(Err(error)) => {
                     log::warn!("stream ended by an upstream error: {error}");
                     renderer.error(&error, &mut out);
+                    ledger.upstream_failed(&error);
                     ledger.close(error.status());
                     yield Ok(out.split().freeze());
                     return;
@@ -643,6 +755,8 @@ mod tests {
             request: actix_web::test::TestRequest::default().to_http_request(),
             stopwatch: None,
             closed: false,
+            draft: Draft::default(),
+            recorder: None,
         };
         let chunks: Vec<Bytes> = render_stream(events, Dots, ledger)
             .map(|chunk| chunk.unwrap())

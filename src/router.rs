@@ -14,6 +14,8 @@ pub struct Route<'r, 'm> {
     pub backend: &'r Backend,
     /// The model as the upstream knows it.
     pub model: &'m str,
+    /// The backend's `max_output_tokens`.
+    pub max_output_tokens: Option<u64>,
 }
 
 /// The running backends of one worker, and how names reach them.
@@ -21,6 +23,8 @@ pub struct Router {
     backends: Vec<(String, Backend)>,
     /// Each backend's server pool (shared by workers), for `/health`.
     pools: Vec<Option<Arc<Pool>>>,
+    /// Each backend's `max_output_tokens`, in the same order.
+    output_caps: Vec<Option<u64>>,
     default: Option<usize>,
     aliases: Vec<Alias>,
 }
@@ -47,6 +51,11 @@ impl Router {
         Router {
             backends,
             pools,
+            output_caps: config
+                .backends
+                .iter()
+                .map(|b| b.max_output_tokens)
+                .collect(),
             default,
             aliases: config.aliases.clone(),
         }
@@ -54,21 +63,25 @@ impl Router {
 
     /// The backend for a model name, and the name the upstream knows the model by.
     pub fn route<'r, 'm>(&'r self, model: &'m str) -> Result<Route<'r, 'm>, GatewayError> {
-        let route = |(name, backend): &'r (String, Backend), model: &'m str| Route {
-            name: name.as_str(),
-            backend,
-            model,
+        let route = |index: usize, model: &'m str| {
+            let (name, backend) = &self.backends[index];
+            Route {
+                name: name.as_str(),
+                backend,
+                model,
+                max_output_tokens: self.output_caps.get(index).copied().flatten(),
+            }
         };
         if let Some((prefix, rest)) = model.split_once('/') {
-            if let Some(entry) = self.backends.iter().find(|(name, _)| name == prefix) {
+            if let Some(index) = self.backends.iter().position(|(name, _)| name == prefix) {
                 if rest.is_empty() {
                     return Err(GatewayError::ModelNotFound(model.to_owned()));
                 }
-                return Ok(route(entry, rest));
+                return Ok(route(index, rest));
             }
         }
         match self.default {
-            Some(index) => Ok(route(&self.backends[index], model)),
+            Some(index) => Ok(route(index, model)),
             None => Err(GatewayError::ModelNotFound(model.to_owned())),
         }
     }

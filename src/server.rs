@@ -20,6 +20,7 @@ use crate::queue::Admission;
 use crate::router::Router;
 use crate::routes;
 use crate::timing;
+use crate::usage::Recorder;
 
 /// What every worker shares: the checked configuration and the key store.
 pub struct Shared {
@@ -30,6 +31,8 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     /// The backends' slots and lines and the keys' counts (`max_concurrent`).
     pub admission: Arc<Admission>,
+    /// Where every request's outcome goes: metrics, token budgets, the usage ledger.
+    pub usage: Arc<Recorder>,
 }
 
 impl Shared {
@@ -45,24 +48,65 @@ impl Shared {
                 config.listen
             ));
         }
+        let keys = Arc::new(keys);
         let metrics = Arc::new(Metrics::new());
-        let limits: Vec<_> = config
-            .backends
-            .iter()
-            .map(|backend| (backend.name.clone(), backend.queue.clone()))
-            .collect();
+        let backends: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
         Ok(Shared {
             pools: Arc::new(Pools::for_config(&config)),
-            admission: Arc::new(Admission::new(&limits, metrics.clone()).with_cluster(cluster)),
+            admission: admission_for(&config, metrics.clone(), cluster),
             config: Arc::new(config),
-            keys: Arc::new(keys),
+            usage: Arc::new(Recorder::new(metrics.clone(), keys.clone(), &backends)),
+            keys,
             metrics,
         })
     }
+
+    /// The same, counting into `metrics` (tests give it a smaller cap on model labels).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Shared {
+        let backends: Vec<String> = self
+            .config
+            .backends
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        self.metrics = Arc::new(metrics);
+        self.admission = admission_for(
+            &self.config,
+            self.metrics.clone(),
+            self.keys.cluster().cloned(),
+        );
+        self.usage = Arc::new(Recorder::new(
+            self.metrics.clone(),
+            self.keys.clone(),
+            &backends,
+        ));
+        self
+    }
 }
 
-/// Binds the listener and returns the server (not yet awaited) and its address.
+/// The backends' slots and lines, counting into `metrics`, leased cluster-wide too
+/// where `[cluster]` shares them.
+fn admission_for(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+) -> Arc<Admission> {
+    let limits: Vec<_> = config
+        .backends
+        .iter()
+        .map(|backend| (backend.name.clone(), backend.queue.clone()))
+        .collect();
+    Arc::new(Admission::new(&limits, metrics).with_cluster(cluster))
+}
+
+/// Opens the usage ledger, binds the listener and returns the server (not yet awaited)
+/// and its address.
 pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    shared
+        .usage
+        .open_ledger(&shared.config.ledger)
+        .map_err(std::io::Error::other)?;
+    let usage = web::Data::from(shared.usage.clone());
     let config = shared.config.clone();
     if let Some(cluster) = shared.keys.cluster() {
         cluster.launch();
@@ -86,6 +130,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .app_data(metrics.clone())
             .app_data(admission.clone())
             .app_data(responses.clone())
+            .app_data(usage.clone())
             .app_data(web::Data::new(Router::new(&config, &pools)))
             .app_data(web::Data::new(BodyLimit(config.body_limit)))
             .app_data(web::Data::new(config.metrics_access))
@@ -148,6 +193,7 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
 
 /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish (bounded).
 pub async fn serve(shared: Shared) -> std::io::Result<()> {
+    let usage = shared.usage.clone();
     let (server, address) = start(shared)?;
     log::info!("listening on http://{address}");
     // actix stops at once on Ctrl-C; both signals must let in-flight answers finish.
@@ -168,7 +214,10 @@ pub async fn serve(shared: Shared) -> std::io::Result<()> {
         log::info!("{which}: no new connections; letting requests in flight finish");
         handle.stop(true).await;
     });
-    server.await
+    let served = server.await;
+    // Every answer has ended: the ledger's writer stores what is queued, then stops.
+    usage.close();
+    served
 }
 
 /// What every request passes through, in one middleware rather than two (each layer

@@ -32,6 +32,11 @@ impl Stopwatch {
         }))
     }
 
+    /// When the request arrived.
+    pub fn arrived(&self) -> Instant {
+        self.0.arrived
+    }
+
     /// Notes that the request is being handed to a backend (the last one tried counts).
     pub fn upstream_called(&self) {
         self.0.upstream_called.set(Some(Instant::now()));

@@ -131,6 +131,8 @@ body_limit_bytes = 67108864
 shutdown_timeout_secs = 1
 [routing]
 default_backend = "oa"
+[ledger]
+enabled = false
 [[backends]]
 name = "oa"
 kind = "openai"

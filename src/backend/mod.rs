@@ -68,6 +68,9 @@ pub struct BackendConfig {
     pub kind: BackendKind,
     /// `max_concurrent` and its line, for every kind alike; `None`: no limit.
     pub queue: Option<crate::queue::QueueSettings>,
+    /// `max_output_tokens`, for every kind alike: the most a request's `max_tokens` may
+    /// ask of this backend (larger values are lowered to it); `None`: no cap.
+    pub max_output_tokens: Option<u64>,
 }
 
 /// What a backend talks to, checked.
@@ -144,9 +147,15 @@ impl Backend {
             )),
             BackendKind::Anthropic(settings) => {
                 let upstream = &settings.upstream;
+                // The length it asks when the client named none stays under the cap too.
+                let default_max_tokens = config
+                    .max_output_tokens
+                    .map_or(settings.default_max_tokens, |cap| {
+                        cap.min(settings.default_max_tokens)
+                    });
                 Backend::Anthropic(anthropic::AnthropicBackend::new(
                     Upstream::new(&config.name, upstream, pool(upstream), "/models"),
-                    settings.default_max_tokens,
+                    default_max_tokens,
                 ))
             }
             BackendKind::Echo => Backend::Echo(echo::EchoBackend),

@@ -16,7 +16,7 @@ use redis::Script;
 use super::Cluster;
 use crate::error::GatewayError;
 use crate::keys::KeyPolicy;
-use crate::limits::{Budgets, RateLimits, RequestBudget};
+use crate::limits::{Budgets, RateLimits, Refusal, RequestBudget};
 
 /// KEYS: rpm window, tpm buckets, today's tokens. ARGV: rpm, tpm, tokens per day (0:
 /// none), this request's member in the window, ms left in the UTC day.
@@ -222,7 +222,7 @@ impl Cluster {
         &self,
         policy: &KeyPolicy,
         local: &RateLimits,
-    ) -> Result<Budgets, GatewayError> {
+    ) -> Result<Budgets, Box<Refusal>> {
         match self.admit(policy).await {
             Some(Counted::Admitted {
                 requests,
@@ -239,7 +239,13 @@ impl Cluster {
             Some(Counted::Refused {
                 limit,
                 retry_after_secs,
-            }) => Err(GatewayError::RateLimited {
+            }) => Err(Box::new(Refusal {
+                reason: match limit {
+                    Limit::Rpm => "rpm",
+                    Limit::Tpm => "tpm",
+                    Limit::TokensPerDay => "tokens_per_day",
+                },
+                error: GatewayError::RateLimited {
                 message: format!(
                     "API key {} ({}) is over its {} across all of this gateway's instances; retry in {retry_after_secs} s",
                     policy.masked,
@@ -252,7 +258,7 @@ impl Cluster {
                 ),
                 retry_after_secs,
                 tokens: limit != Limit::Rpm,
-            }),
+            }})),
             None => local.admit(&self.local_share(policy)),
         }
     }
@@ -298,8 +304,7 @@ mod tests {
                     admitted += 1;
                     assert_eq!(budgets.requests.unwrap().limit, 4);
                 }
-                Err(GatewayError::RateLimited { .. }) => {}
-                Err(other) => panic!("{other:?}"),
+                Err(refusal) => assert_eq!(refusal.reason, "rpm"),
             }
         }
         assert_eq!(admitted, 4, "12 rpm over 3 instances");

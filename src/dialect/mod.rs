@@ -38,6 +38,9 @@ pub trait Dialect: Sized + 'static {
     /// Writes a stream of events in this dialect's framing.
     type Renderer: StreamRenderer + 'static;
 
+    /// The dialect's name in metrics and the usage ledger (`openai`, `ollama`,
+    /// `anthropic`, `responses`).
+    const NAME: &'static str;
     /// The `Content-Type` of a streamed answer.
     const STREAM_CONTENT_TYPE: &'static str;
     /// Further headers of a streamed answer (SSE wants proxies not to buffer it).

@@ -117,7 +117,9 @@ pub(super) fn queued_stream<D: Dialect>(
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
     async_stream::stream! {
         let Waiting { dialect, body, router, caller, mut ticket } = waiting;
-        let mut ledger = StreamLedger::new(&caller);
+        // The ledger takes the caller's record over only once the upstream has been
+        // tried, so that the record names the backend; a client that leaves before
+        // then is recorded by the caller itself as it is dropped.
         let mut out = place;
         let mut shown = ticket.position();
         yield Ok(out.split().freeze());
@@ -137,7 +139,7 @@ pub(super) fn queued_stream<D: Dialect>(
                 Err(GatewayError::ClientGone) => return,
                 Err(error) => {
                     renderer.error(&error, &mut out);
-                    ledger.close(error.status());
+                    StreamLedger::new(&caller).close(error.status());
                     yield Ok(out.split().freeze());
                     return;
                 }
@@ -149,7 +151,7 @@ pub(super) fn queued_stream<D: Dialect>(
             Err(GatewayError::ClientGone) => return,
             Err(error) => {
                 renderer.error(&error, &mut out);
-                ledger.close(error.status());
+                StreamLedger::new(&caller).close(error.status());
                 yield Ok(out.split().freeze());
                 return;
             }
@@ -163,6 +165,7 @@ pub(super) fn queued_stream<D: Dialect>(
         };
         match started {
             Ok(events) => {
+                let ledger = StreamLedger::new(&caller);
                 let mut rendered = pin!(render_stream(events, renderer, ledger));
                 while let Some(chunk) = rendered.next().await {
                     yield chunk;
@@ -171,7 +174,7 @@ pub(super) fn queued_stream<D: Dialect>(
             Err(GatewayError::ClientGone) => {}
             Err(error) => {
                 renderer.error(&error, &mut out);
-                ledger.close(error.status());
+                StreamLedger::new(&caller).close(error.status());
                 yield Ok(out.split().freeze());
             }
         }

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
 
-use crate::dialect::ollama::{self as ollama_dialect, embeddings as ollama, json_utf8};
-use crate::dialect::openai::{self as openai_dialect, embeddings as openai};
+use crate::dialect::ollama::{self as ollama_dialect, embeddings as ollama, json_utf8, Ollama};
+use crate::dialect::openai::{self as openai_dialect, embeddings as openai, OpenAi};
+use crate::dialect::Dialect;
 use crate::pipeline::{embed, Caller, RequestBody};
 use crate::router::Router;
 
@@ -16,14 +17,17 @@ pub async fn openai_embeddings(
     router: web::Data<Router>,
     caller: Caller,
 ) -> HttpResponse {
+    caller.speaks(OpenAi::NAME);
     let answer = async {
         let parsed = openai::parse(&body.bytes()?)?;
         let embeddings = embed(&router, &caller, &parsed.model, parsed.request).await?;
         Ok(HttpResponse::Ok().json(openai::render(&parsed.model, &embeddings, parsed.base64)))
     };
-    answer
+    let answer = answer
         .await
-        .unwrap_or_else(|error| openai_dialect::render_error(&error))
+        .unwrap_or_else(|error| openai_dialect::render_error(&error));
+    caller.answered(answer.status());
+    answer
 }
 
 pub async fn ollama_embed(
@@ -31,6 +35,7 @@ pub async fn ollama_embed(
     router: web::Data<Router>,
     caller: Caller,
 ) -> HttpResponse {
+    caller.speaks(Ollama::NAME);
     let started = Instant::now();
     let answer = async {
         let parsed = ollama::parse_embed(&body.bytes()?)?;
@@ -42,9 +47,11 @@ pub async fn ollama_embed(
             total_ns,
         )))
     };
-    answer
+    let answer = answer
         .await
-        .unwrap_or_else(|error| ollama_dialect::render_error(&error))
+        .unwrap_or_else(|error| ollama_dialect::render_error(&error));
+    caller.answered(answer.status());
+    answer
 }
 
 pub async fn ollama_embeddings_legacy(
@@ -52,12 +59,15 @@ pub async fn ollama_embeddings_legacy(
     router: web::Data<Router>,
     caller: Caller,
 ) -> HttpResponse {
+    caller.speaks(Ollama::NAME);
     let answer = async {
         let parsed = ollama::parse_legacy(&body.bytes()?)?;
         let embeddings = embed(&router, &caller, &parsed.model, parsed.request).await?;
         Ok(json_utf8(&ollama::render_legacy(&embeddings)))
     };
-    answer
+    let answer = answer
         .await
-        .unwrap_or_else(|error| ollama_dialect::render_error(&error))
+        .unwrap_or_else(|error| ollama_dialect::render_error(&error));
+    caller.answered(answer.status());
+    answer
 }

@@ -98,6 +98,7 @@ async fn key_check<D: Dialect>(
     let mut response = match admitted {
         Ok(()) => next.call(request).await?.map_into_left_body(),
         Err(refusal) => {
+            crate::usage::refused_at_door(&request, D::NAME, &refusal);
             let answer = D::render_error(&refusal);
             request.into_response(answer).map_into_right_body()
         }

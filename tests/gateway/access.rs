@@ -128,7 +128,7 @@ async fn metrics_and_health_detail_follow_server_metrics() {
         let bearer = format!("Bearer {admin}");
         let answer = call(&gateway, "GET", "/metrics", &[("Authorization", &bearer)]).await;
         assert_eq!(answer.status, 200, "{admin}");
-        assert!(answer.body.contains("switchyard_requests_total"));
+        assert!(answer.body.contains("switchyard_http_requests_total"));
         let health = call(&gateway, "GET", "/health", &[("Authorization", &bearer)]).await;
         assert!(health.json()["backends"].is_array());
     }

@@ -230,9 +230,9 @@ async fn metrics_count_what_each_user_spends() {
     assert_eq!(value("alice", "completion"), 10);
     assert_eq!(value("bob", "completion"), 5);
     assert!(
-        metrics
-            .body
-            .contains("switchyard_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"),
+        metrics.body.contains(
+            "switchyard_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"
+        ),
         "{}",
         metrics.body
     );

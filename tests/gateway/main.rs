@@ -4,6 +4,7 @@
 mod harness;
 
 mod access;
+mod agents;
 mod anthropic;
 mod anthropic_backend;
 mod auth;
@@ -16,3 +17,4 @@ mod responses;
 mod routes;
 mod streams;
 mod translation;
+mod usage;

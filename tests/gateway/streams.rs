@@ -430,9 +430,10 @@ async fn events_that_arrive_together_leave_together_and_apart_leave_apart() {
     }
 }
 
-/// The value of `switchyard_requests_total` for one route and status (0 when absent).
+/// The value of `switchyard_http_requests_total` for one route and status (0 when absent).
 fn requests_counted(metrics: &str, route: &str, status: u16) -> u64 {
-    let prefix = format!("switchyard_requests_total{{route=\"{route}\",status=\"{status}\"}} ");
+    let prefix =
+        format!("switchyard_http_requests_total{{route=\"{route}\",status=\"{status}\"}} ");
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(&prefix))

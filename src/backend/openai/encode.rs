@@ -396,7 +396,13 @@ fn wire_messages<'a>(messages: &'a [Message<'_>], local_dialect: bool) -> Vec<Wi
     let mut out = Vec::with_capacity(messages.len());
     // (id, name) of calls not yet answered by a tool message, oldest first.
     let mut unanswered: Vec<(Cow<'_, str>, &str)> = Vec::new();
+    // Images that tool results returned (an agent reading a screenshot), for a user
+    // message after the run of tool messages: OpenAI takes images only from users.
+    let mut tool_images: Vec<WirePart<'a>> = Vec::new();
     for (message_index, message) in messages.iter().enumerate() {
+        if message.role != Role::Tool && !tool_images.is_empty() {
+            out.push(tool_images_message(std::mem::take(&mut tool_images)));
+        }
         let mut tool_calls = Vec::with_capacity(message.tool_calls.len());
         for (call_index, call) in message.tool_calls.iter().enumerate() {
             let ToolCall {
@@ -443,7 +449,11 @@ fn wire_messages<'a>(messages: &'a [Message<'_>], local_dialect: bool) -> Vec<Wi
                 Role::Developer if local_dialect => "system",
                 role => role.as_str(),
             },
-            content: wire_content(message),
+            content: if message.role == Role::Tool {
+                tool_result_content(message, &mut tool_images)
+            } else {
+                wire_content(message)
+            },
             tool_calls,
             tool_call_id,
             reasoning_content: message
@@ -452,7 +462,47 @@ fn wire_messages<'a>(messages: &'a [Message<'_>], local_dialect: bool) -> Vec<Wi
                 .filter(|_| local_dialect && message.role == Role::Assistant),
         });
     }
+    if !tool_images.is_empty() {
+        out.push(tool_images_message(tool_images));
+    }
     out
+}
+
+/// A tool message's content: its text, while its images go to `images` (see
+/// `tool_images_message`); a result that was only images says where they went.
+fn tool_result_content<'a>(
+    message: &'a Message<'_>,
+    images: &mut Vec<WirePart<'a>>,
+) -> WireContent<'a> {
+    let before = images.len();
+    images.extend(message.images().map(|image| WirePart::ImageUrl {
+        image_url: WireImageUrl {
+            url: image.to_url(),
+        },
+    }));
+    let text = text_of(message);
+    if images.len() > before && text.is_empty() {
+        return WireContent::Text(WireText::Text(Cow::Borrowed(
+            "(the result is the image in the next message)",
+        )));
+    }
+    WireContent::Text(text)
+}
+
+/// The user message that carries the images tool results returned, right after them.
+fn tool_images_message(images: Vec<WirePart<'_>>) -> WireMessage<'_> {
+    let mut parts = Vec::with_capacity(images.len() + 1);
+    parts.push(WirePart::Text {
+        text: WireText::Text(Cow::Borrowed("The images the tool results above returned:")),
+    });
+    parts.extend(images);
+    WireMessage {
+        role: "user",
+        content: WireContent::Parts(parts),
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+        reasoning_content: None,
+    }
 }
 
 fn wire_content<'a>(message: &'a Message<'_>) -> WireContent<'a> {
@@ -526,6 +576,80 @@ mod tests {
         assert_eq!(messages[1]["tool_calls"][0]["type"], "function");
         assert_eq!(messages[1]["tool_calls"][0]["function"]["arguments"], "{}");
         assert_eq!(messages[2]["tool_call_id"], "call_1_0");
+    }
+
+    #[test]
+    fn images_a_tool_returned_follow_the_tool_results_as_a_user_message() {
+        let mut request = with_tools();
+        let mut call = Message::text(Role::Assistant, "");
+        for id in ["a", "b"] {
+            call.tool_calls.push(ToolCall {
+                id: Some(id.into()),
+                name: "read".into(),
+                arguments: "{}".into(),
+            });
+        }
+        let image = || {
+            Part::Image(Image::Base64 {
+                mime: Some("image/png".into()),
+                data: "iVBORw0KGgo=".into(),
+            })
+        };
+        let mut only_image = Message::text(Role::Tool, "");
+        only_image.parts = vec![image()];
+        only_image.tool_call_id = Some("a".into());
+        let mut text_and_image = Message::text(Role::Tool, "a chart");
+        text_and_image.parts.push(image());
+        text_and_image.tool_call_id = Some("b".into());
+        request.messages.extend([
+            call,
+            only_image,
+            text_and_image,
+            Message::text(Role::User, "and?"),
+        ]);
+        let (_, wire) = body(false, &request, true);
+        let messages = wire["messages"].as_array().unwrap();
+        let roles: Vec<&str> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                "user",
+                "assistant",
+                "tool",
+                "assistant",
+                "tool",
+                "tool",
+                "user",
+                "user"
+            ]
+        );
+        assert_eq!(
+            messages[2]["content"], "noon",
+            "a text result stays as it is"
+        );
+        assert_eq!(
+            messages[4]["content"],
+            "(the result is the image in the next message)"
+        );
+        assert_eq!(messages[5]["content"], "a chart");
+        let images = messages[6]["content"].as_array().unwrap();
+        assert_eq!(images.len(), 3);
+        assert_eq!(images[0]["type"], "text");
+        for image in &images[1..] {
+            assert_eq!(
+                image["image_url"]["url"],
+                "data:image/png;base64,iVBORw0KGgo="
+            );
+        }
+        assert_eq!(messages[7]["content"], "and?");
+        // Results that end the conversation get their images after them too.
+        request.messages.pop();
+        let (_, wire) = body(false, &request, true);
+        assert_eq!(wire["messages"].as_array().unwrap().len(), 7);
+        assert_eq!(wire["messages"][6]["role"], "user");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | `chunksN`     | N pieces of text (`w0 `, `w1 ` ...) instead of the default 5 |
 //! | `gapN`        | N ms between pieces |
 //! | `bytesN`      | about N bytes of prose and code (newlines, quotes, non-ASCII) in pieces of ~40 bytes: a long answer |
+//! | `agent`       | chat (OpenAI, Ollama, Anthropic): plays one tool round trip for a real agent. Until a tool result is in the history it calls the tool that the last `mock-call NAME {JSON}` line of the user's messages names, with those arguments; then it answers `MOCK-FINAL (tool said: RESULT)` with the last tool result |
 //!
 //! Otherwise it streams `Hello from the mock 🦀` in five pieces with usage 7 + 5.
 //!
@@ -171,7 +172,8 @@ async fn recorded(
 struct Script {
     pieces: Vec<String>,
     thinking: Vec<&'static str>,
-    tool: bool,
+    /// The tool call to make instead of text: its name and JSON arguments.
+    tool: Option<(String, String)>,
     finish: &'static str,
     status: Option<u16>,
     errstream: bool,
@@ -229,7 +231,9 @@ impl Script {
             } else {
                 vec![]
             },
-            tool: model.contains("tool"),
+            tool: model
+                .contains("tool")
+                .then(|| ("get_weather".to_owned(), "{\"city\":\"Tokyo\"}".to_owned())),
             finish: if model.contains("length") {
                 "length"
             } else {
@@ -244,6 +248,66 @@ impl Script {
             stall: model.contains("stall"),
             gap: gap.or(slow.then(|| Duration::from_millis(100))),
         }
+    }
+}
+
+impl Script {
+    /// The `agent` behaviour: a tool call named by the user, then an answer quoting its
+    /// result, so a real agent's whole loop (call, run the tool, send the result back)
+    /// can be checked end to end, and without looping, since the second turn ends it.
+    fn play_agent(&mut self, body: &Value) {
+        let messages = body["messages"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        // A `tool` message (OpenAI, Ollama) or a `tool_result` block (Anthropic).
+        let result = messages.iter().rev().find_map(|message| {
+            if message["role"] == "tool" {
+                return Some(text_of(&message["content"]));
+            }
+            message["content"]
+                .as_array()?
+                .iter()
+                .find(|block| block["type"] == "tool_result")
+                .map(|block| text_of(&block["content"]))
+        });
+        if let Some(result) = result {
+            self.tool = None;
+            self.pieces = vec![
+                "MOCK-FINAL".to_owned(),
+                " (tool said: ".to_owned(),
+                result.trim().to_owned(),
+                ")".to_owned(),
+            ];
+            return;
+        }
+        self.tool = messages
+            .iter()
+            .filter(|message| message["role"] == "user")
+            .flat_map(|message| {
+                text_of(&message["content"])
+                    .lines()
+                    .filter_map(|line| {
+                        let rest = line.split("mock-call ").nth(1)?;
+                        let (name, arguments) = rest.trim().split_once(' ')?;
+                        Some((name.to_owned(), arguments.trim().to_owned()))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .last();
+    }
+}
+
+/// The text of a chat message's `content`: a string, or the `text` of its parts.
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|part| part["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
     }
 }
 
@@ -383,7 +447,10 @@ async fn anthropic_messages(
     body: web::Bytes,
     state: web::Data<MockState>,
 ) -> HttpResponse {
-    let (body, model, script) = begin(&request, &body, &state).await;
+    let (body, model, mut script) = begin(&request, &body, &state).await;
+    if model.contains("agent") {
+        script.play_agent(&body);
+    }
     if let Some(status) = script.status {
         let kind = match status {
             429 => "rate_limit_error",
@@ -403,14 +470,15 @@ async fn anthropic_messages(
     }
     let stream = body["stream"].as_bool().unwrap_or(false);
     let output_tokens = script.pieces.len() as u64;
-    let stop_reason = if script.tool {
+    let stop_reason = if script.tool.is_some() {
         "tool_use"
     } else if script.finish == "length" {
         "max_tokens"
     } else {
         "end_turn"
     };
-    let tool = json!({"type": "tool_use", "id": "toolu_mock1", "name": "get_weather", "input": {}});
+    let (tool_name, tool_arguments) = script.tool.clone().unwrap_or_default();
+    let tool = json!({"type": "tool_use", "id": "toolu_mock1", "name": tool_name, "input": {}});
     if !stream {
         if script.errstream {
             return HttpResponse::InternalServerError().json(json!({"type": "error", "error": {"type": "api_error", "message": "mock failed mid-stream"}}));
@@ -419,9 +487,9 @@ async fn anthropic_messages(
         if !script.thinking.is_empty() {
             content.push(json!({"type": "thinking", "thinking": script.thinking.concat(), "signature": "bW9jaw=="}));
         }
-        if script.tool {
+        if script.tool.is_some() {
             let mut call = tool;
-            call["input"] = json!({"city": "Tokyo"});
+            call["input"] = serde_json::from_str(&tool_arguments).unwrap_or(Value::Null);
             content.push(call);
         } else {
             content.push(json!({"type": "text", "text": script.pieces.concat()}));
@@ -449,11 +517,16 @@ async fn anthropic_messages(
         events.push(event(json!({"type": "content_block_stop", "index": index})));
         index += 1;
     }
-    if script.tool {
+    if script.tool.is_some() {
         events.push(event(
             json!({"type": "content_block_start", "index": index, "content_block": tool}),
         ));
-        for fragment in ["{\"city\":", "\"Tokyo\"}"] {
+        let mut middle = tool_arguments.len() / 2;
+        while !tool_arguments.is_char_boundary(middle) {
+            middle += 1;
+        }
+        let (first, second) = tool_arguments.split_at(middle);
+        for fragment in [first, second] {
             events.push(event(json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": fragment}})));
         }
     } else {
@@ -480,7 +553,10 @@ async fn openai_chat(
     body: web::Bytes,
     state: web::Data<MockState>,
 ) -> HttpResponse {
-    let (body, model, script) = begin(&request, &body, &state).await;
+    let (body, model, mut script) = begin(&request, &body, &state).await;
+    if model.contains("agent") {
+        script.play_agent(&body);
+    }
     if let Some(refusal) = key_refusal(&request) {
         return refusal;
     }
@@ -503,11 +579,12 @@ async fn openai_chat(
         .unwrap_or(false);
     let completion_tokens = script.pieces.len() as u64;
     let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens});
+    let (tool_name, tool_arguments) = script.tool.clone().unwrap_or_default();
     let tool_call = |index_only: bool, args: &str| {
         if index_only {
             json!({"index": 0, "function": {"arguments": args}})
         } else {
-            json!({"index": 0, "id": "call_mock1", "type": "function", "function": {"name": "get_weather", "arguments": args}})
+            json!({"index": 0, "id": "call_mock1", "type": "function", "function": {"name": tool_name, "arguments": args}})
         }
     };
     if !stream && script.truncate {
@@ -520,16 +597,16 @@ async fn openai_chat(
         return HttpResponse::InternalServerError().json(json!({"error": {"message": "mock failed mid-stream", "type": "server_error", "code": 500}}));
     }
     if !stream {
-        let mut message = json!({"role": "assistant", "content": if script.tool { Value::Null } else { Value::from(script.pieces.concat()) }});
+        let mut message = json!({"role": "assistant", "content": if script.tool.is_some() { Value::Null } else { Value::from(script.pieces.concat()) }});
         if !script.thinking.is_empty() {
             message["reasoning_content"] = Value::from(script.thinking.concat());
         }
-        if script.tool {
-            message["tool_calls"] = json!([{"id": "call_mock1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Tokyo\"}"}}]);
+        if script.tool.is_some() {
+            message["tool_calls"] = json!([{"id": "call_mock1", "type": "function", "function": {"name": tool_name, "arguments": tool_arguments}}]);
         }
         return HttpResponse::Ok().json(json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": if script.tool { "tool_calls" } else { script.finish }}],
+            "choices": [{"index": 0, "message": message, "finish_reason": if script.tool.is_some() { "tool_calls" } else { script.finish }}],
             "usage": usage,
         }));
     }
@@ -548,14 +625,17 @@ async fn openai_chat(
     for piece in &script.thinking {
         events.push(chunk(json!({"reasoning_content": piece}), None));
     }
-    if script.tool {
+    if script.tool.is_some() {
+        // The arguments in two fragments, cut at the middle (`{"city":` + `"Tokyo"}`).
+        let mut middle = tool_arguments.len() / 2;
+        while !tool_arguments.is_char_boundary(middle) {
+            middle += 1;
+        }
+        let (first, second) = tool_arguments.split_at(middle);
         events.push(chunk(json!({"tool_calls": [tool_call(false, "")]}), None));
+        events.push(chunk(json!({"tool_calls": [tool_call(true, first)]}), None));
         events.push(chunk(
-            json!({"tool_calls": [tool_call(true, "{\"city\":")]}),
-            None,
-        ));
-        events.push(chunk(
-            json!({"tool_calls": [tool_call(true, "\"Tokyo\"}")]}),
+            json!({"tool_calls": [tool_call(true, second)]}),
             None,
         ));
     } else {
@@ -572,7 +652,7 @@ async fn openai_chat(
     } else {
         let mut tail = vec![chunk(
             json!({}),
-            Some(if script.tool {
+            Some(if script.tool.is_some() {
                 "tool_calls"
             } else {
                 script.finish
@@ -621,7 +701,10 @@ async fn ollama_chat(
     body: web::Bytes,
     state: web::Data<MockState>,
 ) -> HttpResponse {
-    let (body, model, script) = begin(&request, &body, &state).await;
+    let (body, model, mut script) = begin(&request, &body, &state).await;
+    if model.contains("agent") {
+        script.play_agent(&body);
+    }
     if let Some(refusal) = key_refusal(&request) {
         return refusal;
     }
@@ -658,7 +741,10 @@ async fn ollama_chat(
         }
         value
     };
-    let tool_calls = json!([{"id": "call_mock1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}}]);
+    // Ollama's arguments are an object, not a string.
+    let (tool_name, tool_arguments) = script.tool.clone().unwrap_or_default();
+    let tool_arguments: Value = serde_json::from_str(&tool_arguments).unwrap_or(Value::Null);
+    let tool_calls = json!([{"id": "call_mock1", "function": {"index": 0, "name": tool_name, "arguments": tool_arguments}}]);
     if !stream && script.truncate {
         return HttpResponse::Ok()
             .content_type("application/json")
@@ -669,11 +755,11 @@ async fn ollama_chat(
             .json(json!({"error": "mock failed mid-stream"}));
     }
     if !stream {
-        let mut message = json!({"role": "assistant", "content": if script.tool { String::new() } else { script.pieces.concat() }});
+        let mut message = json!({"role": "assistant", "content": if script.tool.is_some() { String::new() } else { script.pieces.concat() }});
         if !script.thinking.is_empty() {
             message["thinking"] = Value::from(script.thinking.concat());
         }
-        if script.tool {
+        if script.tool.is_some() {
             message["tool_calls"] = tool_calls;
         }
         return HttpResponse::Ok().json(line(message, true));
@@ -686,7 +772,7 @@ async fn ollama_chat(
             false,
         )));
     }
-    if script.tool {
+    if script.tool.is_some() {
         events.push(to_bytes(line(
             json!({"role": "assistant", "content": "", "tool_calls": tool_calls}),
             false,

@@ -24,6 +24,7 @@ impl Dialect for Anthropic {
     type Reply = Reply;
     type Renderer = SseRenderer;
 
+    const NAME: &'static str = "anthropic";
     const STREAM_CONTENT_TYPE: &'static str = "text/event-stream";
     // Proxies in front (nginx) would otherwise hold tokens back to fill their buffers.
     const STREAM_HEADERS: &'static [(&'static str, &'static str)] =

@@ -33,6 +33,7 @@ impl Dialect for Ollama {
     type Reply = Timing;
     type Renderer = NdjsonRenderer;
 
+    const NAME: &'static str = "ollama";
     const STREAM_CONTENT_TYPE: &'static str = "application/x-ndjson";
 
     fn parse_chat<'a>(&self, body: &'a [u8]) -> Result<ParsedChat<'a, Timing>, GatewayError> {

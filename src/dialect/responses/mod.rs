@@ -98,6 +98,7 @@ impl Dialect for Responses {
     type Reply = Reply;
     type Renderer = ResponsesRenderer;
 
+    const NAME: &'static str = "responses";
     const STREAM_CONTENT_TYPE: &'static str = "text/event-stream";
     const STREAM_HEADERS: &'static [(&'static str, &'static str)] =
         &[("cache-control", "no-cache"), ("x-accel-buffering", "no")];
