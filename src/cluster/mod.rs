@@ -188,7 +188,7 @@ impl ClusterSettings {
         limit.div_ceil(self.instances).max(1)
     }
 
-    fn client(&self) -> RedisResult<redis::Client> {
+    pub(crate) fn client(&self) -> RedisResult<redis::Client> {
         let mut info = self.url.as_str().into_connection_info()?;
         if let Some(password) = &self.password {
             info.redis.password = Some(password.clone());

@@ -138,3 +138,21 @@ def test_redis_stopped_then_restarted(cluster, redis):
         assert chat(gateway, LIMITED, "echo/m").status_code == 200
     [window] = redis.command("KEYS", "switchyard:rpm:*")
     assert redis.command("ZCARD", window) == 3
+
+
+def test_tokens_spent_at_one_gateway_count_at_the_others(cluster, redis):
+    # The upstream's every answer uses 5 tokens: two answers spend a budget of 10.
+    gateways = cluster({
+        "sk-minute-0123456789": {"user": "dan", "tpm": 10},
+        "sk-daily-01234567890": {"user": "eve", "tokens_per_day": 10},
+    })
+    for key, header in (("sk-minute-0123456789", "tpm"), ("sk-daily-01234567890", "day")):
+        statuses = []
+        for gateway in gateways:
+            answer = chat(gateway, key)
+            statuses.append(answer.status_code)
+            # The tokens are charged just after the answer, off the request path.
+            time.sleep(0.3)
+        assert statuses == [200, 200, 429], (header, statuses)
+        assert answer.headers["x-ratelimit-remaining-tokens"] == "0"
+        assert int(answer.headers["retry-after"]) >= 1
