@@ -160,15 +160,17 @@ impl Cluster {
 
 /// Holds `slot` (this instance's slot of a backend and/or of `key`) across the cluster
 /// too: waits for a leased slot of the backend's and the key's cluster-wide budgets,
-/// up to the backend's `queue_timeout_secs` (a capped key without a limited backend
-/// waits one lease time), then a 429.
+/// up to the backend's `queue_timeout_secs` (a capped key without a limited backend is
+/// asked for once), then a 429.
 pub async fn share(
     cluster: &Arc<Cluster>,
     slot: &mut Slot,
     key: Option<&KeyCap>,
 ) -> Result<(), GatewayError> {
     let mut wants = Vec::with_capacity(2);
-    let mut wait = cluster.settings.lease;
+    // A capped key with no backend line to wait in is refused at once, as on one
+    // instance; a backend's slot is waited for up to its queue_timeout_secs.
+    let mut wait = std::time::Duration::ZERO;
     let mut backend_name = None;
     if let Some((backend, max_concurrent, timeout)) = slot.limit() {
         wants.push((

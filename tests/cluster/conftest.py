@@ -226,6 +226,11 @@ name = "echo"
 kind = "echo"
 
 [[backends]]
+name = "free"
+kind = "openai"
+url = "{upstream.url}"
+
+[[backends]]
 name = "gpu"
 kind = "openai"
 url = "{upstream.url}"

@@ -79,6 +79,24 @@ def test_a_backend_never_sees_more_than_its_cluster_wide_max_concurrent(cluster,
     assert upstream.most == 2
 
 
+def test_a_keys_max_concurrent_holds_across_the_gateways(cluster, upstream):
+    capped = "sk-capped-0123456789"
+    gateways = cluster({capped: {"user": "carol", "max_concurrent": 1}})
+    # On a backend without a line: the second at once is refused, as on one instance.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(lambda g: chat(g, capped, "free/m"), gateways[:2]))
+    # Each instance alone would run both; across the cluster the key has one slot.
+    assert sorted(a.status_code for a in answers) == [200, 429], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 429)
+    assert "max_concurrent" in refused.json()["error"]["message"]
+    # On a limited backend the key's requests wait in line and run one at a time.
+    upstream.most = 0
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        answers = list(pool.map(lambda g: chat(g, capped), gateways))
+    assert [a.status_code for a in answers] == [200] * 3
+    assert upstream.most == 1
+
+
 def test_a_killed_gateway_frees_its_slot_within_the_lease_time(cluster, upstream, redis, lease_secs):
     gateways = cluster({ALICE: "alice"}, max_concurrent=1)
     with ThreadPoolExecutor(max_workers=1) as pool:
