@@ -167,6 +167,19 @@ impl KeyStore {
                 .unwrap_or(true)
     }
 
+    /// Looks at the keys file now rather than within the second: the console calls it
+    /// after each edit, so that a key it added or disabled counts on the very next
+    /// request.
+    pub fn reload_now(&self) {
+        if let (Ok(mut keys), Some(past)) = (
+            self.keys.write(),
+            Instant::now().checked_sub(RELOAD_CHECK_INTERVAL),
+        ) {
+            keys.checked_at = past;
+        }
+        self.refresh();
+    }
+
     /// Re-reads the file when it changed; a broken edit keeps the last good keys.
     fn refresh(&self) {
         let Some(path) = &self.path else { return };

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod chat;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod dialect;
 pub mod embed;
 pub mod error;

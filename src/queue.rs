@@ -215,6 +215,19 @@ impl Admission {
         self.cluster.as_ref()
     }
 
+    /// A limited backend's requests holding a slot, waiting in line, and its
+    /// `max_concurrent`, for the console; `None` for a backend without a limit.
+    pub fn load(&self, backend: &str) -> Option<(usize, usize, usize)> {
+        let index = self.names.iter().position(|name| &**name == backend)?;
+        let state = self.lock();
+        let line = state.lines.get(index)?;
+        Some((
+            line.running,
+            line.waiting,
+            self.settings[index].max_concurrent,
+        ))
+    }
+
     /// Whether any backend is limited.
     pub fn limits_backends(&self) -> bool {
         !self.names.is_empty()

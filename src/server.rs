@@ -132,6 +132,7 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
             .app_data(responses.clone())
             .app_data(usage.clone())
             .app_data(web::Data::new(Router::new(&config, &pools)))
+            .app_data(web::Data::from(config.clone()))
             .app_data(web::Data::new(BodyLimit(config.body_limit)))
             .app_data(web::Data::new(config.metrics_access))
             .app_data(web::Data::new(TrustedProxies(

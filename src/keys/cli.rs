@@ -82,20 +82,7 @@ pub fn run(config: Option<&Path>, command: KeysCommand) -> Result<String, KeysEr
             admin,
             key,
         } => {
-            let generated = key.is_none();
-            let key = match key {
-                Some(key) => key,
-                None => generate()?,
-            };
-            let expires = match expires {
-                Some(text) => Some(
-                    parse_time(&text)
-                        .map_err(|e| KeysError(format!("--expires: {e}")))?
-                        .to_string(),
-                ),
-                None => None,
-            };
-            let entry = KeyEntry {
+            let new = NewKey {
                 user,
                 models,
                 rpm,
@@ -103,71 +90,185 @@ pub fn run(config: Option<&Path>, command: KeysCommand) -> Result<String, KeysEr
                 max_concurrent,
                 tokens_per_day,
                 expires,
-                disabled: false,
                 note,
                 admin,
+                key,
             };
-            policy(&key, &entry)?;
-            let user = entry.user.clone();
-            file::edit(&path, |entries| {
-                if entries.contains_key(&key) {
-                    return Err(KeysError(format!(
-                        "key {} is already in {}",
-                        mask(&key),
-                        path.display()
-                    )));
-                }
-                entries.insert(key.clone(), entry);
-                Ok(())
+            let user = new.user.clone();
+            let added = add(&path, new).map_err(|e| match e {
+                AddError::Expires(e) => KeysError(format!("--expires: {e}")),
+                AddError::Other(e) => e,
             })?;
-            Ok(if generated {
+            Ok(if added.generated {
                 format!(
-                    "added a key for {user} to {}; it is shown only this once:\n{key}\n",
-                    path.display()
+                    "added a key for {user} to {}; it is shown only this once:\n{}\n",
+                    path.display(),
+                    added.key
                 )
             } else {
                 format!(
                     "added key {} for {user} to {}\n",
-                    mask(&key),
+                    mask(&added.key),
                     path.display()
                 )
             })
         }
-        KeysCommand::Disable { key_or_user } => change(&path, &key_or_user, "disabled", |e| {
-            e.disabled = true;
-            true
-        }),
-        KeysCommand::Enable { key_or_user } => change(&path, &key_or_user, "enabled", |e| {
-            e.disabled = false;
-            true
-        }),
-        KeysCommand::Remove { key_or_user } => change(&path, &key_or_user, "removed", |_| false),
+        KeysCommand::Disable { key_or_user } => done(
+            set_disabled(&path, Select::KeyOrUser(&key_or_user), true)?,
+            "disabled",
+        ),
+        KeysCommand::Enable { key_or_user } => done(
+            set_disabled(&path, Select::KeyOrUser(&key_or_user), false)?,
+            "enabled",
+        ),
+        KeysCommand::Remove { key_or_user } => {
+            done(remove(&path, Select::KeyOrUser(&key_or_user))?, "removed")
+        }
     }
 }
 
-/// Applies `apply` to the key named, or to every key of the user named; an entry for
-/// which it answers false is removed.
+fn done(touched: Vec<String>, what: &str) -> Result<String, KeysError> {
+    Ok(touched
+        .iter()
+        .map(|key| format!("{what} {key}\n"))
+        .collect())
+}
+
+/// A key to add, as `keys add` and the console take it.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    pub user: String,
+    pub models: Vec<String>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    /// A date or an RFC 3339 time; written back as a time.
+    pub expires: Option<String>,
+    pub note: Option<String>,
+    pub admin: bool,
+    /// The key itself; generated when absent.
+    pub key: Option<String>,
+}
+
+/// A key that was added.
+#[derive(Debug, Clone)]
+pub struct Added {
+    pub key: String,
+    /// Whether the key was generated (and so must be shown, once).
+    pub generated: bool,
+}
+
+/// Why a key was not added: its expiry does not read as a time (each caller names that
+/// field its own way), or anything else the entry's checks or the file said.
+#[derive(Debug, Clone)]
+pub enum AddError {
+    Expires(String),
+    Other(KeysError),
+}
+
+impl From<KeysError> for AddError {
+    fn from(e: KeysError) -> Self {
+        AddError::Other(e)
+    }
+}
+
+/// Checks a new key's entry as the gateway will and adds it under the file's lock: the
+/// one way both `keys add` and the console add a key.
+pub fn add(path: &Path, new: NewKey) -> Result<Added, AddError> {
+    let generated = new.key.is_none();
+    let key = match new.key {
+        Some(key) => key,
+        None => generate()?,
+    };
+    let expires = match new.expires {
+        Some(text) => Some(parse_time(&text).map_err(AddError::Expires)?.to_string()),
+        None => None,
+    };
+    let entry = KeyEntry {
+        user: new.user,
+        models: new.models,
+        rpm: new.rpm,
+        tpm: new.tpm,
+        max_concurrent: new.max_concurrent,
+        tokens_per_day: new.tokens_per_day,
+        expires,
+        disabled: false,
+        note: new.note,
+        admin: new.admin,
+    };
+    policy(&key, &entry)?;
+    file::edit(path, |entries| {
+        if entries.contains_key(&key) {
+            return Err(KeysError(format!(
+                "key {} is already in {}",
+                mask(&key),
+                path.display()
+            )));
+        }
+        entries.insert(key.clone(), entry);
+        Ok(())
+    })?;
+    Ok(Added { key, generated })
+}
+
+/// Which keys an operation applies to.
+#[derive(Debug, Clone, Copy)]
+pub enum Select<'a> {
+    /// The key itself, or else every key of the user so named (`keys disable alice`).
+    KeyOrUser(&'a str),
+    /// The key whose short digest ([`super::key_id`]) this is: how the console names a
+    /// key without holding it.
+    KeyId(&'a str),
+}
+
+/// Disables (or enables again) the keys selected; each comes back masked, with its user.
+pub fn set_disabled(
+    path: &Path,
+    select: Select<'_>,
+    disabled: bool,
+) -> Result<Vec<String>, KeysError> {
+    change(path, select, |entry| {
+        entry.disabled = disabled;
+        true
+    })
+}
+
+/// Removes the keys selected; each comes back masked, with its user.
+pub fn remove(path: &Path, select: Select<'_>) -> Result<Vec<String>, KeysError> {
+    change(path, select, |_| false)
+}
+
+/// Applies `apply` to the keys selected; an entry for which it answers false is removed.
 fn change(
     path: &Path,
-    key_or_user: &str,
-    done: &str,
+    select: Select<'_>,
     apply: impl Fn(&mut KeyEntry) -> bool,
-) -> Result<String, KeysError> {
-    let touched = file::edit(path, |entries| {
-        let chosen: Vec<String> = if entries.contains_key(key_or_user) {
-            vec![key_or_user.to_owned()]
-        } else {
-            entries
+) -> Result<Vec<String>, KeysError> {
+    file::edit(path, |entries| {
+        let chosen: Vec<String> = match select {
+            Select::KeyOrUser(key_or_user) if entries.contains_key(key_or_user) => {
+                vec![key_or_user.to_owned()]
+            }
+            Select::KeyOrUser(user) => entries
                 .iter()
-                .filter(|(_, entry)| entry.user == key_or_user)
+                .filter(|(_, entry)| entry.user == user)
                 .map(|(key, _)| key.clone())
-                .collect()
+                .collect(),
+            Select::KeyId(id) => entries
+                .keys()
+                .filter(|key| super::key_id(key) == id)
+                .cloned()
+                .collect(),
+        };
+        let key_or_user = match select {
+            Select::KeyOrUser(name) | Select::KeyId(name) => name,
         };
         if chosen.is_empty() {
             return Err(KeysError(format!(
                 "no key or user \"{}\" in {}",
                 // A mistyped key is still a secret.
-                if key_or_user.len() >= 12 {
+                if key_or_user.len() >= 12 && matches!(select, Select::KeyOrUser(_)) {
                     mask(key_or_user)
                 } else {
                     key_or_user.to_owned()
@@ -177,23 +278,18 @@ fn change(
         }
         let mut touched = Vec::with_capacity(chosen.len());
         for key in chosen {
+            let user = entries
+                .get(&key)
+                .map(|e| e.user.clone())
+                .unwrap_or_default();
             let keep = entries.get_mut(&key).map(&apply).unwrap_or(true);
             if !keep {
                 entries.shift_remove(&key);
             }
-            let user = entries.get(&key).map(|e| e.user.clone());
-            touched.push(format!(
-                "{} ({})",
-                mask(&key),
-                user.unwrap_or_else(|| key_or_user.to_owned())
-            ));
+            touched.push(format!("{} ({user})", mask(&key)));
         }
         Ok(touched)
-    })?;
-    Ok(touched
-        .iter()
-        .map(|key| format!("{done} {key}\n"))
-        .collect())
+    })
 }
 
 fn limits(entry: &KeyEntry) -> String {

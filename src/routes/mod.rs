@@ -36,6 +36,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(mount::<Anthropic>("/v1/messages", anthropic))
         .service(mount::<OpenAi>("/v1", openai))
         .service(mount::<Ollama>("/api", ollama))
+        // The admin console: its page and its JSON API, outside every dialect.
+        .configure(crate::console::configure)
         // Open: probes and scrapers carry no key.
         .route("/health", web::get().to(models::health))
         .route("/metrics", web::get().to(metrics))

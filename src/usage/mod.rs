@@ -159,6 +159,8 @@ pub struct Recorder {
     backends: Vec<Arc<str>>,
     /// Set when the ledger opens (`serve`); absent when it is off.
     ledger: OnceLock<ledger::Ledger>,
+    /// The last upstream failures, for the console's overview.
+    recent_errors: crate::console::RecentErrors,
 }
 
 impl Recorder {
@@ -171,6 +173,7 @@ impl Recorder {
                 .map(|name| Arc::from(name.as_str()))
                 .collect(),
             ledger: OnceLock::new(),
+            recent_errors: crate::console::RecentErrors::default(),
         }
     }
 
@@ -207,7 +210,13 @@ impl Recorder {
     pub fn upstream_failed(&self, error: &GatewayError) {
         if let Some((backend, kind)) = upstream_error_kind(error) {
             self.metrics.upstream_error(backend, kind);
+            self.recent_errors.note(backend, kind, error.to_string());
         }
+    }
+
+    /// The last upstream failures, newest first on reading.
+    pub fn recent_errors(&self) -> &crate::console::RecentErrors {
+        &self.recent_errors
     }
 
     /// Records a finished request.

@@ -8,6 +8,7 @@ mod agents;
 mod anthropic;
 mod anthropic_backend;
 mod auth;
+mod console;
 mod errors;
 mod failover;
 mod matrix;
