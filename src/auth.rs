@@ -81,6 +81,8 @@ pub struct KeyStore {
     /// Checked on every request, so a keys file emptied while serving on a public
     /// address locks the door, not opens it.
     anonymous: Anonymous,
+    /// Where the limits are counted for every instance at once (`[cluster]`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -135,7 +137,18 @@ impl KeyStore {
             admin,
             limits: RateLimits::default(),
             anonymous,
+            cluster: None,
         })
+    }
+
+    /// Counts the keys' limits in the cluster's Redis too.
+    pub fn share_with(&mut self, cluster: Option<Arc<crate::cluster::Cluster>>) {
+        self.cluster = cluster;
+    }
+
+    /// The cluster the limits are shared with, if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The limiters of limited keys, to note the tokens an answer used.
@@ -269,14 +282,18 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
 /// user and policy are noted on the request, and its request is counted against its
 /// `rpm`; a refusal says why. The key's request budget comes back either way, for the
 /// `x-ratelimit-*` headers of a limited key.
-pub fn admit(request: &ServiceRequest) -> (Result<(), GatewayError>, Budgets) {
+pub async fn admit(request: &ServiceRequest) -> (Result<(), GatewayError>, Budgets) {
     let Some(store) = request.app_data::<web::Data<KeyStore>>() else {
         return (Ok(()), Budgets::default());
     };
     let local = peer::is_local(request.peer_addr().map(|a| a.ip()), request.headers());
     let (outcome, budget) = match store.authenticate(presented_key(request.headers()), local) {
         Ok(Some(policy)) => {
-            let counted = store.limits.admit(&policy);
+            let counted = match &store.cluster {
+                // Counted for every instance at once; one call to Redis, bounded.
+                Some(cluster) if policy.is_limited() => cluster.count(&policy, &store.limits).await,
+                _ => store.limits.admit(&policy),
+            };
             let mut extensions = request.extensions_mut();
             extensions.insert(User(policy.user.clone()));
             extensions.insert(Key(policy.clone()));

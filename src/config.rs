@@ -49,6 +49,8 @@ struct RawConfig {
     /// The usage ledger.
     #[serde(default)]
     ledger: LedgerConfig,
+    /// `[cluster]`: limits, slots and usage shared with other instances through Redis.
+    cluster: Option<crate::cluster::RawCluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +182,8 @@ pub struct Config {
     pub responses: crate::dialect::responses::store::StoreConfig,
     /// `[ledger]`: the usage ledger's file, or none.
     pub ledger: LedgerConfig,
+    /// `[cluster]`, checked; `None`: this instance shares nothing and connects nowhere.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// Admin keys from the configuration: secrets, so their `Debug` says only how many.
@@ -283,6 +287,9 @@ impl Config {
         } else {
             writeln!(out, "usage ledger: off")
         };
+        if let Some(cluster) = &self.cluster {
+            let _ = writeln!(out, "{}", cluster.describe());
+        }
         let _ = writeln!(out, "backends:");
         for backend in &self.backends {
             match backend.kind.upstream() {
@@ -476,6 +483,10 @@ impl RawConfig {
             default_backend,
             backends,
             responses: self.responses,
+            cluster: self
+                .cluster
+                .map(|raw| raw.check().map_err(ConfigError))
+                .transpose()?,
         })
     }
 }

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod backend;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod dialect;

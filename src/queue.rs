@@ -103,6 +103,8 @@ pub struct Admission {
     changed: Vec<watch::Sender<u64>>,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    /// Where the slots are also leased cluster-wide (`[cluster]`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 #[derive(Default)]
@@ -149,6 +151,8 @@ pub struct Slot {
     line: Option<usize>,
     key: Option<Arc<str>>,
     since: Instant,
+    /// The cluster-wide slot held with this one, given back first.
+    lease: Option<crate::cluster::slots::Lease>,
 }
 
 /// A place in a backend's line; dropped, it leaves the line (or gives back the slot it
@@ -196,7 +200,19 @@ impl Admission {
                 ..State::default()
             }),
             metrics,
+            cluster: None,
         }
+    }
+
+    /// Leases every slot cluster-wide too, through `cluster`.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Admission {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The cluster the slots are shared with, if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// A limited backend's requests holding a slot, waiting in line, and its
@@ -306,6 +322,7 @@ impl Admission {
             line,
             key: key.map(|cap| cap.key_id.clone()),
             since: Instant::now(),
+            lease: None,
         }
     }
 
@@ -546,6 +563,7 @@ impl Ticket {
             line: Some(self.line),
             key: self.key.clone(),
             since: Instant::now(),
+            lease: None,
         }
     }
 
@@ -586,8 +604,28 @@ impl Drop for Ticket {
     }
 }
 
+impl Slot {
+    /// The backend this slot is of, with its `max_concurrent` and `queue_timeout_secs`.
+    pub fn limit(&self) -> Option<(&str, usize, Duration)> {
+        let line = self.line?;
+        let settings = &self.admission.settings[line];
+        Some((
+            &self.admission.names[line],
+            settings.max_concurrent,
+            settings.timeout,
+        ))
+    }
+
+    /// Holds a cluster-wide slot with this one.
+    pub fn hold(&mut self, lease: crate::cluster::slots::Lease) {
+        self.lease = Some(lease);
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
+        // The cluster's slot first: a request of another instance may be waiting on it.
+        drop(self.lease.take());
         let held = self.line.map(|_| self.since.elapsed());
         self.admission.release(self.line, self.key.as_ref(), held);
     }

@@ -43,7 +43,9 @@ impl Shared {
     /// Loads the keys and applies the contract's rule on anonymous serving.
     pub fn prepare(config: Config) -> Result<Shared, String> {
         let anonymous = Anonymous::for_config(&config);
-        let keys = KeyStore::load(config.keys_file.clone(), &config.admin_keys.0, anonymous)?;
+        let mut keys = KeyStore::load(config.keys_file.clone(), &config.admin_keys.0, anonymous)?;
+        let cluster = config.cluster.clone().map(crate::cluster::Cluster::new);
+        keys.share_with(cluster.clone());
         if keys.is_empty() && anonymous == Anonymous::Never {
             return Err(format!(
                 "server.listen {} is not a loopback address and no API keys are configured: set auth.keys_file, or auth.allow_anonymous = true to serve without keys",
@@ -55,7 +57,7 @@ impl Shared {
         let backends: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
         Ok(Shared {
             pools: Arc::new(Pools::for_config(&config)),
-            admission: admission_for(&config, metrics.clone()),
+            admission: admission_for(&config, metrics.clone(), cluster),
             config: Arc::new(config),
             usage: Arc::new(Recorder::new(metrics.clone(), keys.clone(), &backends)),
             keys,
@@ -73,7 +75,11 @@ impl Shared {
             .map(|b| b.name.clone())
             .collect();
         self.metrics = Arc::new(metrics);
-        self.admission = admission_for(&self.config, self.metrics.clone());
+        self.admission = admission_for(
+            &self.config,
+            self.metrics.clone(),
+            self.keys.cluster().cloned(),
+        );
         self.usage = Arc::new(Recorder::new(
             self.metrics.clone(),
             self.keys.clone(),
@@ -83,14 +89,19 @@ impl Shared {
     }
 }
 
-/// The backends' slots and lines, counting into `metrics`.
-fn admission_for(config: &Config, metrics: Arc<Metrics>) -> Arc<Admission> {
+/// The backends' slots and lines, counting into `metrics`, leased cluster-wide too
+/// where `[cluster]` shares them.
+fn admission_for(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+) -> Arc<Admission> {
     let limits: Vec<_> = config
         .backends
         .iter()
         .map(|backend| (backend.name.clone(), backend.queue.clone()))
         .collect();
-    Arc::new(Admission::new(&limits, metrics))
+    Arc::new(Admission::new(&limits, metrics).with_cluster(cluster))
 }
 
 /// Opens the usage ledger, binds the listener and returns the server (not yet awaited)
@@ -102,6 +113,9 @@ pub fn start(shared: Shared) -> std::io::Result<(actix_web::dev::Server, SocketA
         .map_err(std::io::Error::other)?;
     let usage = web::Data::from(shared.usage.clone());
     let config = shared.config.clone();
+    if let Some(cluster) = shared.keys.cluster() {
+        cluster.launch();
+    }
     let keys = web::Data::from(shared.keys.clone());
     let metrics = web::Data::from(shared.metrics.clone());
     let admission = web::Data::from(shared.admission.clone());

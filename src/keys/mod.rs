@@ -80,7 +80,7 @@ enum WrittenEntry {
 pub type KeyEntries = IndexMap<String, KeyEntry>;
 
 /// A key's entry checked into what the request path uses.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KeyPolicy {
     pub user: Arc<str>,
     /// A short digest of the key: names it in the ledger and logs without giving it away.

@@ -42,7 +42,7 @@ pub(super) async fn first_slot<D: Dialect>(
         return Ok(First::Go(None));
     };
     match admit(caller, router.route(first)?.name)? {
-        Admit::Go(slot) => Ok(First::Go(slot)),
+        Admit::Go(slot) => Ok(First::Go(shared(caller, slot).await?)),
         Admit::Wait(ticket) => {
             let mut place = BytesMut::new();
             if ticket
@@ -52,7 +52,7 @@ pub(super) async fn first_slot<D: Dialect>(
                 return Ok(First::Queued(ticket, place));
             }
             let slot = until_client_gone(caller, ticket.granted()).await?;
-            Ok(First::Go(Some(slot)))
+            Ok(First::Go(shared(caller, Some(slot)).await?))
         }
     }
 }
@@ -72,10 +72,29 @@ pub(super) async fn slot(caller: &Caller, backend: &str) -> Result<Option<Slot>,
     if caller.admission.is_none() {
         return Ok(None);
     }
-    match admit(caller, backend)? {
-        Admit::Go(slot) => Ok(slot),
-        Admit::Wait(ticket) => until_client_gone(caller, ticket.granted()).await.map(Some),
-    }
+    let slot = match admit(caller, backend)? {
+        Admit::Go(slot) => slot,
+        Admit::Wait(ticket) => Some(until_client_gone(caller, ticket.granted()).await?),
+    };
+    shared(caller, slot).await
+}
+
+/// Holds `slot` across the cluster too, where `[cluster]` shares the slots: waits (in
+/// this instance's line's order, until the client leaves) for a cluster-wide one.
+async fn shared(caller: &Caller, slot: Option<Slot>) -> Result<Option<Slot>, GatewayError> {
+    let Some(mut slot) = slot else {
+        return Ok(None);
+    };
+    let Some(cluster) = caller.admission.as_ref().and_then(|a| a.cluster()).cloned() else {
+        return Ok(Some(slot));
+    };
+    let key = caller.key_cap.as_ref();
+    until_client_gone(
+        caller,
+        crate::cluster::slots::share(&cluster, &mut slot, key),
+    )
+    .await?;
+    Ok(Some(slot))
 }
 
 /// A streamed request waiting for a slot after its headers went out: what it needs to
@@ -127,10 +146,20 @@ pub(super) fn queued_stream<D: Dialect>(
             }
         };
         drop(ticket);
+        let slot = match shared(&caller, Some(slot)).await {
+            Ok(slot) => slot,
+            Err(GatewayError::ClientGone) => return,
+            Err(error) => {
+                renderer.error(&error, &mut out);
+                StreamLedger::new(&caller).close(error.status());
+                yield Ok(out.split().freeze());
+                return;
+            }
+        };
         let started = match dialect.parse_chat(&body) {
             Ok(parsed) => {
                 let request = Box::new(parsed.request);
-                start_stream(&router, &caller, &parsed.model, &request, Some(slot)).await
+                start_stream(&router, &caller, &parsed.model, &request, slot).await
             }
             Err(error) => Err(error),
         };

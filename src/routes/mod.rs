@@ -96,7 +96,7 @@ async fn key_check<D: Dialect>(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let (admitted, budgets) = auth::admit(&request);
+    let (admitted, budgets) = auth::admit(&request).await;
     let mut response = match admitted {
         Ok(()) => next.call(request).await?.map_into_left_body(),
         Err(refusal) => {

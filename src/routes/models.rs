@@ -301,8 +301,15 @@ pub async fn health(request: HttpRequest, router: web::Data<Router>) -> HttpResp
     let backends = router.health();
     let degraded = backends.iter().any(|b| b["available"] == false);
     let status = if degraded { "degraded" } else { "ok" };
-    if crate::auth::may_see_operations(&request).is_err() {
-        return HttpResponse::Ok().json(json!({ "status": status }));
+    let cluster = request
+        .app_data::<web::Data<crate::auth::KeyStore>>()
+        .and_then(|keys| keys.cluster().map(|cluster| cluster.health()));
+    let mut health = json!({ "status": status });
+    if let Some(redis) = cluster {
+        health["redis"] = json!(redis);
     }
-    HttpResponse::Ok().json(json!({ "status": status, "backends": backends }))
+    if crate::auth::may_see_operations(&request).is_ok() {
+        health["backends"] = json!(backends);
+    }
+    HttpResponse::Ok().json(health)
 }

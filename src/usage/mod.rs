@@ -230,6 +230,9 @@ impl Recorder {
                 .limits()
                 .spend(key, outcome.prompt_tokens + outcome.completion_tokens);
         }
+        if let Some(cluster) = self.keys.cluster() {
+            crate::cluster::usage::note(cluster, &outcome, true);
+        }
         if let Some(ledger) = self.ledger.get() {
             ledger.write(outcome);
         }
@@ -262,11 +265,16 @@ impl Recorder {
         };
         self.metrics.outcome(&outcome);
         // Only a known key's refusals are its usage; a stranger's never reach the ledger.
-        if let (Some(ledger), Some(key)) = (self.ledger.get(), key) {
-            ledger.write(Outcome {
-                key: Some(key),
-                ..outcome
-            });
+        let Some(key) = key else { return };
+        let outcome = Outcome {
+            key: Some(key),
+            ..outcome
+        };
+        if let Some(cluster) = self.keys.cluster() {
+            crate::cluster::usage::note(cluster, &outcome, false);
+        }
+        if let Some(ledger) = self.ledger.get() {
+            ledger.write(outcome);
         }
     }
 

@@ -31,6 +31,10 @@ pub struct UsageArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Every instance's records, from the Redis stream of `[cluster]`, instead of this
+    /// instance's ledger.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// What the rows are grouped by.
@@ -213,9 +217,13 @@ pub fn run(config: Option<&Path>, args: &UsageArgs) -> Result<String, String> {
         by: args.by,
         user: args.user.clone(),
     };
-    let path = configured_path(config)?;
-    let connection = open_for_reading(&path)?;
-    let rows = totals(&connection, &query).map_err(|e| format!("{}: {e}", path.display()))?;
+    let rows = if args.cluster {
+        crate::cluster::usage::totals(config, &query)?
+    } else {
+        let path = configured_path(config)?;
+        let connection = open_for_reading(&path)?;
+        totals(&connection, &query).map_err(|e| format!("{}: {e}", path.display()))?
+    };
     Ok(if args.json {
         json(&query, &rows)
     } else {
