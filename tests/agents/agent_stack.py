@@ -18,31 +18,19 @@ every request it makes goes to the gateway on 127.0.0.1.
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from stack import running_stack
 
 API_KEY = "sk-test"
-STARTUP_SECONDS = 20
 # What the `oa` backend caps a request's max_tokens to; the tests check the mock saw it.
 MAX_OUTPUT_TOKENS = 2048
 REPO = Path(__file__).resolve().parents[2]
 AGENTS_BIN = REPO / "target" / "agents" / "node_modules" / ".bin"
 PINS = json.loads((Path(__file__).parent / "package.json").read_text())["dependencies"]
-
-
-def built_binary(variable):
-    path = os.environ.get(variable)
-    if not path:
-        pytest.fail(f"${variable} is not set; run the suite through scripts/test")
-    path = os.path.abspath(path)
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"${variable}={path} is not an executable file; build it first")
-    return path
 
 
 def agent_binary(name, package):
@@ -59,39 +47,6 @@ def agent_binary(name, package):
     if PINS[package] not in version:
         pytest.fail(f"{path} says {version.strip()!r}, but {PINS[package]} is pinned")
     return str(path)
-
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _stop(process):
-    """Terminates a process this fixture started, killing it if it lingers."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def _start_mock(binary):
-    process = subprocess.Popen(
-        [binary, "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = process.stdout.readline().strip()
-    prefix = "mock upstream listening on "
-    if not line.startswith(prefix):
-        _stop(process)
-        pytest.fail(f"mock upstream did not start; its first line was {line!r}")
-    return process, line[len(prefix):]
 
 
 def _write_config(directory, listen, mock_url):
@@ -136,14 +91,6 @@ targets = ["echo/echo"]
     return config
 
 
-def _healthy(base):
-    try:
-        with urllib.request.urlopen(f"{base}/health", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 class Stack:
     """The running gateway and mock: their URLs and what the mock received."""
 
@@ -173,39 +120,8 @@ def offline_env(home):
 
 def start_stack(tmp_path_factory):
     """Starts the mock and the gateway, yields a `Stack`, then stops both."""
-    switchyard = built_binary("SWITCHYARD_BIN")
-    mock_binary = built_binary("MOCK_UPSTREAM_BIN")
-    directory = tmp_path_factory.mktemp("switchyard")
-
-    mock, mock_url = _start_mock(mock_binary)
-    listen = f"127.0.0.1:{_free_port()}"
-    config = _write_config(directory, listen, mock_url)
-    stderr_path = directory / "switchyard.stderr"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD")}
-    env.setdefault("RUST_LOG", "info")
-    with open(stderr_path, "wb") as stderr:
-        gateway_process = subprocess.Popen(
-            [switchyard, "--config", str(config)],
-            cwd=directory,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    base = f"http://{listen}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not _healthy(base):
-            if gateway_process.poll() is not None or time.monotonic() > deadline:
-                _stop(gateway_process)
-                pytest.fail(
-                    f"gateway did not answer GET {base}/health within {STARTUP_SECONDS}s; "
-                    f"its stderr:\n{stderr_path.read_text(errors='replace')}"
-                )
-            time.sleep(0.1)
-        yield Stack(base, mock_url, stderr_path)
-    finally:
-        _stop(gateway_process)
-        _stop(mock)
+    with running_stack(tmp_path_factory, "switchyard", _write_config) as (base, mock, log):
+        yield Stack(base, mock, log)
 
 
 AGENTS_DOC = REPO / "docs" / "agents.md"

@@ -18,11 +18,12 @@ import subprocess
 
 import pytest
 
+from stack import built_binary
+
 from agent_stack import (
     API_KEY,
     MAX_OUTPUT_TOKENS,
     agent_binary,
-    built_binary,
     documented_claude_env,
     documented_gateway_config,
     documented_codex_config,

@@ -17,29 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from stack import free_port, stop
 
 STARTUP_SECONDS = 20
 LEASE_SECS = 2.0
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def stop(process, kill=False):
-    if process.poll() is not None:
-        return
-    if kill:
-        process.kill()
-    else:
-        process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 class Redis:

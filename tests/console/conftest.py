@@ -12,61 +12,15 @@ import json
 import os
 import pathlib
 import shutil
-import socket
-import subprocess
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
+from stack import running_stack
 
 ADMIN_KEY = "sk-console-admin-0123456789"
 USER_KEY = "sk-console-user-0123456789"
-STARTUP_SECONDS = 20
 SCREENSHOTS = pathlib.Path(__file__).resolve().parents[2] / "target" / "console-screenshots"
-
-
-def _binary(variable):
-    path = os.environ.get(variable)
-    if not path:
-        pytest.fail(f"${variable} is not set; run the suite through scripts/test")
-    path = os.path.abspath(path)
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"${variable}={path} is not an executable file; build it first")
-    return path
-
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _stop(process):
-    """Terminates a process this fixture started, killing it if it lingers."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def _start_mock(binary):
-    process = subprocess.Popen(
-        [binary, "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = process.stdout.readline().strip()
-    prefix = "mock upstream listening on "
-    if not line.startswith(prefix):
-        _stop(process)
-        pytest.fail(f"mock upstream did not start; its first line was {line!r}")
-    return process, line[len(prefix):]
 
 
 def _write_config(directory, listen, mock_url):
@@ -107,50 +61,13 @@ kind = "echo"
     return config
 
 
-def _healthy(base):
-    try:
-        with urllib.request.urlopen(f"{base}/health", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):
     """Base URL of a running gateway wired to a running mock upstream."""
-    switchyard = _binary("SWITCHYARD_BIN")
-    mock_binary = _binary("MOCK_UPSTREAM_BIN")
-    directory = tmp_path_factory.mktemp("switchyard-console")
-    mock, mock_url = _start_mock(mock_binary)
-    listen = f"127.0.0.1:{_free_port()}"
-    config = _write_config(directory, listen, mock_url)
-    stderr_path = directory / "switchyard.stderr"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD")}
-    env.setdefault("RUST_LOG", "info")
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            [switchyard, "--config", str(config)],
-            cwd=directory,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    base = f"http://{listen}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not _healthy(base):
-            if process.poll() is not None or time.monotonic() > deadline:
-                _stop(process)
-                log = stderr_path.read_text(errors="replace")
-                pytest.fail(f"gateway did not start; its stderr:\n{log}")
-            time.sleep(0.1)
+    with running_stack(tmp_path_factory, "switchyard-console", _write_config) as (base, _, log):
         yield base
-    finally:
-        _stop(process)
-        _stop(mock)
-        # The admin key is sent in a header only: it never reaches the log.
-        log = stderr_path.read_text(errors="replace")
-        assert ADMIN_KEY not in log, "the admin key was logged"
+    # The admin key is sent in a header only: it never reaches the log.
+    assert ADMIN_KEY not in log.read_text(errors="replace"), "the admin key was logged"
 
 
 def _chromium():
