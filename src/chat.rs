@@ -766,6 +766,31 @@ pub fn random_id(prefix: &str, len: usize) -> String {
 }
 
 /// Generators shared by the property tests of the parsers and encoders.
+/// Events and figures the renderers' tests share.
+#[cfg(test)]
+pub mod samples {
+    use super::{Event, ToolCallDelta, Usage};
+
+    /// One piece of a streamed tool call.
+    pub fn tool_call(index: usize, id: Option<&str>, name: Option<&str>, arguments: &str) -> Event {
+        Event::ToolCall(ToolCallDelta {
+            index,
+            id: id.map(str::to_owned),
+            name: name.map(str::to_owned),
+            arguments: arguments.to_owned(),
+        })
+    }
+
+    /// Usage of 7 prompt and 5 completion tokens.
+    pub fn usage() -> Usage {
+        Usage {
+            prompt_tokens: 7,
+            completion_tokens: 5,
+            ..Usage::default()
+        }
+    }
+}
+
 #[cfg(test)]
 pub mod strategies {
     use proptest::prelude::*;

@@ -489,6 +489,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::chat::samples::{tool_call as call, usage};
     use crate::chat::ToolCall;
 
     /// Each event of a stream: its name and its data.
@@ -516,23 +517,6 @@ mod tests {
         }
         renderer.end(&mut out);
         events(&out)
-    }
-
-    fn call(index: usize, id: Option<&str>, name: Option<&str>, arguments: &str) -> Event {
-        Event::ToolCall(ToolCallDelta {
-            index,
-            id: id.map(str::to_owned),
-            name: name.map(str::to_owned),
-            arguments: arguments.to_owned(),
-        })
-    }
-
-    fn usage() -> Usage {
-        Usage {
-            prompt_tokens: 7,
-            completion_tokens: 5,
-            ..Usage::default()
-        }
     }
 
     #[test]

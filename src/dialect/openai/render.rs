@@ -364,9 +364,9 @@ pub fn render_error(error: &GatewayError) -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
-    use crate::chat::ToolCallDelta;
 
     use super::*;
+    use crate::chat::samples::{tool_call as delta, usage};
 
     /// The JSON of each SSE event, `[DONE]` as a string.
     fn events(out: &[u8]) -> Vec<Value> {
@@ -389,23 +389,6 @@ mod tests {
         }
         renderer.end(&mut out);
         events(&out)
-    }
-
-    fn delta(index: usize, id: Option<&str>, name: Option<&str>, arguments: &str) -> Event {
-        Event::ToolCall(ToolCallDelta {
-            index,
-            id: id.map(str::to_owned),
-            name: name.map(str::to_owned),
-            arguments: arguments.to_owned(),
-        })
-    }
-
-    fn usage() -> Usage {
-        Usage {
-            prompt_tokens: 7,
-            completion_tokens: 5,
-            ..Usage::default()
-        }
     }
 
     #[test]

@@ -602,6 +602,7 @@ impl StreamRenderer for ResponsesRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::samples::{tool_call as call, usage};
     use crate::dialect::responses::store::{ResponseStore, StoreConfig};
     use crate::dialect::responses::Echo;
     use crate::framing::EventCutter;
@@ -646,23 +647,6 @@ mod tests {
         }
         renderer.end(&mut out);
         events(&out)
-    }
-
-    fn call(index: usize, id: Option<&str>, name: Option<&str>, arguments: &str) -> Event {
-        Event::ToolCall(ToolCallDelta {
-            index,
-            id: id.map(str::to_owned),
-            name: name.map(str::to_owned),
-            arguments: arguments.to_owned(),
-        })
-    }
-
-    fn usage() -> Usage {
-        Usage {
-            prompt_tokens: 7,
-            completion_tokens: 5,
-            ..Usage::default()
-        }
     }
 
     #[test]
