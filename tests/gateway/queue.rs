@@ -70,6 +70,28 @@ fn chat(
         .send_body(body.to_string())
 }
 
+/// Fills `gpu`'s one slot and its line of one: alice's slow stream ("holder") holds the
+/// slot and alice's next request ("waiter") waits, so the next request finds both full.
+async fn fill_the_line(
+    gateway: &Harness,
+) -> (
+    actix_web::rt::task::JoinHandle<Answer>,
+    actix_web::rt::task::JoinHandle<Answer>,
+) {
+    let holder = actix_web::rt::spawn(ask(
+        gateway,
+        "/api/chat",
+        ALICE,
+        "gpu/m-gap300chunks3",
+        true,
+        "holder",
+    ));
+    until_metric(gateway, IN_FLIGHT, &[GPU], 1.0).await;
+    let waiter = actix_web::rt::spawn(ask(gateway, "/api/chat", ALICE, "gpu/m", false, "waiter"));
+    until_metric(gateway, DEPTH, &[GPU], 1.0).await;
+    (holder, waiter)
+}
+
 /// Sends and reads the whole answer (a future that borrows nothing, to spawn).
 fn ask(
     gateway: &Harness,
@@ -269,17 +291,7 @@ fn parse_sse(raw: &str) -> Vec<String> {
 #[actix_web::test]
 async fn a_full_queue_answers_429_with_retry_after_in_both_dialects() {
     let gateway = gateway("full", "max_concurrent = 1\nmax_queue = 1").await;
-    let holder = actix_web::rt::spawn(ask(
-        &gateway,
-        "/api/chat",
-        ALICE,
-        "gpu/m-gap300chunks3",
-        true,
-        "holder",
-    ));
-    until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
-    let waiter = actix_web::rt::spawn(ask(&gateway, "/api/chat", ALICE, "gpu/m", false, "waiter"));
-    until_metric(&gateway, DEPTH, &[GPU], 1.0).await;
+    let (holder, waiter) = fill_the_line(&gateway).await;
     for (path, stream) in [
         ("/v1/chat/completions", false),
         ("/v1/chat/completions", true),
@@ -620,17 +632,7 @@ async fn anthropic_and_responses_streams_that_wait_are_told_their_place() {
 #[actix_web::test]
 async fn a_full_queue_and_an_expired_wait_refuse_in_anthropics_and_openais_shapes() {
     let gateway = gateway("full-sse", "max_concurrent = 1\nmax_queue = 1").await;
-    let holder = actix_web::rt::spawn(ask(
-        &gateway,
-        "/api/chat",
-        ALICE,
-        "gpu/m-gap300chunks3",
-        true,
-        "holder",
-    ));
-    until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
-    let waiter = actix_web::rt::spawn(ask(&gateway, "/api/chat", ALICE, "gpu/m", false, "waiter"));
-    until_metric(&gateway, DEPTH, &[GPU], 1.0).await;
+    let (holder, waiter) = fill_the_line(&gateway).await;
     for stream in [false, true] {
         for (path, body) in [
             ("/v1/messages", anthropic_body("gpu/m", stream, "refused")),
