@@ -7,12 +7,15 @@
 //! requests scored by Redis's clock): at most `rpm` in any minute, and a refusal's
 //! `Retry-After` is when the oldest of them turns a minute old. `tpm` keeps the tokens
 //! of the last minute's answers in per-second buckets (a hash), `tokens_per_day` one
-//! counter per key and UTC day; both are charged after an answer, off the request path.
+//! counter per key and UTC day; both are charged after an answer, off the request path,
+//! riding with the next check (`outbox`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 
 use redis::Script;
 
+use super::outbox::{Batch, RIDE_RECORDS};
 use super::Cluster;
 use crate::error::GatewayError;
 use crate::keys::KeyPolicy;
@@ -77,25 +80,6 @@ return {1, 0, 0, rpm_left, tpm_left, day_left}
     )
 });
 
-/// KEYS: tpm buckets, today's tokens. ARGV: tokens, whether to count each (1/0).
-static SPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local t = redis.call('TIME')
-local tokens = tonumber(ARGV[1])
-if ARGV[2] == '1' then
-  redis.call('HINCRBY', KEYS[1], t[1], tokens)
-  redis.call('EXPIRE', KEYS[1], 61)
-end
-if ARGV[3] == '1' then
-  redis.call('INCRBY', KEYS[2], tokens)
-  redis.call('EXPIRE', KEYS[2], 172800)
-end
-return 1
-",
-    )
-});
-
 /// The limit that refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -125,7 +109,7 @@ fn now_ms() -> i64 {
 }
 
 impl Cluster {
-    fn limit_keys(&self, key_id: &str) -> [String; 3] {
+    pub(super) fn limit_keys(&self, key_id: &str) -> [String; 3] {
         let day = now_ms().div_euclid(DAY_MS).to_string();
         [
             self.key(&["rpm", key_id]),
@@ -149,21 +133,48 @@ impl Cluster {
             // rpm = 0 admits nothing; the local limiter says so without Redis.
             return None;
         }
-        let reply: Vec<i64> = self
-            .run("rate limits", |mut connection| async move {
-                ADMIT
-                    .key(&rpm_key)
-                    .key(&tpm_key)
-                    .key(&day_key)
-                    .arg(rpm)
-                    .arg(tpm)
-                    .arg(day)
-                    .arg(&member)
-                    .arg(left_today)
-                    .invoke_async(&mut connection)
-                    .await
+        let mut invocation = ADMIT.prepare_invoke();
+        invocation
+            .key(&rpm_key)
+            .key(&tpm_key)
+            .key(&day_key)
+            .arg(rpm)
+            .arg(tpm)
+            .arg(day)
+            .arg(&member)
+            .arg(left_today);
+        // What earlier answers owe Redis rides in the same pipeline, ahead of the check.
+        let owed = if self.is_up() {
+            self.outbox.take(RIDE_RECORDS)
+        } else {
+            Batch::default()
+        };
+        let delivered = AtomicBool::new(false);
+        let reply: Option<Vec<i64>> = self
+            .run("rate limits", |mut connection| {
+                let (owed, delivered, invocation) = (&owed, &delivered, &invocation);
+                let stream = self.stream();
+                async move {
+                    let mut pipe = redis::pipe();
+                    owed.add_to(&mut pipe, &stream, self.settings.stream_maxlen);
+                    pipe.invoke_script(invocation);
+                    match pipe.query_async::<(Vec<i64>,)>(&mut connection).await {
+                        Ok((reply,)) => Ok(reply),
+                        // A Redis that restarted empty has lost the loaded script: what
+                        // rode along went in, the check alone is sent again, loading it.
+                        Err(error) if error.kind() == redis::ErrorKind::NoScriptError => {
+                            delivered.store(true, Ordering::Relaxed);
+                            invocation.invoke_async(&mut connection).await
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
             })
-            .await?;
+            .await;
+        if reply.is_none() && !delivered.load(Ordering::Relaxed) {
+            self.outbox.give_back(owed);
+        }
+        let reply = reply?;
         let [admitted, which, retry_ms, rpm_left, tpm_left, day_left] = reply[..] else {
             log::warn!("redis's rate-limit script answered {reply:?}");
             return None;
@@ -190,28 +201,6 @@ impl Cluster {
             tokens: budget(policy.tpm, tpm_left),
             day: budget(policy.tokens_per_day, day_left),
         })
-    }
-
-    /// Charges the tokens an answer used to the key's shared `tpm` and day; `false`
-    /// when Redis did not take them.
-    pub async fn spend(&self, policy: &KeyPolicy, tokens: u64) -> bool {
-        let (minute, day) = (policy.tpm.is_some(), policy.tokens_per_day.is_some());
-        if tokens == 0 || !(minute || day) {
-            return true;
-        }
-        let [_, tpm_key, day_key] = self.limit_keys(&policy.key_id);
-        self.run("token spending", |mut connection| async move {
-            SPEND
-                .key(&tpm_key)
-                .key(&day_key)
-                .arg(tokens)
-                .arg(u8::from(minute))
-                .arg(u8::from(day))
-                .invoke_async::<i64>(&mut connection)
-                .await
-        })
-        .await
-        .is_some()
     }
 }
 

@@ -11,10 +11,11 @@
 //! them once Redis answers. A request never waits on Redis for longer than the timeout.
 
 pub mod limits;
+pub mod outbox;
 pub mod slots;
 pub mod usage;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -213,10 +214,8 @@ pub struct Cluster {
     leases: Mutex<HashMap<u64, Vec<String>>>,
     /// Slots taken on local shares while Redis was unreachable, by sorted-set name.
     local: Mutex<HashMap<String, u64>>,
-    /// Usage records made while Redis was unreachable, oldest first.
-    pending: Mutex<VecDeque<usage::Record>>,
-    /// Held records dropped since Redis went away (`pending_max`), for logging once.
-    dropped: AtomicU64,
+    /// Token charges and usage records not yet in Redis.
+    outbox: outbox::Outbox,
 }
 
 impl Cluster {
@@ -235,16 +234,17 @@ impl Cluster {
             next_id: AtomicU64::new(0),
             leases: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
-            pending: Mutex::new(VecDeque::new()),
-            dropped: AtomicU64::new(0),
+            outbox: outbox::Outbox::default(),
         })
     }
 
     /// Starts the task that connects, probes an unreachable Redis, renews the leases
-    /// and sends held records; it runs on the calling runtime for the process's life.
+    /// and sends held records, and the one that sends what no request carried (see
+    /// `outbox`); they run on the calling runtime for the process's life.
     pub fn launch(self: &Arc<Self>) {
         let cluster = self.clone();
         actix_web::rt::spawn(async move { cluster.keep().await });
+        actix_web::rt::spawn(outbox::deliver(self.clone()));
     }
 
     /// Whether Redis answered the last call.
@@ -271,7 +271,7 @@ impl Cluster {
         key
     }
 
-    fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -328,7 +328,7 @@ impl Cluster {
         }
     }
 
-    fn connection(&self) -> Option<ConnectionManager> {
+    pub(super) fn connection(&self) -> Option<ConnectionManager> {
         self.connection.read().ok()?.clone()
     }
 
@@ -393,7 +393,9 @@ impl Cluster {
                     }
                     if self.is_up() {
                         slots::renew(&self, manager.clone()).await;
-                        usage::flush(&self, manager).await;
+                        if self.outbox.held() {
+                            self.send_owed(&manager).await;
+                        }
                     }
                 }
             }

@@ -1,16 +1,15 @@
 //! Every instance's usage records in one Redis stream, so that `switchyard usage
 //! --cluster` totals the whole cluster: each record an instance writes to its own
 //! ledger is also appended here (`XADD … MAXLEN ~ stream_maxlen`, so the stream stays
-//! bounded). A record made while Redis is unreachable waits in this instance's memory
-//! (at most `pending_max`, the oldest dropped first, with a count logged) and is sent,
-//! in order, as soon as Redis answers again.
+//! bounded). Records are sent by `outbox`: with the next request's call to Redis or
+//! within a moment, and, while Redis is unreachable, held in this instance's memory and
+//! sent in order once it answers again.
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
+use super::outbox::Charge;
 use super::{Cluster, ClusterSettings, RawCluster};
 use crate::usage::ledger::{schema, unix_ms};
 use crate::usage::report::{Query, Totals};
@@ -18,9 +17,6 @@ use crate::usage::Outcome;
 
 /// One usage record: its fields as the stream keeps them.
 pub type Record = Vec<(&'static str, String)>;
-
-/// How many held records go in one pipelined call when Redis is back.
-const FLUSH_BATCH: usize = 500;
 
 impl Cluster {
     /// The stream every instance appends to.
@@ -30,9 +26,11 @@ impl Cluster {
 }
 
 /// The stream's fields of one outcome: the ledger's columns, by name (absent where the
-/// ledger's would be NULL), and the instance that served it.
+/// ledger's would be NULL), the instance that served it and the record's own id.
 pub fn record(cluster: &Cluster, outcome: &Outcome) -> Record {
     let mut fields: Record = vec![
+        // Delivery is at least once: the report counts each id once.
+        ("id", format!("{}:{}", cluster.instance, cluster.next_id())),
         ("at_ms", unix_ms(outcome.at).to_string()),
         ("instance", cluster.instance.clone()),
         ("user", outcome.user.to_string()),
@@ -62,134 +60,28 @@ pub fn record(cluster: &Cluster, outcome: &Outcome) -> Record {
     fields
 }
 
-/// Sends one finished request to the cluster, off the request path: its tokens to its
-/// key's shared `tpm` and day (`charge`), its record to the stream (held locally when
-/// Redis does not answer).
-pub fn note(cluster: &Arc<Cluster>, outcome: &Outcome, charge: bool) {
-    let record = record(cluster, outcome);
-    let charge = charge
-        .then(|| outcome.key.clone())
-        .flatten()
-        .map(|key| (key, outcome.prompt_tokens + outcome.completion_tokens));
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        hold(cluster, record);
-        return;
-    };
-    let cluster = cluster.clone();
-    runtime.spawn(async move {
-        if let Some((key, tokens)) = charge {
-            // Tokens Redis does not take stay in this instance's own window only.
-            cluster.spend(&key, tokens).await;
-        }
-        send(&cluster, record).await;
-    });
-}
-
-/// Appends `record` to the stream; held locally when Redis does not answer.
-async fn send(cluster: &Arc<Cluster>, record: Record) {
-    // Records held before this one go first, so the stream keeps their order.
-    let behind = cluster
-        .pending
-        .lock()
-        .map(|p| !p.is_empty())
-        .unwrap_or(false);
-    if behind || !cluster.is_up() {
-        hold(cluster, record);
-        return;
-    }
-    let stream = cluster.stream();
-    let maxlen = cluster.settings.stream_maxlen;
-    let fields = record.clone();
-    let sent = cluster
-        .run("usage record", |mut connection| async move {
-            let mut command = xadd(&stream, maxlen);
-            for (field, value) in &fields {
-                command.arg(*field).arg(value);
-            }
-            command.query_async::<String>(&mut connection).await
-        })
-        .await;
-    if sent.is_none() {
-        hold(cluster, record);
-    }
-}
-
-fn xadd(stream: &str, maxlen: u64) -> redis::Cmd {
-    let mut command = redis::cmd("XADD");
-    command
-        .arg(stream)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(maxlen)
-        .arg("*");
-    command
-}
-
-fn hold(cluster: &Cluster, record: Record) {
-    let Ok(mut pending) = cluster.pending.lock() else {
-        return;
-    };
-    if cluster.settings.pending_max == 0 {
-        return;
-    }
-    if pending.len() >= cluster.settings.pending_max {
-        pending.pop_front();
-        let dropped = cluster
-            .dropped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if dropped == 0 {
-            log::warn!(
-                "redis has been unreachable for {} usage records (cluster.pending_max): the oldest are dropped from the stream (each instance's own ledger still has them)",
-                cluster.settings.pending_max
-            );
+/// Owes the cluster one finished request: its tokens to its key's shared `tpm` and day
+/// (`charge`, while Redis answers), its record to the stream. Neither waits for Redis
+/// here: both ride with the next call (`outbox`).
+pub fn note(cluster: &Cluster, outcome: &Outcome, charge: bool) {
+    let tokens = outcome.prompt_tokens + outcome.completion_tokens;
+    if let Some(key) = outcome.key.as_deref().filter(|_| charge) {
+        let (minute, day) = (key.tpm.is_some(), key.tokens_per_day.is_some());
+        // Tokens Redis cannot take now stay in this instance's own window only.
+        if tokens > 0 && (minute || day) && cluster.is_up() {
+            let [_, tpm_key, day_key] = cluster.limit_keys(&key.key_id);
+            cluster.outbox.charge(Charge {
+                tpm_key,
+                day_key,
+                tokens,
+                minute,
+                day,
+            });
         }
     }
-    pending.push_back(record);
-}
-
-/// Sends the records held while Redis was unreachable, oldest first, a batch per call.
-pub(super) async fn flush(cluster: &Cluster, connection: ConnectionManager) {
-    loop {
-        let batch: Vec<Record> = match cluster.pending.lock() {
-            Ok(pending) => pending.iter().take(FLUSH_BATCH).cloned().collect(),
-            Err(_) => return,
-        };
-        if batch.is_empty() {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        for record in &batch {
-            let mut command = xadd(&cluster.stream(), cluster.settings.stream_maxlen);
-            for (field, value) in record {
-                command.arg(*field).arg(value);
-            }
-            pipe.add_command(command).ignore();
-        }
-        let mut connection = connection.clone();
-        let call = async move { pipe.query_async::<()>(&mut connection).await };
-        if cluster
-            .bounded(
-                "sending held usage records",
-                super::BACKGROUND_TIMEOUT,
-                call,
-            )
-            .await
-            .is_none()
-        {
-            return;
-        }
-        let sent = batch.len();
-        if let Ok(mut pending) = cluster.pending.lock() {
-            let sent = sent.min(pending.len());
-            pending.drain(..sent);
-            if pending.is_empty() {
-                log::info!("usage records held while redis was unreachable are in the stream");
-                cluster
-                    .dropped
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
+    cluster
+        .outbox
+        .record(record(cluster, outcome), cluster.settings.pending_max);
 }
 
 /// How long `switchyard usage --cluster` waits for Redis.
@@ -252,6 +144,8 @@ async fn read(
     let client = settings.client()?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut records = Vec::new();
+    // A record sent twice (a call that was given up after it reached Redis) counts once.
+    let mut seen = HashSet::new();
     let mut start = "-".to_owned();
     loop {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
@@ -265,7 +159,7 @@ async fn read(
         let count = reply.ids.len();
         for entry in reply.ids {
             start = format!("({}", entry.id);
-            let fields = entry
+            let fields: std::collections::HashMap<String, String> = entry
                 .map
                 .into_iter()
                 .filter_map(|(field, value)| {
@@ -274,6 +168,11 @@ async fn read(
                         .map(|value| (field, value))
                 })
                 .collect();
+            if let Some(id) = fields.get("id") {
+                if !seen.insert(id.clone()) {
+                    continue;
+                }
+            }
             records.push(fields);
         }
         if count < READ_BATCH {

@@ -59,6 +59,12 @@ def test_usage_cluster_totals_the_requests_of_all_three(cluster, redis):
     )
     assert json.loads(local.stdout)["total"]["requests"] == 4, local.stderr
     assert usage(gateways[0], "--since", "1h")["total"]["requests"] == 9
+    # A record sent twice (a call given up after it reached Redis is sent again) counts
+    # once: each carries its own id.
+    [[_, fields]] = redis.command("XRANGE", "switchyard:usage", "-", "+", "COUNT", 1)
+    redis.command("XADD", "switchyard:usage", "*", *fields)
+    assert redis.command("XLEN", "switchyard:usage") == 10
+    assert usage(gateways[0])["total"]["requests"] == 9
 
 
 def test_records_made_while_redis_was_gone_reach_the_stream(cluster, redis):
