@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod slots;
 pub mod usage;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -207,6 +208,11 @@ pub struct Cluster {
     pub settings: ClusterSettings,
     /// This process, in every lease it holds and every record it sends.
     pub instance: String,
+    /// Tells this link apart from others in the same process.
+    id: u64,
+    /// How many times Redis came back: threads' own connections made before are
+    /// replaced.
+    generation: AtomicU64,
     connection: RwLock<Option<ConnectionManager>>,
     up: AtomicBool,
     next_id: AtomicU64,
@@ -229,6 +235,8 @@ impl Cluster {
         Arc::new(Cluster {
             settings,
             instance,
+            id: NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
             connection: RwLock::new(None),
             up: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
@@ -286,7 +294,7 @@ impl Cluster {
         if !self.is_up() {
             return None;
         }
-        let connection = self.connection()?;
+        let connection = self.own_connection().or_else(|| self.connection())?;
         self.bounded(what, self.settings.timeout, call(connection))
             .await
     }
@@ -332,6 +340,73 @@ impl Cluster {
         self.connection.read().ok()?.clone()
     }
 
+    /// This thread's own connection, once it has one; the first call on a thread starts
+    /// connecting one there. A call on the shared connection is driven by the task that
+    /// made it, on another thread: two thread switches per call, which on a busy
+    /// instance cost more than Redis's answer. A worker's own connection is driven on
+    /// the worker's own runtime.
+    fn own_connection(&self) -> Option<ConnectionManager> {
+        let state = OWN_CONNECTIONS.with(|links| {
+            let mut links = links.borrow_mut();
+            let generation = self.generation.load(Ordering::Relaxed);
+            match links.get(&self.id) {
+                // Made before Redis last went away: its socket may be dead, so it is
+                // made again rather than failing the next request.
+                Some(OwnConnection::Ready(made, _)) if *made != generation => {
+                    links.insert(self.id, OwnConnection::Connecting);
+                    OwnConnection::Absent
+                }
+                Some(state) => state.clone(),
+                None => {
+                    links.insert(self.id, OwnConnection::Connecting);
+                    OwnConnection::Absent
+                }
+            }
+        });
+        match state {
+            OwnConnection::Ready(_, connection) => Some(connection),
+            OwnConnection::Connecting => None,
+            OwnConnection::Absent => {
+                let id = self.id;
+                let generation = self.generation.load(Ordering::Relaxed);
+                let client = self.settings.client();
+                let connect = async move {
+                    let made = match client {
+                        Ok(client) => tokio::time::timeout(
+                            BACKGROUND_TIMEOUT * 2,
+                            ConnectionManager::new_with_config(client, manager_config()),
+                        )
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                        Err(_) => None,
+                    };
+                    OWN_CONNECTIONS.with(|links| {
+                        let mut links = links.borrow_mut();
+                        match made {
+                            Some(connection) => {
+                                links.insert(id, OwnConnection::Ready(generation, connection));
+                            }
+                            // The next call on this thread tries again.
+                            None => {
+                                links.remove(&id);
+                            }
+                        }
+                    });
+                };
+                // On an actix worker (a runtime of one thread) the task runs on this
+                // thread. On a runtime of several it may land on another: that thread
+                // then has its own and this one keeps using the shared one, no worse.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    tokio::spawn(connect);
+                } else {
+                    OWN_CONNECTIONS.with(|links| links.borrow_mut().remove(&id));
+                }
+                None
+            }
+        }
+    }
+
     /// Marks Redis unreachable; the change is logged once, not per request.
     fn down(&self, why: &str) {
         if self.up.swap(false, Ordering::Relaxed) {
@@ -345,6 +420,7 @@ impl Cluster {
 
     fn back(&self) {
         if !self.up.swap(true, Ordering::Relaxed) {
+            self.generation.fetch_add(1, Ordering::Relaxed);
             log::info!(
                 "redis {} answers: limits, slots and usage are shared again",
                 self.settings.shown_url()
@@ -405,14 +481,9 @@ impl Cluster {
 
     async fn connect(&self) -> Result<ConnectionManager, String> {
         let client = self.settings.client().map_err(|e| e.to_string())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(BACKGROUND_TIMEOUT)
-            .set_response_timeout(BACKGROUND_TIMEOUT)
-            .set_number_of_retries(1)
-            .set_max_delay(500);
         match tokio::time::timeout(
             BACKGROUND_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client, config),
+            ConnectionManager::new_with_config(client, manager_config()),
         )
         .await
         {
@@ -430,6 +501,31 @@ impl Cluster {
             Err(_) => Err("no connection within 2 s".to_owned()),
         }
     }
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(BACKGROUND_TIMEOUT)
+        .set_response_timeout(BACKGROUND_TIMEOUT)
+        .set_number_of_retries(1)
+        .set_max_delay(500)
+}
+
+/// Tells clusters apart in `OWN_CONNECTIONS` (tests run several in one process).
+static NEXT_CLUSTER: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's own connection to one cluster's Redis.
+#[derive(Clone)]
+enum OwnConnection {
+    Absent,
+    Connecting,
+    /// Made while `Cluster::generation` was the first.
+    Ready(u64, ConnectionManager),
+}
+
+thread_local! {
+    /// Each thread's own connections, by cluster id.
+    static OWN_CONNECTIONS: RefCell<HashMap<u64, OwnConnection>> = RefCell::new(HashMap::new());
 }
 
 fn hostname() -> String {
