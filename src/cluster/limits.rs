@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use super::outbox::{Batch, RIDE_RECORDS};
+use super::outbox::{reload, Batch, RIDE_RECORDS};
 use super::Cluster;
 use crate::error::GatewayError;
 use crate::keys::KeyPolicy;
@@ -153,18 +153,25 @@ impl Cluster {
         let reply: Option<Vec<i64>> = self
             .run("rate limits", |mut connection| {
                 let (owed, delivered, invocation) = (&owed, &delivered, &invocation);
-                let stream = self.stream();
                 async move {
                     let mut pipe = redis::pipe();
-                    owed.add_to(&mut pipe, &stream, self.settings.stream_maxlen);
+                    owed.add_to(&mut pipe);
                     pipe.invoke_script(invocation);
                     match pipe.query_async::<(Vec<i64>,)>(&mut connection).await {
                         Ok((reply,)) => Ok(reply),
-                        // A Redis that restarted empty has lost the loaded script: what
-                        // rode along went in, the check alone is sent again, loading it.
+                        // A Redis that restarted has lost the loaded scripts: the
+                        // records that rode along went in, the charges and the check
+                        // go again once the scripts are loaded.
                         Err(error) if error.kind() == redis::ErrorKind::NoScriptError => {
                             delivered.store(true, Ordering::Relaxed);
-                            invocation.invoke_async(&mut connection).await
+                            reload(&mut connection).await?;
+                            let mut again = redis::pipe();
+                            owed.add_charges_to(&mut again);
+                            again.invoke_script(invocation);
+                            again
+                                .query_async::<(Vec<i64>,)>(&mut connection)
+                                .await
+                                .map(|(reply,)| reply)
                         }
                         Err(error) => Err(error),
                     }

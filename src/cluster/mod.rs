@@ -490,7 +490,7 @@ impl Cluster {
             Ok(Ok(manager)) => {
                 // Loaded now, so that no request pays for a NOSCRIPT and a reload.
                 let mut loader = manager.clone();
-                for script in [&*slots::ACQUIRE, &*limits::ADMIT] {
+                for script in [&*slots::ACQUIRE, &*limits::ADMIT, &*outbox::CHARGE] {
                     if let Err(error) = script.prepare_invoke().load_async(&mut loader).await {
                         return Err(error.to_string());
                     }

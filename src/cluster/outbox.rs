@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::sync::LazyLock;
+
 use redis::aio::ConnectionManager;
-use redis::Pipeline;
+use redis::{Pipeline, Script};
 use tokio::sync::Notify;
 
 use super::usage::Record;
@@ -39,7 +41,9 @@ const SEND_BATCH: usize = 500;
 /// `tpm` and `tokens_per_day` of one key, charged after an answer: Redis's clock picks
 /// the second's bucket, so instances' clocks need not agree. KEYS: tpm buckets, the
 /// day's counter. ARGV: tokens, then whether to charge each (1/0).
-const CHARGE: &str = r"
+pub(super) static CHARGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local t = redis.call('TIME')
 local tokens = tonumber(ARGV[1])
 if ARGV[2] == '1' then
@@ -51,7 +55,9 @@ if ARGV[3] == '1' then
   redis.call('EXPIRE', KEYS[2], 172800)
 end
 return 1
-";
+",
+    )
+});
 
 /// The tokens of one answer, for its key's shared counts.
 pub struct Charge {
@@ -75,36 +81,39 @@ impl Batch {
     }
 
     /// Adds the batch's commands to `pipe`, their replies ignored. Charges go first so
-    /// that a check later in the same pipeline already sees them. The charge is sent
-    /// as `EVAL` with its text rather than `EVALSHA`: Redis caches it by its hash all
-    /// the same, and a Redis that restarted empty cannot refuse it with `NOSCRIPT`
-    /// after the records beside it were already written.
-    pub fn add_to(&self, pipe: &mut Pipeline, stream: &str, maxlen: u64) {
-        for charge in &self.charges {
-            pipe.cmd("EVAL")
-                .arg(CHARGE)
-                .arg(2)
-                .arg(&charge.tpm_key)
-                .arg(&charge.day_key)
-                .arg(charge.tokens)
-                .arg(u8::from(charge.minute))
-                .arg(u8::from(charge.day))
-                .ignore();
-        }
+    /// that a check later in the same pipeline already sees them.
+    pub fn add_to(&self, pipe: &mut Pipeline) {
+        self.add_charges_to(pipe);
         for record in &self.records {
-            let command = pipe
-                .cmd("XADD")
-                .arg(stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(maxlen)
-                .arg("*");
-            for (field, value) in record {
-                command.arg(*field).arg(value);
-            }
-            command.ignore();
+            pipe.add_command(record.clone()).ignore();
         }
     }
+
+    /// Adds the charges alone: a Redis that restarted has lost its scripts and refuses
+    /// them with `NOSCRIPT` while the records beside them go in, so after loading the
+    /// script again only these are sent again.
+    pub fn add_charges_to(&self, pipe: &mut Pipeline) {
+        for charge in &self.charges {
+            let mut invocation = CHARGE.prepare_invoke();
+            invocation
+                .key(&charge.tpm_key)
+                .key(&charge.day_key)
+                .arg(charge.tokens)
+                .arg(u8::from(charge.minute))
+                .arg(u8::from(charge.day));
+            pipe.invoke_script(&invocation).ignore();
+        }
+    }
+}
+
+/// Loads the scripts a pipeline uses, after a `NOSCRIPT`.
+pub(super) async fn reload(connection: &mut ConnectionManager) -> redis::RedisResult<()> {
+    CHARGE.prepare_invoke().load_async(connection).await?;
+    super::limits::ADMIT
+        .prepare_invoke()
+        .load_async(connection)
+        .await?;
+    Ok(())
 }
 
 #[derive(Default)]
@@ -223,16 +232,28 @@ impl Outbox {
 impl Cluster {
     /// Sends everything owed, a batch per call, while Redis answers.
     pub(super) async fn send_owed(&self, connection: &ConnectionManager) {
-        let stream = self.stream();
         while self.is_up() {
             let batch = self.outbox.take(SEND_BATCH);
             if batch.is_empty() {
                 break;
             }
             let mut pipe = redis::pipe();
-            batch.add_to(&mut pipe, &stream, self.settings.stream_maxlen);
+            batch.add_to(&mut pipe);
             let mut connection = connection.clone();
-            let call = async move { pipe.query_async::<()>(&mut connection).await };
+            let charges = &batch;
+            let call = async move {
+                match pipe.query_async::<()>(&mut connection).await {
+                    // The records went in; the charges met a Redis that lost its
+                    // scripts (see `Batch::add_charges_to`) and go again.
+                    Err(error) if error.kind() == redis::ErrorKind::NoScriptError => {
+                        reload(&mut connection).await?;
+                        let mut again = redis::pipe();
+                        charges.add_charges_to(&mut again);
+                        again.query_async::<()>(&mut connection).await
+                    }
+                    done => done,
+                }
+            };
             if self
                 .bounded("sending usage records", BACKGROUND_TIMEOUT, call)
                 .await
@@ -276,11 +297,20 @@ mod tests {
     use super::*;
 
     fn record(n: u64) -> Record {
-        vec![("id", n.to_string())]
+        let mut command = redis::cmd("XADD");
+        command.arg(n);
+        command
     }
 
     fn ids(batch: &Batch) -> Vec<String> {
-        batch.records.iter().map(|r| r[0].1.clone()).collect()
+        batch
+            .records
+            .iter()
+            .map(|record| match record.args_iter().nth(1) {
+                Some(redis::Arg::Simple(id)) => String::from_utf8_lossy(id).into_owned(),
+                _ => String::new(),
+            })
+            .collect()
     }
 
     #[test]
@@ -315,7 +345,7 @@ mod tests {
         assert_eq!(batch.charges.len(), 2);
         assert!(batch.records.is_empty());
         let mut pipe = redis::pipe();
-        batch.add_to(&mut pipe, "s", 10);
+        batch.add_to(&mut pipe);
         assert_eq!(pipe.cmd_iter().count(), 2);
         outbox.give_back(batch);
         assert!(outbox.take(10).charges.is_empty());

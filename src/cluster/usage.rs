@@ -15,9 +15,6 @@ use crate::usage::ledger::{schema, unix_ms};
 use crate::usage::report::{Query, Totals};
 use crate::usage::Outcome;
 
-/// One usage record: its fields as the stream keeps them.
-pub type Record = Vec<(&'static str, String)>;
-
 impl Cluster {
     /// The stream every instance appends to.
     pub fn stream(&self) -> String {
@@ -25,39 +22,56 @@ impl Cluster {
     }
 }
 
-/// The stream's fields of one outcome: the ledger's columns, by name (absent where the
-/// ledger's would be NULL), the instance that served it and the record's own id.
+/// One usage record, as the `XADD` that appends it to the stream: built once, when the
+/// answer ends, with its numbers written straight into the command.
+pub type Record = redis::Cmd;
+
+/// The `XADD` of one outcome: the ledger's columns, by name (absent where the ledger's
+/// would be NULL), the instance that served it and the record's own id.
 pub fn record(cluster: &Cluster, outcome: &Outcome) -> Record {
-    let mut fields: Record = vec![
+    let mut command = redis::cmd("XADD");
+    command
+        .arg(cluster.stream())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(cluster.settings.stream_maxlen)
+        .arg("*")
         // Delivery is at least once: the report counts each id once.
-        ("id", format!("{}:{}", cluster.instance, cluster.next_id())),
-        ("at_ms", unix_ms(outcome.at).to_string()),
-        ("instance", cluster.instance.clone()),
-        ("user", outcome.user.to_string()),
-        ("dialect", outcome.dialect.to_owned()),
-        ("model", outcome.model.clone()),
-        ("prompt_tokens", outcome.prompt_tokens.to_string()),
-        ("completion_tokens", outcome.completion_tokens.to_string()),
-        ("status", outcome.status.to_string()),
-        (
-            "latency_ms",
-            (outcome.latency.as_secs_f64() * 1000.0).to_string(),
-        ),
-        ("client_left", u8::from(outcome.client_left).to_string()),
-    ];
+        .arg("id")
+        .arg(format!("{}:{}", cluster.instance, cluster.next_id()))
+        .arg("at_ms")
+        .arg(unix_ms(outcome.at))
+        .arg("instance")
+        .arg(&cluster.instance)
+        .arg("user")
+        .arg(&*outcome.user)
+        .arg("dialect")
+        .arg(outcome.dialect)
+        .arg("model")
+        .arg(&outcome.model)
+        .arg("prompt_tokens")
+        .arg(outcome.prompt_tokens)
+        .arg("completion_tokens")
+        .arg(outcome.completion_tokens)
+        .arg("status")
+        .arg(outcome.status)
+        .arg("latency_ms")
+        .arg(outcome.latency.as_secs_f64() * 1000.0)
+        .arg("client_left")
+        .arg(u8::from(outcome.client_left));
     if let Some(key) = &outcome.key {
-        fields.push(("key_id", key.key_id.to_string()));
+        command.arg("key_id").arg(&*key.key_id);
     }
     if let Some(backend) = &outcome.backend {
-        fields.push(("backend", backend.to_string()));
+        command.arg("backend").arg(&**backend);
     }
     if let Some(model) = &outcome.upstream_model {
-        fields.push(("upstream_model", model.clone()));
+        command.arg("upstream_model").arg(model);
     }
     if let Some(first) = outcome.first_token {
-        fields.push(("ttft_ms", (first.as_secs_f64() * 1000.0).to_string()));
+        command.arg("ttft_ms").arg(first.as_secs_f64() * 1000.0);
     }
-    fields
+    command
 }
 
 /// Owes the cluster one finished request: its tokens to its key's shared `tpm` and day

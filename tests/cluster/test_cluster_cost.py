@@ -45,11 +45,12 @@ class CountingProxy:
         try:
             while data := source.recv(1 << 20):
                 if counted:
-                    # A request's limit check is the only EVALSHA; the background's
-                    # probes are lone PINGs; anything else is what no request carried.
-                    if b"EVALSHA" in data:
+                    # A request's limit check is the only call naming its rpm window;
+                    # the background's probes are lone PINGs; anything else is what no
+                    # request carried.
+                    if b"switchyard:rpm:" in data:
                         kind = "check"
-                    elif b"PING" in data and b"XADD" not in data and b"EVAL" not in data:
+                    elif b"PING" in data and b"XADD" not in data and b"EVALSHA" not in data:
                         kind = "probe"
                     else:
                         kind = "other"
