@@ -117,12 +117,12 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayError> {
     if wire.model.is_empty() {
         return Err(GatewayError::bad_field("model", "model is required"));
     }
-    let messages = wire
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(index, message)| parse_message(index, message))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Sized once: collecting through a `Result` cannot know the count and would grow the
+    // vector through every power of two, a long history's whole array each time.
+    let mut messages = Vec::with_capacity(wire.messages.len());
+    for (index, message) in wire.messages.into_iter().enumerate() {
+        messages.push(parse_message(index, message)?);
+    }
     let mut request = ChatRequest::new(messages);
     request.sampling = parse_options(wire.options.unwrap_or_default())?;
     request.format = parse_format(wire.format)?;
