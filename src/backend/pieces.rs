@@ -14,13 +14,15 @@
 //! another server, with another key).
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use awc::body::{BodySize, MessageBody};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// The most bytes one piece holds: large enough that a long body is a few hundred
 /// pieces and as many socket writes, small beside any body it helps with.
@@ -30,7 +32,7 @@ pub const PIECE: usize = 64 * 1024;
 #[derive(Clone, Debug)]
 pub enum Encoded {
     One(Bytes),
-    Pieces(Rc<[Bytes]>),
+    Pieces(Rc<Vec<Bytes>>),
 }
 
 impl Encoded {
@@ -78,7 +80,7 @@ impl From<Vec<u8>> for Encoded {
 pub enum Sending {
     One(Option<Bytes>),
     Pieces {
-        pieces: Rc<[Bytes]>,
+        pieces: Rc<Vec<Bytes>>,
         /// The first piece not yet handed to awc.
         next: usize,
     },
@@ -120,44 +122,109 @@ impl MessageBody for Sending {
 }
 
 /// Where a body is serialised: one buffer of the estimated size, and pieces of
-/// [`PIECE`] bytes once the body outgrows a piece.
+/// [`PIECE`] bytes once the body outgrows a piece. A long string literal that lies in
+/// the client's body (see [`from_source`]) becomes a piece of its own that shares the
+/// body's bytes instead of a copy of them.
 pub struct Writer {
     sealed: Vec<Bytes>,
-    current: Vec<u8>,
+    current: BytesMut,
+    /// The client's body, when it is long enough for sharing to matter.
+    source: Option<Bytes>,
+}
+
+/// The shortest literal shared with the client's body rather than copied: a shared
+/// piece costs a `Bytes` handle (32 bytes) and a chunk of its own on the way out.
+const SHARED: usize = 128;
+
+thread_local! {
+    /// The body of the request whose work is being polled on this thread, if long.
+    static SOURCE: Cell<Option<Bytes>> = const { Cell::new(None) };
+}
+
+/// Runs `work` with `body` known as the source of what it encodes: while it is
+/// polled, a [`Writer`] on this thread takes long string literals that lie in `body`
+/// (the request's texts borrow from it) as shared pieces of it instead of copying them.
+/// A literal found elsewhere is copied, so a writer that sees another request's body
+/// only shares less. Bodies of one piece or less are left alone, as before.
+pub fn from_source<F: Future>(body: &Bytes, work: F) -> FromSource<'_, F> {
+    FromSource { body, work }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`from_source`].
+    pub struct FromSource<'b, F> {
+        body: &'b Bytes,
+        #[pin]
+        work: F,
+    }
+}
+
+impl<F: Future> Future for FromSource<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if this.body.len() <= PIECE {
+            return this.work.poll(context);
+        }
+        let outer = SOURCE.with(|cell| cell.replace(Some(this.body.clone())));
+        let polled = this.work.poll(context);
+        SOURCE.with(|cell| cell.set(outer));
+        polled
+    }
 }
 
 impl Writer {
     /// A writer whose first buffer holds `estimate` bytes (at most a piece): small
     /// bodies fit it without growing.
     pub fn new(estimate: usize) -> Writer {
+        let source = SOURCE.with(|cell| {
+            let source = cell.take();
+            cell.set(source.clone());
+            source
+        });
         Writer {
             sealed: Vec::new(),
-            current: Vec::with_capacity(estimate.min(PIECE)),
+            current: BytesMut::with_capacity(estimate.min(PIECE)),
+            source,
         }
     }
 
     /// The body written.
     pub fn finish(mut self) -> Encoded {
         if self.sealed.is_empty() {
-            return Encoded::from(self.current);
+            return Encoded::One(self.current.freeze());
         }
         if !self.current.is_empty() {
-            self.sealed.push(Bytes::from(self.current));
+            self.sealed.push(self.current.freeze());
         }
-        Encoded::Pieces(Rc::from(self.sealed))
+        Encoded::Pieces(Rc::new(self.sealed))
     }
 
     /// Makes room for at least one more byte: the buffer grows by doubling up to a
     /// piece; a full piece is sealed and a new one begun.
     #[cold]
     fn make_room(&mut self) {
-        if self.current.len() < PIECE {
+        // Nothing sealed yet: this is the first buffer, sized by the estimate.
+        if self.sealed.is_empty() && self.current.capacity() < PIECE {
             let want = (self.current.capacity() * 2).clamp(64, PIECE);
-            self.current.reserve_exact(want - self.current.len());
+            self.current.reserve(want - self.current.len());
             return;
         }
-        let full = std::mem::replace(&mut self.current, Vec::with_capacity(PIECE));
-        self.sealed.push(Bytes::from(full));
+        let full = std::mem::replace(&mut self.current, BytesMut::with_capacity(PIECE));
+        if !full.is_empty() {
+            self.sealed.push(full.freeze());
+        }
+    }
+
+    /// `literal` as a share of the client's body, when it lies there.
+    #[cold]
+    fn shared(&self, literal: &[u8]) -> Option<Bytes> {
+        let source = self.source.as_ref()?;
+        let start = source.as_ptr() as usize;
+        let at = literal.as_ptr() as usize;
+        (at >= start && at + literal.len() <= start + source.len())
+            .then(|| source.slice_ref(literal))
     }
 }
 
@@ -170,6 +237,16 @@ impl io::Write for Writer {
 
     #[inline]
     fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        if buf.len() >= SHARED && self.source.is_some() {
+            if let Some(shared) = self.shared(buf) {
+                // What was written before it keeps the rest of its buffer's room.
+                if !self.current.is_empty() {
+                    self.sealed.push(self.current.split().freeze());
+                }
+                self.sealed.push(shared);
+                return Ok(());
+            }
+        }
         loop {
             let room = self.current.capacity() - self.current.len();
             if buf.len() <= room {
@@ -248,6 +325,63 @@ mod tests {
         // Sent again (another server, another key), it is the same body.
         assert_eq!(sent(&body).1.concat(), whole);
         assert!(body.sending().try_into_bytes().is_err());
+    }
+
+    /// Polls `work` once, as the pipeline's worker would.
+    fn polled<T>(work: impl Future<Output = T>) -> T {
+        let waker = futures::task::noop_waker();
+        let mut context = Context::from_waker(&waker);
+        match std::pin::pin!(work).poll(&mut context) {
+            Poll::Ready(value) => value,
+            Poll::Pending => panic!("the work waits on nothing"),
+        }
+    }
+
+    #[test]
+    fn a_long_literal_of_the_clients_body_is_shared_not_copied() {
+        let text = "x".repeat(SHARED);
+        let client = Bytes::from(format!(
+            "{{\"content\":\"{text}\",\"pad\":\"{}\"}}",
+            "p".repeat(PIECE)
+        ));
+        let literal = &client[12..12 + SHARED];
+        let elsewhere = text.as_bytes();
+        let body = polled(from_source(&client, async {
+            let mut writer = Writer::new(64);
+            writer.write_all(b"{\"text\":\"").unwrap();
+            writer.write_all(literal).unwrap();
+            writer.write_all(b"\",\"copy\":\"").unwrap();
+            writer.write_all(elsewhere).unwrap();
+            writer.write_all(b"\"}").unwrap();
+            writer.finish()
+        }));
+        let Encoded::Pieces(pieces) = &body else {
+            panic!("one buffer: nothing was shared");
+        };
+        assert_eq!(
+            &pieces[0][..],
+            b"{\"text\":\"",
+            "what came before the literal"
+        );
+        assert_eq!(
+            pieces[1].as_ptr(),
+            literal.as_ptr(),
+            "the literal is the body's bytes"
+        );
+        let want = format!("{{\"text\":\"{text}\",\"copy\":\"{text}\"}}");
+        assert_eq!(&*body.contiguous(), want.as_bytes());
+        assert_eq!(sent(&body).1.concat(), want.as_bytes());
+        // Outside its work, or for a short body, nothing is shared.
+        let mut writer = Writer::new(64);
+        writer.write_all(literal).unwrap();
+        assert!(matches!(writer.finish(), Encoded::One(_)));
+        let short = Bytes::from(text.clone());
+        let body = polled(from_source(&short, async {
+            let mut writer = Writer::new(64);
+            writer.write_all(&short).unwrap();
+            writer.finish()
+        }));
+        assert!(matches!(body, Encoded::One(_)));
     }
 
     #[test]
