@@ -1,4 +1,4 @@
-//! An upstream request body kept as a row of pieces of at most [`PIECE`] bytes, and sent
+//! An upstream request body kept as a row of pieces of about [`PIECE`] bytes, and sent
 //! as them.
 //!
 //! A long conversation is resent whole every turn, so what a request holds in flight
@@ -12,6 +12,12 @@
 //! fits one piece is sent as the single `Bytes` it always was, with no more allocation
 //! than before. The pieces are shared, not copied, when the body is sent again (to
 //! another server, with another key).
+//!
+//! The request's texts are the client's JSON string literals, borrowed from its body,
+//! and a long one would be the bulk of the upstream body too. While the pipeline runs a
+//! request's backend calls inside [`from_source`], a writer takes a long literal that
+//! lies in the client's body as a piece sharing that body's bytes, so the upstream body
+//! is little more than the JSON around the texts.
 
 use std::borrow::Cow;
 use std::cell::Cell;
