@@ -352,12 +352,14 @@ async fn answer_chat<D: Dialect + Clone>(
                 return Ok(stream_answer::<D>(queued_stream(waiting, place, renderer)));
             }
         };
-        let events = start_stream(router, caller, &model, &request, reserved).await?;
+        let started = start_stream(router, caller, &model, &request, reserved);
+        let events = crate::backend::pieces::from_source(&body, started).await?;
         let renderer = dialect.stream_renderer(model, reply);
         let ledger = StreamLedger::new(caller);
         Ok(stream_answer::<D>(render_stream(events, renderer, ledger)))
     } else {
-        let completion = complete(router, caller, &model, &request).await?;
+        let completion = complete(router, caller, &model, &request);
+        let completion = crate::backend::pieces::from_source(&body, completion).await?;
         dialect.render_completion(&model, reply, &completion)
     }
 }

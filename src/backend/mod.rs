@@ -12,6 +12,7 @@ mod error_body;
 pub mod keys;
 pub mod ollama;
 pub mod openai;
+pub mod pieces;
 pub mod pool;
 mod upstream;
 mod upstream_config;
@@ -262,14 +263,17 @@ impl Backend {
     }
 }
 
-/// An upstream request body as JSON, in a buffer of `capacity` bytes (an estimate of
-/// its size) rather than one growing from empty through every power of two, copying
-/// the body each time.
-fn json_body<T: serde::Serialize>(value: &T, capacity: usize) -> Result<Vec<u8>, GatewayError> {
-    let mut body = Vec::with_capacity(capacity);
+/// An upstream request body as JSON, written in pieces (see [`pieces`]): a small one in
+/// one buffer of `capacity` bytes (an estimate of its size) rather than one growing
+/// from empty through every power of two, copying the body each time.
+fn json_body<T: serde::Serialize>(
+    value: &T,
+    capacity: usize,
+) -> Result<pieces::Encoded, GatewayError> {
+    let mut body = pieces::Writer::new(capacity);
     serde_json::to_writer(&mut body, value)
         .map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
-    Ok(body)
+    Ok(body.finish())
 }
 
 /// A message's text parts joined by newlines, borrowed when there is only one.

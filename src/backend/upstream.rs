@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::error_body::{self, UpstreamMessage};
+use super::pieces::Encoded;
 use super::pool::{InFlight, Pool};
 use super::UpstreamConfig;
 use crate::error::GatewayError;
@@ -170,15 +171,13 @@ impl Upstream {
         &self,
         method: awc::http::Method,
         path: &'static str,
-        body: Option<Bytes>,
+        body: Option<&Encoded>,
     ) -> Result<Placed, GatewayError> {
         let keys = self.pool.keys();
         let mut key = keys.pick();
         let mut retried = false;
         loop {
-            let placed = self
-                .dispatch_with(method.clone(), path, body.clone(), key)
-                .await?;
+            let placed = self.dispatch_with(method.clone(), path, body, key).await?;
             let Some(used) = key else {
                 return Ok(placed);
             };
@@ -226,7 +225,7 @@ impl Upstream {
         &self,
         method: awc::http::Method,
         path: &'static str,
-        body: Option<Bytes>,
+        body: Option<&Encoded>,
         key: Option<usize>,
     ) -> Result<Placed, GatewayError> {
         let mut tried = Vec::new();
@@ -241,10 +240,10 @@ impl Upstream {
             };
             tried.push(place.index());
             let request = self.request(method.clone(), place.index(), path, key);
-            let sent = match &body {
+            let sent = match body {
                 Some(body) => {
                     let request = request.content_type("application/json");
-                    self.send(request.send_body(body.clone())).await
+                    self.send(request.send_body(body.sending())).await
                 }
                 None => self.send(request.send()).await,
             };
@@ -293,10 +292,10 @@ impl Upstream {
     pub async fn post_stream(
         &self,
         path: &'static str,
-        body: Vec<u8>,
+        body: Encoded,
     ) -> Result<UpstreamBody, GatewayError> {
         let (response, place) = self
-            .dispatch(awc::http::Method::POST, path, Some(Bytes::from(body)))
+            .dispatch(awc::http::Method::POST, path, Some(&body))
             .await?;
         let response = self.check_status(response).await?;
         Ok(Box::pin(IdleTimeout::new(
@@ -320,7 +319,7 @@ impl Upstream {
     pub async fn post_json<T: DeserializeOwned>(
         &self,
         path: &'static str,
-        body: Vec<u8>,
+        body: Encoded,
     ) -> Result<T, GatewayError> {
         let body = self.post_for_body(path, body).await?;
         self.parse_json(path, &body)
@@ -331,10 +330,10 @@ impl Upstream {
     pub async fn post_for_body(
         &self,
         path: &'static str,
-        body: Vec<u8>,
+        body: Encoded,
     ) -> Result<Bytes, GatewayError> {
         let (response, _place) = self
-            .dispatch(awc::http::Method::POST, path, Some(Bytes::from(body)))
+            .dispatch(awc::http::Method::POST, path, Some(&body))
             .await?;
         self.read_body(response).await
     }

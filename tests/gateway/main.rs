@@ -11,6 +11,7 @@ mod auth;
 mod console;
 mod errors;
 mod failover;
+mod long_bodies;
 mod matrix;
 mod providers;
 mod queue;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::backend::pieces::Encoded;
 use crate::chat::{sniff_image_type, ChatRequest, Image, Part, Role, Think, WireText};
 use crate::error::GatewayError;
 
@@ -147,7 +148,7 @@ pub fn encode(
     request: &ChatRequest,
     stream: bool,
     default_max_tokens: u64,
-) -> Result<Vec<u8>, GatewayError> {
+) -> Result<Encoded, GatewayError> {
     let mut system: Vec<WireText> = Vec::new();
     let mut messages: Vec<WireMessage> = Vec::with_capacity(request.messages.len());
     // Calls not yet answered, as (id, name), for results that name only their tool.
@@ -329,9 +330,9 @@ pub fn encode(
 /// The request as the body of `POST /messages/count_tokens`, which takes what the model
 /// reads (`model`, `system`, `messages`, `tools`, `tool_choice`, `thinking`) and refuses
 /// the sampling fields.
-pub fn encode_count(model: &str, request: &ChatRequest) -> Result<Vec<u8>, GatewayError> {
+pub fn encode_count(model: &str, request: &ChatRequest) -> Result<Encoded, GatewayError> {
     let whole = encode(model, request, false, 1)?;
-    let mut body: serde_json::Map<String, Value> = serde_json::from_slice(&whole)
+    let mut body: serde_json::Map<String, Value> = serde_json::from_slice(&whole.contiguous())
         .map_err(|e| GatewayError::bad_request(format!("cannot encode the request: {e}")))?;
     for field in [
         "max_tokens",
@@ -383,7 +384,12 @@ mod tests {
     use crate::chat::{FunctionDefinition, Message, Tool, ToolCall};
 
     fn encoded(request: &ChatRequest) -> Value {
-        serde_json::from_slice(&encode("claude-x", request, true, 4096).unwrap()).unwrap()
+        serde_json::from_slice(
+            &encode("claude-x", request, true, 4096)
+                .unwrap()
+                .contiguous(),
+        )
+        .unwrap()
     }
 
     #[test]

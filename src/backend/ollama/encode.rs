@@ -120,7 +120,7 @@ pub(super) fn encode(
     model: &str,
     request: &ChatRequest,
     stream: bool,
-) -> Result<(&'static str, Vec<u8>), GatewayError> {
+) -> Result<(&'static str, super::super::pieces::Encoded), GatewayError> {
     let wire = wire_request(backend, model, request, stream)?;
     let capacity = super::super::body_capacity(request);
     Ok(match &request.generation {
@@ -133,7 +133,10 @@ pub(super) fn encode(
 }
 
 /// The `/api/embed` body.
-pub(super) fn embed(model: &str, request: &EmbedRequest) -> Result<Vec<u8>, GatewayError> {
+pub(super) fn embed(
+    model: &str,
+    request: &EmbedRequest,
+) -> Result<super::super::pieces::Encoded, GatewayError> {
     let EmbedRequest {
         inputs,
         dimensions,
@@ -368,7 +371,7 @@ mod tests {
 
     fn body(request: &ChatRequest, stream: bool) -> (&'static str, Value) {
         let (path, bytes) = encode("b", "m", request, stream).unwrap();
-        (path, serde_json::from_slice(&bytes).unwrap())
+        (path, serde_json::from_slice(&bytes.contiguous()).unwrap())
     }
 
     #[test]
@@ -543,6 +546,7 @@ mod tests {
                 let sent = serde_json::to_vec(&body).unwrap();
                 let first = parse_chat(&sent).unwrap();
                 let (_, upstream) = encode("b", "m", &first.request, false).unwrap();
+                let upstream = upstream.contiguous();
                 let second = parse_chat(&upstream).unwrap();
                 prop_assert_eq!(&first.request, &second.request);
             }

@@ -70,7 +70,8 @@ impl OllamaBackend {
     pub async fn show(&self, model: &str) -> Result<Value, GatewayError> {
         let body = serde_json::json!({ "model": model })
             .to_string()
-            .into_bytes();
+            .into_bytes()
+            .into();
         let mut answer: Value = self.upstream.post_json("/api/show", body).await?;
         // ollama-python fails on an answer without model_info.
         if let Some(object) = answer.as_object_mut() {

@@ -27,7 +27,7 @@ pub(super) struct Encoder<'a> {
 #[derive(Serialize)]
 struct WireRequest<'a> {
     model: &'a str,
-    messages: Vec<WireMessage<'a>>,
+    messages: WireMessages<'a>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
@@ -222,7 +222,7 @@ impl Encoder<'_> {
         model: &str,
         request: &ChatRequest,
         stream: bool,
-    ) -> Result<(&'static str, Vec<u8>), crate::error::GatewayError> {
+    ) -> Result<(&'static str, super::super::pieces::Encoded), crate::error::GatewayError> {
         let plain = request
             .generation
             .as_ref()
@@ -285,7 +285,10 @@ impl Encoder<'_> {
         };
         WireRequest {
             model,
-            messages: wire_messages(&request.messages, !self.strict_parameters),
+            messages: WireMessages {
+                messages: &request.messages,
+                local_dialect: !self.strict_parameters,
+            },
             stream,
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
@@ -387,13 +390,35 @@ fn response_format(format: &OutputFormat) -> Value {
     }
 }
 
-/// Writes the messages in OpenAI's form, giving every tool call an id and every tool
-/// result the id of the call it answers: OpenAI servers insist on both, Ollama clients
-/// send neither. `local_dialect` is true for servers other than OpenAI's own
+/// The request's messages, written in OpenAI's form as they are serialised: each wire
+/// message is built, written and dropped in turn, so a long history is never held a
+/// second time as wire structs beside the request and the body being written.
+struct WireMessages<'a> {
+    messages: &'a [Message<'a>],
+    local_dialect: bool,
+}
+
+impl Serialize for WireMessages<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.messages.len()))?;
+        wire_messages(self.messages, self.local_dialect, |message| {
+            seq.serialize_element(&message)
+        })?;
+        seq.end()
+    }
+}
+
+/// Hands the messages to `out` in OpenAI's form, giving every tool call an id and every
+/// tool result the id of the call it answers: OpenAI servers insist on both, Ollama
+/// clients send neither. `local_dialect` is true for servers other than OpenAI's own
 /// (llama-server, vLLM, Ollama's /v1), which read earlier reasoning back and may not
 /// know the `developer` role.
-fn wire_messages<'a>(messages: &'a [Message<'_>], local_dialect: bool) -> Vec<WireMessage<'a>> {
-    let mut out = Vec::with_capacity(messages.len());
+fn wire_messages<'a, E>(
+    messages: &'a [Message<'_>],
+    local_dialect: bool,
+    mut out: impl FnMut(WireMessage<'a>) -> Result<(), E>,
+) -> Result<(), E> {
     // (id, name) of calls not yet answered by a tool message, oldest first.
     let mut unanswered: Vec<(Cow<'_, str>, &str)> = Vec::new();
     // Images that tool results returned (an agent reading a screenshot), for a user
@@ -401,7 +426,7 @@ fn wire_messages<'a>(messages: &'a [Message<'_>], local_dialect: bool) -> Vec<Wi
     let mut tool_images: Vec<WirePart<'a>> = Vec::new();
     for (message_index, message) in messages.iter().enumerate() {
         if message.role != Role::Tool && !tool_images.is_empty() {
-            out.push(tool_images_message(std::mem::take(&mut tool_images)));
+            out(tool_images_message(std::mem::take(&mut tool_images)))?;
         }
         let mut tool_calls = Vec::with_capacity(message.tool_calls.len());
         for (call_index, call) in message.tool_calls.iter().enumerate() {
@@ -442,7 +467,7 @@ fn wire_messages<'a>(messages: &'a [Message<'_>], local_dialect: bool) -> Vec<Wi
         } else {
             None
         };
-        out.push(WireMessage {
+        out(WireMessage {
             // Only OpenAI's own API is sure to know `developer`; elsewhere it would be
             // dropped by the chat template, instructions and all.
             role: match message.role {
@@ -460,12 +485,12 @@ fn wire_messages<'a>(messages: &'a [Message<'_>], local_dialect: bool) -> Vec<Wi
                 .thinking
                 .as_deref()
                 .filter(|_| local_dialect && message.role == Role::Assistant),
-        });
+        })?;
     }
     if !tool_images.is_empty() {
-        out.push(tool_images_message(tool_images));
+        out(tool_images_message(tool_images))?;
     }
-    out
+    Ok(())
 }
 
 /// A tool message's content: its text, while its images go to `images` (see
@@ -549,7 +574,7 @@ mod tests {
 
     fn body(strict: bool, request: &ChatRequest, stream: bool) -> (&'static str, Value) {
         let (path, bytes) = encoder(strict).encode("m", request, stream).unwrap();
-        (path, serde_json::from_slice(&bytes).unwrap())
+        (path, serde_json::from_slice(&bytes.contiguous()).unwrap())
     }
 
     fn with_tools() -> ChatRequest<'static> {
@@ -833,6 +858,7 @@ mod tests {
                 let sent = serde_json::to_vec(&body).unwrap();
                 let first = parse_chat(&sent).unwrap();
                 let (_, upstream) = encoder(false).encode("m", &first.request, false).unwrap();
+                let upstream = upstream.contiguous();
                 let second = parse_chat(&upstream).unwrap();
                 prop_assert_eq!(&first.request, &second.request);
             }

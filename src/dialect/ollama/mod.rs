@@ -79,7 +79,7 @@ impl Dialect for Ollama {
 struct WireRequest<'a> {
     model: String,
     #[serde(default, borrow, deserialize_with = "super::null_as_default")]
-    messages: Vec<WireMessage<'a>>,
+    messages: Messages<'a>,
     stream: Option<bool>,
     format: Option<Value>,
     options: Option<Map<String, Value>>,
@@ -117,13 +117,11 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayError> {
     if wire.model.is_empty() {
         return Err(GatewayError::bad_field("model", "model is required"));
     }
-    let messages = wire
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(index, message)| parse_message(index, message))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut request = ChatRequest::new(messages);
+    let Messages { parsed, error } = wire.messages;
+    if let Some(error) = error {
+        return Err(error);
+    }
+    let mut request = ChatRequest::new(parsed);
     request.sampling = parse_options(wire.options.unwrap_or_default())?;
     request.format = parse_format(wire.format)?;
     request.tools = wire.tools.unwrap_or_default();
@@ -135,6 +133,51 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayError> {
         request,
         reply: timing,
     })
+}
+
+/// The `messages` array, each message turned into the canonical one as soon as it is
+/// read: a long history is not held a second time, as a vector of wire messages (with
+/// room for the next power of two of them), beside the messages made from it.
+#[derive(Default)]
+struct Messages<'a> {
+    parsed: Vec<Message<'a>>,
+    /// The first message that could not be turned into one, answered only once the
+    /// whole body has parsed and the model been checked, as when the array was read
+    /// first and its messages turned after.
+    error: Option<GatewayError>,
+}
+
+impl<'de> Deserialize<'de> for Messages<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Each;
+        impl<'de> serde::de::Visitor<'de> for Each {
+            type Value = Messages<'de>;
+
+            // What serde says of a `Vec`, so a body's type errors read as they did.
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a sequence")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Messages<'de>, A::Error> {
+                let mut messages = Messages::default();
+                let mut index = 0;
+                while let Some(wire) = seq.next_element::<WireMessage<'de>>()? {
+                    if messages.error.is_none() {
+                        match parse_message(index, wire) {
+                            Ok(message) => messages.parsed.push(message),
+                            Err(error) => messages.error = Some(error),
+                        }
+                    }
+                    index += 1;
+                }
+                Ok(messages)
+            }
+        }
+        deserializer.deserialize_seq(Each)
+    }
 }
 
 #[derive(Deserialize)]
@@ -367,5 +410,50 @@ pub fn parse_think(think: Option<Value>) -> Result<Option<Think>, GatewayError> 
             "think",
             format!("invalid think value {other}: use true, false, \"low\", \"medium\", \"high\" or \"max\""),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(body: &str) -> String {
+        match parse_chat(body.as_bytes()) {
+            Err(GatewayError::BadRequest { message, .. }) => message,
+            Err(other) => panic!("{body}: {other:?}"),
+            Ok(_) => panic!("{body}: accepted"),
+        }
+    }
+
+    /// Messages are turned as they are read, yet a body wrong in several places is
+    /// answered as when the whole array was read first: the JSON's own errors, then
+    /// the model, then the first message that cannot be turned.
+    #[test]
+    fn a_body_wrong_in_several_places_is_answered_in_the_same_order() {
+        let bad_role = r#"{"role": "robot", "content": "x"}"#;
+        let good = r#"{"role": "user", "content": "x"}"#;
+        assert!(refusal(&format!(
+            r#"{{"model": "m", "messages": [{good}, {bad_role}, {bad_role}], "options": 7}}"#
+        ))
+        .contains("invalid type"));
+        assert_eq!(
+            refusal(&format!(r#"{{"model": "", "messages": [{bad_role}]}}"#)),
+            "model is required"
+        );
+        let second = refusal(&format!(
+            r#"{{"model": "m", "messages": [{good}, {bad_role}, {bad_role}]}}"#
+        ));
+        assert!(second.starts_with("messages[1].role"), "{second}");
+        assert!(refusal(r#"{"model": "m", "messages": "x"}"#).contains("expected a sequence"));
+        let parsed =
+            parse_chat(format!(r#"{{"model": "m", "messages": [{good}, {good}]}}"#).as_bytes())
+                .map(|parsed| parsed.request.messages.len());
+        assert!(matches!(parsed, Ok(2)));
+        let empty = parse_chat(br#"{"model": "m", "messages": null}"#)
+            .map(|parsed| parsed.request.messages.len());
+        assert!(
+            matches!(empty, Ok(0)),
+            "null is no messages: a load request"
+        );
     }
 }
