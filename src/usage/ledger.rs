@@ -241,6 +241,10 @@ fn write_rows(connection: &Connection, receiver: &Receiver<Message>, path: &str)
         }
         // Prepared once; a failure to prepare is tried again with the next batch.
         if statements.is_none() {
+            // Other tables of this file (the stored responses) may have been created
+            // since this connection read the schema; a statement that reads it first
+            // spares compiling the inserts twice (once stale, once at their first run).
+            let _ = connection.execute_batch("SELECT 1 FROM requests LIMIT 0");
             statements = Statements::prepare(connection)
                 .map_err(|e| {
                     log::error!("usage ledger {path}: {} rows not written: {e}", batch.len())
