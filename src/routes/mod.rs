@@ -9,7 +9,6 @@ mod responses;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{HttpServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpRequest, HttpResponse, Scope};
 
@@ -113,30 +112,7 @@ async fn key_check<D: Dialect>(
         }
     };
     // The headers OpenAI's clients read, on every answer to a limited key.
-    let headers = response.headers_mut();
-    for (budget, limit, remaining) in [
-        (
-            budgets.requests,
-            "x-ratelimit-limit-requests",
-            "x-ratelimit-remaining-requests",
-        ),
-        (
-            budgets.tokens,
-            "x-ratelimit-limit-tokens",
-            "x-ratelimit-remaining-tokens",
-        ),
-    ] {
-        if let Some(budget) = budget {
-            headers.insert(
-                HeaderName::from_static(limit),
-                HeaderValue::from(budget.limit),
-            );
-            headers.insert(
-                HeaderName::from_static(remaining),
-                HeaderValue::from(budget.remaining),
-            );
-        }
-    }
+    crate::limits::write_headers(response.headers_mut(), &budgets);
     Ok(response)
 }
 

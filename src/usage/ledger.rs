@@ -3,10 +3,11 @@
 //!
 //! Requests never wait on the disk: each outcome goes into a bounded channel, and one
 //! writer thread takes whatever has queued and writes it in one transaction. After the
-//! first row of a batch the writer pauses for [`GATHER`] before it takes the rest: a
-//! busy gateway then wakes it a few times a second instead of once per request (each
-//! wake-up a system call on the request's side, each transaction a write of the
-//! log), and a quiet one still has each row on disk within that pause. When the
+//! first row of a batch the writer lets more gather (up to [`GATHER_STEPS`] ×
+//! [`GATHER_STEP`]) before it writes: a busy gateway then wakes it a few times a second
+//! instead of once per request (each wake-up a system call on the request's side, each
+//! transaction a write of the log), and a quiet one still has each row on disk within
+//! that pause. When the
 //! channel is full (the disk cannot keep up) the row is dropped, counted in
 //! `switchyard_ledger_dropped_total` and logged, rather than holding a request back. On
 //! shutdown the writer is told to stop after the rows already queued, and waited for.
@@ -19,16 +20,24 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 
+use super::rows::Statements;
 use super::Outcome;
 use crate::metrics::Metrics;
 
-/// Rows that may wait for the writer; past this, rows are dropped. At the pause below
-/// it carries some 160,000 requests a second.
+/// Rows that may wait for the writer; past this, rows are dropped. Emptied every
+/// [`GATHER_STEP`] while a batch gathers, it carries some 160,000 requests a second.
 const QUEUE: usize = 8192;
-/// How long rows gather after the first of a batch.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long rows gather after the first of a batch, in steps. A transaction costs the
+/// writer as much as several rows (its commit writes and checksums whole pages of the
+/// log), so at a few requests a second a longer pause saves much of the ledger's cost;
+/// a quarter of a second is still well within what `switchyard usage` and the console
+/// can tell. After each step the queue is taken in, so that it never fills while the
+/// batch gathers, and a batch of [`ENOUGH`] rows is written at once.
+const GATHER_STEP: std::time::Duration = std::time::Duration::from_millis(50);
+const GATHER_STEPS: usize = 5;
+const ENOUGH: usize = QUEUE / 2;
 
 /// The table and its index by time; created when missing.
 const SCHEMA: &str = "
@@ -50,8 +59,6 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_at ON requests (at_ms);
 ";
-
-const INSERT: &str = "INSERT INTO requests (at_ms, user, key_id, dialect, model, backend, upstream_model, prompt_tokens, completion_tokens, status, latency_ms, ttft_ms, client_left) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
 enum Message {
     Row(Outcome),
@@ -129,31 +136,10 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, String> {
     Ok(connection)
 }
 
-/// Writes rows in one transaction.
+/// Writes rows in one transaction (for callers other than the writer, which keeps its
+/// statements prepared for its whole life).
 pub fn insert(connection: &mut Connection, rows: &[Outcome]) -> rusqlite::Result<()> {
-    let transaction = connection.transaction()?;
-    {
-        let mut statement = transaction.prepare_cached(INSERT)?;
-        for row in rows {
-            let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            statement.execute(params![
-                unix_ms(row.at),
-                &*row.user,
-                row.key.as_ref().map(|key| &*key.key_id),
-                row.dialect,
-                row.model,
-                row.backend.as_deref(),
-                row.upstream_model,
-                tokens(row.prompt_tokens),
-                tokens(row.completion_tokens),
-                row.status,
-                row.latency.as_secs_f64() * 1000.0,
-                row.first_token.map(|d| d.as_secs_f64() * 1000.0),
-                row.client_left,
-            ])?;
-        }
-    }
-    transaction.commit()
+    Statements::prepare(connection)?.insert(rows)
 }
 
 /// Each key's tokens since the start of the UTC day `now_ms` falls in.
@@ -182,14 +168,14 @@ impl Ledger {
         path: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<(Ledger, HashMap<Arc<str>, u64>), String> {
-        let mut connection = open_for_writing(path)?;
+        let connection = open_for_writing(path)?;
         let today = tokens_today(&connection, unix_ms(SystemTime::now()))
             .map_err(|e| format!("ledger.path {}: {e}", path.display()))?;
         let (sender, receiver) = sync_channel(QUEUE);
         let shown = path.display().to_string();
         let writer = std::thread::Builder::new()
             .name("usage-ledger".to_owned())
-            .spawn(move || write_rows(&mut connection, &receiver, &shown))
+            .spawn(move || write_rows(&connection, &receiver, &shown))
             .map_err(|e| format!("cannot start the usage ledger's writer: {e}"))?;
         log::info!("usage ledger: {}", path.display());
         Ok((
@@ -234,7 +220,8 @@ impl Ledger {
 
 /// The writer's loop: waits for a row, lets more gather for a moment, takes every row
 /// queued, writes them in one transaction.
-fn write_rows(connection: &mut Connection, receiver: &Receiver<Message>, path: &str) {
+fn write_rows(connection: &Connection, receiver: &Receiver<Message>, path: &str) {
+    let mut statements = None;
     let mut batch: Vec<Outcome> = Vec::new();
     let mut stopping = false;
     while !stopping {
@@ -242,23 +229,46 @@ fn write_rows(connection: &mut Connection, receiver: &Receiver<Message>, path: &
             Ok(Message::Row(row)) => batch.push(row),
             Ok(Message::Stop) | Err(_) => stopping = true,
         }
-        if !stopping {
-            std::thread::sleep(GATHER);
-        }
-        while !stopping {
-            match receiver.try_recv() {
-                Ok(Message::Row(row)) => batch.push(row),
-                Ok(Message::Stop) => stopping = true,
-                Err(_) => break,
+        for _ in 0..GATHER_STEPS {
+            if stopping || batch.len() >= ENOUGH {
+                break;
             }
+            std::thread::sleep(GATHER_STEP);
+            stopping = take_queued(receiver, &mut batch);
         }
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = insert(connection, &batch) {
-            log::error!("usage ledger {path}: {} rows not written: {e}", batch.len());
+        // Prepared once; a failure to prepare is tried again with the next batch.
+        if statements.is_none() {
+            // Other tables of this file (the stored responses) may have been created
+            // since this connection read the schema; a statement that reads it first
+            // spares compiling the inserts twice (once stale, once at their first run).
+            let _ = connection.execute_batch("SELECT 1 FROM requests LIMIT 0");
+            statements = Statements::prepare(connection)
+                .map_err(|e| {
+                    log::error!("usage ledger {path}: {} rows not written: {e}", batch.len())
+                })
+                .ok();
+        }
+        if let Some(statements) = &statements {
+            if let Err(e) = statements.insert(&batch) {
+                log::error!("usage ledger {path}: {} rows not written: {e}", batch.len());
+            }
         }
         batch.clear();
+    }
+}
+
+/// Moves every row queued now into `batch`; true when a stop was among them (the rows
+/// queued before it are taken, later ones are left).
+fn take_queued(receiver: &Receiver<Message>, batch: &mut Vec<Outcome>) -> bool {
+    loop {
+        match receiver.try_recv() {
+            Ok(Message::Row(row)) => batch.push(row),
+            Ok(Message::Stop) => return true,
+            Err(_) => return false,
+        }
     }
 }
 

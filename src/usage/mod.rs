@@ -12,6 +12,7 @@
 
 pub mod ledger;
 pub mod report;
+mod rows;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
