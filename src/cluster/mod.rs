@@ -185,6 +185,16 @@ impl ClusterSettings {
         )
     }
 
+    /// A Redis key of this gateway: the prefix and `parts`, joined by colons.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.prefix.clone();
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
     /// This instance's share of a limit while Redis is unreachable: at least 1.
     pub fn share(&self, limit: u64) -> u64 {
         limit.div_ceil(self.instances).max(1)
@@ -210,6 +220,8 @@ pub struct Cluster {
     pub instance: String,
     /// Tells this link apart from others in the same process.
     id: u64,
+    /// `PREFIX:usage`, made once: every record names it.
+    stream: String,
     /// How many times Redis came back: threads' own connections made before are
     /// replaced.
     generation: AtomicU64,
@@ -232,7 +244,9 @@ impl Cluster {
             std::process::id(),
             fastrand::u32(..)
         );
+        let stream = settings.key(&["usage"]);
         Arc::new(Cluster {
+            stream,
             settings,
             instance,
             id: NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed),
@@ -269,14 +283,14 @@ impl Cluster {
         }
     }
 
+    /// The stream every instance appends its usage records to.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
     /// A Redis key of this gateway.
     pub fn key(&self, parts: &[&str]) -> String {
-        let mut key = self.settings.prefix.clone();
-        for part in parts {
-            key.push(':');
-            key.push_str(part);
-        }
-        key
+        self.settings.key(parts)
     }
 
     pub(crate) fn next_id(&self) -> u64 {

@@ -15,13 +15,6 @@ use crate::usage::ledger::{schema, unix_ms};
 use crate::usage::report::{Query, Totals};
 use crate::usage::Outcome;
 
-impl Cluster {
-    /// The stream every instance appends to.
-    pub fn stream(&self) -> String {
-        self.key(&["usage"])
-    }
-}
-
 /// One usage record, as the `XADD` that appends it to the stream: built once, when the
 /// answer ends, with its numbers written straight into the command.
 pub type Record = redis::Cmd;
@@ -108,7 +101,7 @@ const READ_BATCH: usize = 10_000;
 /// on what they count.
 pub fn totals(config: Option<&Path>, query: &Query) -> Result<Vec<Totals>, String> {
     let settings = configured(config)?;
-    let stream = Cluster::new(settings.clone()).stream();
+    let stream = settings.key(&["usage"]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
