@@ -98,7 +98,9 @@ impl MessageBody for Sending {
     fn size(&self) -> BodySize {
         let left = match self {
             Sending::One(one) => one.as_ref().map_or(0, Bytes::len),
-            Sending::Pieces { pieces, next } => pieces[*next..].iter().map(Bytes::len).sum(),
+            Sending::Pieces { pieces, next } => pieces
+                .get(*next..)
+                .map_or(0, |left| left.iter().map(Bytes::len).sum()),
         };
         BodySize::Sized(left as u64)
     }
@@ -111,7 +113,9 @@ impl MessageBody for Sending {
             Sending::One(one) => one.take().filter(|one| !one.is_empty()),
             Sending::Pieces { pieces, next } => {
                 let piece = pieces.get(*next).cloned();
-                *next += 1;
+                if piece.is_some() {
+                    *next += 1;
+                }
                 piece
             }
         };

@@ -32,6 +32,11 @@ pub struct ParsedChat<'a, R> {
 /// One API the gateway speaks to clients. The pipeline (`serve_chat`) does the rest
 /// (routing, fallback, hang-up, timing, metrics), the same for every dialect; a dialect
 /// only reads its wire format and writes it back.
+/// The headers of every SSE stream: proxies in front (nginx) would otherwise hold
+/// tokens back to fill their buffers.
+pub const SSE_STREAM_HEADERS: &[(&str, &str)] =
+    &[("cache-control", "no-cache"), ("x-accel-buffering", "no")];
+
 pub trait Dialect: Sized + 'static {
     /// What a parsed request keeps for rendering its answer.
     type Reply;

@@ -136,8 +136,9 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayError> {
 }
 
 /// The `messages` array, each message turned into the canonical one as soon as it is
-/// read: a long history is not held a second time, as a vector of wire messages (with
-/// room for the next power of two of them), beside the messages made from it.
+/// read: a long history is not held a second time, as a vector of wire messages, beside
+/// the messages made from it. (The canonical vector itself grows by doubling: serde
+/// gives no count of the elements ahead.)
 #[derive(Default)]
 struct Messages<'a> {
     parsed: Vec<Message<'a>>,

@@ -25,9 +25,7 @@ impl Dialect for OpenAi {
 
     const NAME: &'static str = "openai";
     const STREAM_CONTENT_TYPE: &'static str = "text/event-stream";
-    // Proxies in front (nginx) would otherwise hold tokens back to fill their buffers.
-    const STREAM_HEADERS: &'static [(&'static str, &'static str)] =
-        &[("cache-control", "no-cache"), ("x-accel-buffering", "no")];
+    const STREAM_HEADERS: &'static [(&'static str, &'static str)] = super::SSE_STREAM_HEADERS;
 
     fn parse_chat<'a>(&self, body: &'a [u8]) -> Result<ParsedChat<'a, Reply>, GatewayError> {
         parse_chat(body)

@@ -101,8 +101,7 @@ impl Dialect for Responses {
 
     const NAME: &'static str = "responses";
     const STREAM_CONTENT_TYPE: &'static str = "text/event-stream";
-    const STREAM_HEADERS: &'static [(&'static str, &'static str)] =
-        &[("cache-control", "no-cache"), ("x-accel-buffering", "no")];
+    const STREAM_HEADERS: &'static [(&'static str, &'static str)] = super::SSE_STREAM_HEADERS;
 
     fn parse_chat<'a>(&self, body: &'a [u8]) -> Result<ParsedChat<'a, Reply>, GatewayError> {
         let wire: parse::WireRequest<'a> = crate::dialect::parse_body(body)?;
