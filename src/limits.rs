@@ -207,12 +207,10 @@ impl RateLimits {
                 None => None,
             };
             let requests = count_request(counts, policy).map_err(refused("rpm"))?;
-            // The headers carry one token budget: the one with less left.
-            let tokens = match (minute, day) {
-                (Some(minute), Some(day)) if day.remaining < minute.remaining => Some(day),
-                (minute, day) => minute.or(day),
-            };
-            Ok(Budgets { requests, tokens })
+            Ok(Budgets {
+                requests,
+                tokens: tighter(minute, day),
+            })
         })
         .unwrap_or_else(|| {
             Err(refused("rpm")(GatewayError::Unauthorized {
@@ -387,6 +385,15 @@ const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-re
 const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+
+/// The headers carry one token budget, the one a client must heed: of the minute's and
+/// the day's, the one with less left.
+pub fn tighter(minute: Option<RequestBudget>, day: Option<RequestBudget>) -> Option<RequestBudget> {
+    match (minute, day) {
+        (Some(minute), Some(day)) if day.remaining < minute.remaining => Some(day),
+        (minute, day) => minute.or(day),
+    }
+}
 
 /// Sets the `x-ratelimit-*` headers of a limited key's answer: a limit and what is left
 /// of it, for requests and for tokens (none for a key without limits).

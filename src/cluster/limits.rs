@@ -19,7 +19,7 @@ use super::outbox::{reload, Batch, RIDE_RECORDS};
 use super::Cluster;
 use crate::error::GatewayError;
 use crate::keys::KeyPolicy;
-use crate::limits::{Budgets, RateLimits, Refusal, RequestBudget};
+use crate::limits::{tighter, Budgets, RateLimits, Refusal, RequestBudget};
 
 /// KEYS: rpm window, tpm buckets, today's tokens. ARGV: rpm, tpm, tokens per day (0:
 /// none), this request's member in the window, ms left in the UTC day.
@@ -122,7 +122,7 @@ impl Cluster {
     /// not answer within the timeout (the caller then counts locally).
     pub async fn admit(&self, policy: &KeyPolicy) -> Option<Counted> {
         let [rpm_key, tpm_key, day_key] = self.limit_keys(&policy.key_id);
-        let member = format!("{}:{}", self.instance, self.next_id());
+        let member = self.tagged(self.next_id());
         let left_today = DAY_MS - now_ms().rem_euclid(DAY_MS);
         let (rpm, tpm, day) = (
             policy.rpm.unwrap_or(0),
@@ -226,11 +226,7 @@ impl Cluster {
                 day,
             }) => Ok(Budgets {
                 requests,
-                // The tighter of the two token budgets is the one a client must heed.
-                tokens: match (tokens, day) {
-                    (Some(minute), Some(day)) if day.remaining < minute.remaining => Some(day),
-                    (minute, day) => minute.or(day),
-                },
+                tokens: tighter(tokens, day),
             }),
             Some(Counted::Refused {
                 limit,

@@ -1,7 +1,8 @@
 //! Several instances behind one load balancer, sharing what must hold across all of them
 //! through one Redis: a key's `rpm` / `tpm` / `tokens_per_day` (`limits`), a backend's or
 //! a key's `max_concurrent` as a cluster-wide budget of leased slots (`slots`), and the
-//! usage records of every instance in one stream (`usage`).
+//! usage records of every instance in one stream (`usage`); what an answer owes Redis
+//! waits in `outbox` and rides with the next request's check.
 //!
 //! Without `[cluster]` nothing here exists: no connection, no task, and the request path
 //! is exactly the single instance's. With it, every call to Redis is bounded by
@@ -423,6 +424,7 @@ impl Cluster {
 
     /// Marks Redis unreachable; the change is logged once, not per request.
     fn down(&self, why: &str) {
+        self.outbox.drop_charges();
         if self.up.swap(false, Ordering::Relaxed) {
             log::warn!(
                 "redis {} unreachable ({why}): serving on local limits (1/{} of each) until it answers again",

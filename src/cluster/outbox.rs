@@ -204,6 +204,17 @@ impl Outbox {
         }
     }
 
+    /// Drops the charges not yet sent: Redis has gone away, and tokens charged minutes
+    /// late would refuse the wrong requests (each instance's own window has them).
+    pub fn drop_charges(&self) {
+        if let Ok(mut owed) = self.owed.lock() {
+            owed.charges.clear();
+            if owed.records.is_empty() {
+                owed.since = None;
+            }
+        }
+    }
+
     /// How long until what waits longest has waited `RIDE_WAIT`; `None` when nothing
     /// waits.
     fn due_in(&self) -> Option<Duration> {

@@ -77,7 +77,9 @@ pub struct Lease {
 }
 
 impl Cluster {
-    fn holder(&self, id: u64) -> String {
+    /// This instance and one of its sequence numbers: a lease's holder, an entry of a
+    /// key's `rpm` window, a usage record's id, each unique across the cluster.
+    pub(super) fn tagged(&self, id: u64) -> String {
         format!("{}:{id}", self.instance)
     }
 
@@ -85,7 +87,7 @@ impl Cluster {
     /// answer in time.
     async fn try_shared(self: &Arc<Self>, wants: &[(String, u64)]) -> Option<Option<Lease>> {
         let id = self.next_id();
-        let holder = self.holder(id);
+        let holder = self.tagged(id);
         let lease_ms = self.settings.lease.as_millis() as u64;
         let got: i64 = self
             .run("slot", |mut connection| async move {
@@ -212,7 +214,7 @@ pub(super) async fn renew(cluster: &Cluster, mut connection: ConnectionManager) 
         Ok(leases) => leases
             .iter()
             .flat_map(|(id, sets)| {
-                let holder = cluster.holder(*id);
+                let holder = cluster.tagged(*id);
                 sets.iter().map(move |set| (set.clone(), holder.clone()))
             })
             .collect(),
@@ -257,7 +259,7 @@ impl Drop for Lease {
         };
         let cluster = self.cluster.clone();
         let sets = std::mem::take(&mut self.sets);
-        let holder = cluster.holder(self.id);
+        let holder = cluster.tagged(self.id);
         runtime.spawn(async move {
             let mut pipe = redis::pipe();
             for set in &sets {

@@ -31,7 +31,7 @@ pub fn record(cluster: &Cluster, outcome: &Outcome) -> Record {
         .arg("*")
         // Delivery is at least once: the report counts each id once.
         .arg("id")
-        .arg(format!("{}:{}", cluster.instance, cluster.next_id()))
+        .arg(cluster.tagged(cluster.next_id()))
         .arg("at_ms")
         .arg(unix_ms(outcome.at))
         .arg("instance")
@@ -68,11 +68,11 @@ pub fn record(cluster: &Cluster, outcome: &Outcome) -> Record {
 }
 
 /// Owes the cluster one finished request: its tokens to its key's shared `tpm` and day
-/// (`charge`, while Redis answers), its record to the stream. Neither waits for Redis
+/// (while Redis answers; a refusal has none), its record to the stream. Neither waits for Redis
 /// here: both ride with the next call (`outbox`).
-pub fn note(cluster: &Cluster, outcome: &Outcome, charge: bool) {
+pub fn note(cluster: &Cluster, outcome: &Outcome) {
     let tokens = outcome.prompt_tokens + outcome.completion_tokens;
-    if let Some(key) = outcome.key.as_deref().filter(|_| charge) {
+    if let Some(key) = outcome.key.as_deref() {
         let (minute, day) = (key.tpm.is_some(), key.tokens_per_day.is_some());
         // Tokens Redis cannot take now stay in this instance's own window only.
         if tokens > 0 && (minute || day) && cluster.is_up() {

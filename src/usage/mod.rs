@@ -232,7 +232,7 @@ impl Recorder {
                 .spend(key, outcome.prompt_tokens + outcome.completion_tokens);
         }
         if let Some(cluster) = self.keys.cluster() {
-            crate::cluster::usage::note(cluster, &outcome, true);
+            crate::cluster::usage::note(cluster, &outcome);
         }
         if let Some(ledger) = self.ledger.get() {
             ledger.write(outcome);
@@ -272,7 +272,7 @@ impl Recorder {
             ..outcome
         };
         if let Some(cluster) = self.keys.cluster() {
-            crate::cluster::usage::note(cluster, &outcome, false);
+            crate::cluster::usage::note(cluster, &outcome);
         }
         if let Some(ledger) = self.ledger.get() {
             ledger.write(outcome);
