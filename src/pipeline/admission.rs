@@ -159,7 +159,9 @@ pub(super) fn queued_stream<D: Dialect>(
         let started = match dialect.parse_chat(&body) {
             Ok(parsed) => {
                 let request = Box::new(parsed.request);
-                start_stream(&router, &caller, &parsed.model, &request, slot).await
+                let started = start_stream(&router, &caller, &parsed.model, &request, slot);
+                // As when it did not wait: long texts go upstream as shares of the body.
+                crate::backend::pieces::from_source(&body, started).await
             }
             Err(error) => Err(error),
         };
