@@ -3,7 +3,6 @@
 //! error in Anthropic's shape, failures mid-stream, cancellation, `Server-Timing`, keys,
 //! `count_tokens`, listings, and what Claude Code really sends.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -616,18 +615,12 @@ async fn a_client_that_hangs_up_cancels_the_upstream() {
         let first = response.next().await.expect("a first chunk").unwrap();
         assert!(first.starts_with(b"event: message_start"));
         drop(response);
-        let mut waited = Duration::ZERO;
-        while gateway.mock.cancelled.load(Ordering::SeqCst) <= number
-            && waited < Duration::from_secs(4)
-        {
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-        }
-        assert_eq!(
-            gateway.mock.cancelled.load(Ordering::SeqCst),
-            number + 1,
-            "{model}: the upstream stream was dropped when the client left"
-        );
+        gateway
+            .until_cancelled(
+                number + 1,
+                &format!("{model}: the upstream stream was dropped when the client left"),
+            )
+            .await;
     }
 }
 

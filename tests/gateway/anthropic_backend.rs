@@ -332,8 +332,6 @@ async fn signed_thinking_goes_from_claude_to_the_client_and_back() {
 #[actix_web::test]
 async fn a_failed_tool_says_so_and_a_client_that_leaves_cancels_the_upstream() {
     use futures::StreamExt;
-    use std::sync::atomic::Ordering;
-    use std::time::Duration;
 
     let gateway = start().await;
     let request = json!({"model": "an/mock-errortool", "max_tokens": 64, "messages": [
@@ -365,12 +363,9 @@ async fn a_failed_tool_says_so_and_a_client_that_leaves_cancels_the_upstream() {
         .unwrap()
         .is_empty());
     drop(response);
-    let mut waited = Duration::ZERO;
-    while gateway.mock.cancelled.load(Ordering::SeqCst) == 0 && waited < Duration::from_secs(4) {
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        waited += Duration::from_millis(50);
-    }
-    assert_eq!(gateway.mock.cancelled.load(Ordering::SeqCst), 1);
+    gateway
+        .until_cancelled(1, "the upstream stream was dropped when the client left")
+        .await;
 }
 
 /// An Anthropic upstream that stopped on one of the request's stop sequences says which;

@@ -172,4 +172,21 @@ impl Harness {
     pub async fn get(&self, path: &str) -> Answer {
         send(client().get(format!("{}{path}", self.base)), None).await
     }
+
+    /// Waits up to 4 s for the mock to have seen `count` upstream streams dropped
+    /// before their end in all, then asserts it has: a client that left cancels its
+    /// upstream request at once.
+    pub async fn until_cancelled(&self, count: usize, what: &str) {
+        let cancelled = || {
+            self.mock
+                .cancelled
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        let mut waited = Duration::ZERO;
+        while cancelled() < count && waited < Duration::from_secs(4) {
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        }
+        assert_eq!(cancelled(), count, "{what}");
+    }
 }

@@ -4,7 +4,6 @@
 //! shape, a failure mid-stream, cancellation, `Server-Timing`, and stored responses
 //! with their isolation by key.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -533,18 +532,12 @@ async fn a_client_that_hangs_up_cancels_the_upstream() {
         let first = response.next().await.expect("a first chunk").unwrap();
         assert!(!first.is_empty());
         drop(response);
-        let mut waited = Duration::ZERO;
-        while gateway.mock.cancelled.load(Ordering::SeqCst) <= number
-            && waited < Duration::from_secs(4)
-        {
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-        }
-        assert_eq!(
-            gateway.mock.cancelled.load(Ordering::SeqCst),
-            number + 1,
-            "{model}: the upstream stream was dropped when the client left"
-        );
+        gateway
+            .until_cancelled(
+                number + 1,
+                &format!("{model}: the upstream stream was dropped when the client left"),
+            )
+            .await;
     }
 }
 

@@ -200,18 +200,12 @@ async fn a_client_that_hangs_up_cancels_the_upstream() {
         let first = response.next().await.expect("a first chunk").unwrap();
         assert!(!first.is_empty());
         drop(response);
-        let mut waited = Duration::ZERO;
-        while gateway.mock.cancelled.load(Ordering::SeqCst) <= number
-            && waited < Duration::from_secs(4)
-        {
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-        }
-        assert_eq!(
-            gateway.mock.cancelled.load(Ordering::SeqCst),
-            number + 1,
-            "{path} {model}: the upstream stream was dropped when the client left"
-        );
+        gateway
+            .until_cancelled(
+                number + 1,
+                &format!("{path} {model}: the upstream stream was dropped when the client left"),
+            )
+            .await;
     }
 }
 
