@@ -183,7 +183,7 @@ pub fn encode(
                     };
                     let arguments = call.arguments.trim();
                     let input: &RawValue = if arguments.is_empty() {
-                        serde_json::from_str("{}").map_err(|e| bad_call(index, &e))?
+                        literal("{}")
                     } else {
                         serde_json::from_str(arguments).map_err(|e| bad_call(index, &e))?
                     };
@@ -304,8 +304,7 @@ pub fn encode(
                 description: function.description.as_deref(),
                 input_schema: match function.parameters {
                     Some(schema) if schema.get() != "null" => schema,
-                    _ => serde_json::from_str(r#"{"type":"object"}"#)
-                        .map_err(|e| GatewayError::bad_request(e.to_string()))?,
+                    _ => literal(r#"{"type":"object"}"#),
                 },
             })
         })
@@ -376,6 +375,12 @@ fn tool_choice(request: &ChatRequest) -> Option<Value> {
         }
     }
     choice.filter(|_| !request.tools.is_empty())
+}
+
+/// A JSON value written in this file, as the borrowed raw value the wire structs hold.
+/// Nothing a request sends reaches it, so it cannot fail.
+fn literal(json: &'static str) -> &'static RawValue {
+    serde_json::from_str(json).expect("a JSON literal of this file")
 }
 
 #[cfg(test)]
