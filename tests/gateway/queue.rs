@@ -78,18 +78,18 @@ async fn fill_the_line(
     actix_web::rt::task::JoinHandle<Answer>,
     actix_web::rt::task::JoinHandle<Answer>,
 ) {
-    let holder = actix_web::rt::spawn(ask(
-        gateway,
-        "/api/chat",
-        ALICE,
-        "gpu/m-gap300chunks3",
-        true,
-        "holder",
-    ));
-    until_metric(gateway, IN_FLIGHT, &[GPU], 1.0).await;
+    let holder = hold_the_slot(gateway, "gpu/m-gap300chunks3").await;
     let waiter = actix_web::rt::spawn(ask(gateway, "/api/chat", ALICE, "gpu/m", false, "waiter"));
     until_metric(gateway, DEPTH, &[GPU], 1.0).await;
     (holder, waiter)
+}
+
+/// Alice's slow stream ("holder") takes `gpu`'s one slot: `model` says how slow (its
+/// gap and chunks), which each test sets to outlast what it does meanwhile.
+async fn hold_the_slot(gateway: &Harness, model: &str) -> actix_web::rt::task::JoinHandle<Answer> {
+    let holder = actix_web::rt::spawn(ask(gateway, "/api/chat", ALICE, model, true, "holder"));
+    until_metric(gateway, IN_FLIGHT, &[GPU], 1.0).await;
+    holder
 }
 
 /// Sends and reads the whole answer (a future that borrows nothing, to spawn).
@@ -205,15 +205,7 @@ async fn bob_is_served_within_two_slots_of_alices_twenty() {
 #[actix_web::test]
 async fn an_sse_stream_that_waits_is_told_its_place_in_comments() {
     let gateway = gateway("place", "max_concurrent = 1").await;
-    let holder = actix_web::rt::spawn(ask(
-        &gateway,
-        "/api/chat",
-        ALICE,
-        "gpu/m-gap400chunks3",
-        true,
-        "holder",
-    ));
-    until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
+    let holder = hold_the_slot(&gateway, "gpu/m-gap400chunks3").await;
     let first = actix_web::rt::spawn(chat(
         &gateway,
         "/v1/chat/completions",
@@ -349,15 +341,7 @@ async fn a_full_queue_answers_429_with_retry_after_in_both_dialects() {
 #[actix_web::test]
 async fn an_expired_wait_answers_429_or_ends_the_stream_with_one_error() {
     let gateway = gateway("expired", "max_concurrent = 1\nqueue_timeout_secs = 0.3").await;
-    let holder = actix_web::rt::spawn(ask(
-        &gateway,
-        "/api/chat",
-        ALICE,
-        "gpu/m-gap500chunks3",
-        true,
-        "holder",
-    ));
-    until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
+    let holder = hold_the_slot(&gateway, "gpu/m-gap500chunks3").await;
     let (plain, ollama, ollama_stream) = futures::join!(
         ask(
             &gateway,
@@ -407,15 +391,7 @@ async fn an_expired_wait_answers_429_or_ends_the_stream_with_one_error() {
 #[actix_web::test]
 async fn a_client_that_leaves_while_waiting_leaves_the_line() {
     let gateway = gateway("leave", "max_concurrent = 1").await;
-    let holder = actix_web::rt::spawn(ask(
-        &gateway,
-        "/api/chat",
-        ALICE,
-        "gpu/m-gap500chunks4",
-        true,
-        "holder",
-    ));
-    until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
+    let holder = hold_the_slot(&gateway, "gpu/m-gap500chunks4").await;
     // One waits without a stream, one on an SSE stream; both give up.
     let impatient = awc::Client::builder()
         .timeout(Duration::from_secs(1))
@@ -585,15 +561,7 @@ async fn anthropic_and_responses_streams_that_wait_are_told_their_place() {
             "response.created",
         ),
     ] {
-        let holder = actix_web::rt::spawn(ask(
-            &gateway,
-            "/api/chat",
-            ALICE,
-            "gpu/m-gap300chunks3",
-            true,
-            "holder",
-        ));
-        until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
+        let holder = hold_the_slot(&gateway, "gpu/m-gap300chunks3").await;
         let answer = ask_with(&gateway, path, BOB, body).await;
         assert_eq!(answer.status, 200, "{path}: {}", answer.body);
         assert!(
@@ -664,15 +632,7 @@ async fn a_full_queue_and_an_expired_wait_refuse_in_anthropics_and_openais_shape
         "max_concurrent = 1\nqueue_timeout_secs = 0.3",
     )
     .await;
-    let holder = actix_web::rt::spawn(ask(
-        &gateway,
-        "/api/chat",
-        ALICE,
-        "gpu/m-gap500chunks3",
-        true,
-        "holder",
-    ));
-    until_metric(&gateway, IN_FLIGHT, &[GPU], 1.0).await;
+    let holder = hold_the_slot(&gateway, "gpu/m-gap500chunks3").await;
     let (anthropic, responses, anthropic_stream, responses_stream) = futures::join!(
         ask_with(
             &gateway,
