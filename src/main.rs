@@ -9,7 +9,9 @@ mod health;
 use switchyard::{Config, Shared};
 
 // The request path allocates some 80 small blocks per request (headers, JSON strings,
-// futures); mimalloc serves them at a fraction of glibc malloc's cost.
+// futures); mimalloc serves them at a fraction of glibc malloc's cost. Built without
+// its transparent-huge-page advice (`no_thp`): with it, each 2 MiB of heap the gateway
+// touched became resident whole, and an idle gateway held about 10 MB it never used.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
