@@ -138,9 +138,7 @@ pub(super) fn queued_stream<D: Dialect>(
                 }
                 Err(GatewayError::ClientGone) => return,
                 Err(error) => {
-                    renderer.error(&error, &mut out);
-                    StreamLedger::new(&caller).close(error.status());
-                    yield Ok(out.split().freeze());
+                    yield Ok(failed(&mut renderer, &caller, &error, &mut out));
                     return;
                 }
             }
@@ -150,9 +148,7 @@ pub(super) fn queued_stream<D: Dialect>(
             Ok(slot) => slot,
             Err(GatewayError::ClientGone) => return,
             Err(error) => {
-                renderer.error(&error, &mut out);
-                StreamLedger::new(&caller).close(error.status());
-                yield Ok(out.split().freeze());
+                yield Ok(failed(&mut renderer, &caller, &error, &mut out));
                 return;
             }
         };
@@ -174,11 +170,20 @@ pub(super) fn queued_stream<D: Dialect>(
                 }
             }
             Err(GatewayError::ClientGone) => {}
-            Err(error) => {
-                renderer.error(&error, &mut out);
-                StreamLedger::new(&caller).close(error.status());
-                yield Ok(out.split().freeze());
-            }
+            Err(error) => yield Ok(failed(&mut renderer, &caller, &error, &mut out)),
         }
     }
+}
+
+/// How a waiting stream that failed before its answer began ends: the dialect's one
+/// error event, and the ledger's record of the failure.
+fn failed<R: StreamRenderer>(
+    renderer: &mut R,
+    caller: &Caller,
+    error: &GatewayError,
+    out: &mut BytesMut,
+) -> Bytes {
+    renderer.error(error, out);
+    StreamLedger::new(caller).close(error.status());
+    out.split().freeze()
 }
