@@ -4,30 +4,17 @@
 import json
 import os
 import subprocess
-import time
 
-import httpx
+from test_cluster import chat as cluster_chat
+from test_cluster import wait_for
 
 ALICE = "sk-alice-0123456789"
 BOB = "sk-bob-0123456789ab"
 
 
-def chat(gateway, key, model="echo/m"):
-    return httpx.post(
-        f"{gateway.base}/v1/chat/completions",
-        headers={"authorization": f"Bearer {key}"},
-        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
-        timeout=30,
-    )
-
-
-def wait_for(condition, seconds, what):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {seconds} s: {what}")
+def chat(gateway, key):
+    """A one-line chat with the echo backend, which has no slot limit to wait on."""
+    return cluster_chat(gateway, key, model="echo/m", timeout=30)
 
 
 def usage(gateway, *args):
