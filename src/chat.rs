@@ -361,23 +361,42 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
 }
 
 /// One chat message.
+///
+/// What few messages carry sits apart, boxed ([`Rare`]): a long history holds tens of
+/// thousands of messages, and every byte of this struct is paid for each of them (88
+/// bytes, where the rare fields inline made 152).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message<'a> {
     pub role: Role,
     pub parts: Vec<Part<'a>>,
+    pub tool_calls: Vec<ToolCall<'a>>,
+    /// On `role: tool`: the call this result answers (OpenAI, Anthropic, Responses).
+    pub tool_call_id: Option<Cow<'a, str>>,
+    /// `None` when none of [`Rare`]'s fields is set (see [`Rare::boxed`]), so that two
+    /// messages alike compare equal.
+    pub rare: Option<Box<Rare<'a>>>,
+}
+
+/// The fields of a [`Message`] that few messages carry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rare<'a> {
     /// Reasoning text of an earlier assistant turn.
     pub thinking: Option<Cow<'a, str>>,
     /// The signature the model's server gave that reasoning (Anthropic signs its
     /// thinking and takes it back only signed); other servers neither give nor read one.
     pub thinking_signature: Option<Cow<'a, str>>,
-    pub tool_calls: Vec<ToolCall<'a>>,
-    /// On `role: tool`: the call this result answers (OpenAI).
-    pub tool_call_id: Option<Cow<'a, str>>,
     /// On `role: tool`: the name of the tool whose result this is (Ollama).
     pub tool_name: Option<Cow<'a, str>>,
     /// On `role: tool`: the tool failed (Anthropic's `is_error`); only Anthropic's API
     /// has a place for it.
     pub tool_error: bool,
+}
+
+impl<'a> Rare<'a> {
+    /// These fields as a message keeps them: boxed, or `None` when none is set.
+    pub fn boxed(self) -> Option<Box<Rare<'a>>> {
+        (self != Rare::default()).then(|| Box::new(self))
+    }
 }
 
 impl<'a> Message<'a> {
@@ -386,13 +405,36 @@ impl<'a> Message<'a> {
         Message {
             role,
             parts: vec![Part::Text(text.into())],
-            thinking: None,
-            thinking_signature: None,
             tool_calls: Vec::new(),
             tool_call_id: None,
-            tool_name: None,
-            tool_error: false,
+            rare: None,
         }
+    }
+
+    /// Reasoning text of an earlier assistant turn.
+    pub fn thinking(&self) -> Option<&Cow<'a, str>> {
+        self.rare.as_ref()?.thinking.as_ref()
+    }
+
+    /// The signature of that reasoning.
+    pub fn thinking_signature(&self) -> Option<&Cow<'a, str>> {
+        self.rare.as_ref()?.thinking_signature.as_ref()
+    }
+
+    /// On `role: tool`: the name of the tool whose result this is.
+    pub fn tool_name(&self) -> Option<&Cow<'a, str>> {
+        self.rare.as_ref()?.tool_name.as_ref()
+    }
+
+    /// On `role: tool`: whether the tool failed.
+    pub fn tool_error(&self) -> bool {
+        self.rare.as_ref().is_some_and(|rare| rare.tool_error)
+    }
+
+    /// The rare fields, to set one (made when the message has none yet); only for
+    /// setting a value, so that a message without any keeps `rare` at `None`.
+    pub fn rare_mut(&mut self) -> &mut Rare<'a> {
+        self.rare.get_or_insert_with(Box::default)
     }
 
     /// The text parts joined by newlines: how a message reads where content is one string.
@@ -901,6 +943,18 @@ mod tests {
             serde_json::to_string(&message.wire_text()).unwrap(),
             r#""a\"b\n\ud83e\udd80""#
         );
+    }
+
+    #[test]
+    fn a_message_stays_small_and_its_rare_fields_box_only_when_set() {
+        // A long history holds tens of thousands of messages: each byte here counts.
+        assert!(std::mem::size_of::<Message>() <= 88);
+        assert_eq!(Rare::default().boxed(), None);
+        let mut message = Message::text(Role::Tool, "42");
+        assert_eq!((message.tool_name(), message.tool_error()), (None, false));
+        message.rare_mut().tool_name = Some("f".into());
+        assert_eq!(message.tool_name().map(|t| t.as_ref()), Some("f"));
+        assert_ne!(message, Message::text(Role::Tool, "42"));
     }
 
     #[test]

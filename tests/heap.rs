@@ -343,15 +343,16 @@ fn figures() -> Vec<Figure> {
 /// overshoot, no copy in the HTTP client's write buffer) and its wire messages written
 /// as they were built; 2.47x and 2.53x once its long texts were shared with the
 /// client's body instead of copied; 2.46x and 2.41x once the Ollama messages were
-/// turned into canonical ones as they were read. The figures move by well under 0.1x
-/// from run to run.
+/// turned into canonical ones as they were read; 2.09x and 2.21x once the OpenAI ones
+/// were too and the canonical message lost the fields few messages use (152 bytes to
+/// 88). The figures move by well under 0.1x from run to run.
 #[test]
 fn a_16_mb_body_takes_no_more_copies_than_today() {
     for (name, label, body, peak, _) in figures() {
         let bound = if name.starts_with("OpenAI->OpenAI") {
-            2.5
+            2.15
         } else {
-            2.45
+            2.3
         };
         if label == "16 MB" {
             assert!(

@@ -305,7 +305,7 @@ fn body_capacity(request: &ChatRequest) -> usize {
                 .iter()
                 .map(|call| call.name.len() + call.arguments.len() + 64)
                 .sum();
-            parts + calls + message.thinking.as_ref().map_or(0, |text| text.len()) + 64
+            parts + calls + message.thinking().map_or(0, |text| text.len()) + 64
         })
         .sum();
     // Text may grow a little by escaping; an eighth more covers the usual case.

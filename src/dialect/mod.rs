@@ -12,7 +12,9 @@ pub mod responses;
 use actix_web::{HttpResponse, HttpResponseBuilder};
 use bytes::BytesMut;
 
-use crate::chat::{ChatRequest, Completion, Event};
+use std::marker::PhantomData;
+
+use crate::chat::{ChatRequest, Completion, Event, Message};
 use crate::error::GatewayError;
 
 /// A parsed chat request: the canonical request plus what only the client side needs.
@@ -146,6 +148,91 @@ pub trait StreamRenderer {
 pub fn parse_body<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, GatewayError> {
     serde_json::from_slice(body)
         .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// A dialect's wire message, which becomes a canonical one as it is read.
+pub trait IntoCanonical<'a> {
+    /// The canonical message, or the 400 that names `messages[index]` and what is wrong.
+    fn into_canonical(self, index: usize) -> Result<Message<'a>, GatewayError>;
+}
+
+/// A `messages` array whose wire messages (`W`) are turned into canonical ones as soon
+/// as each is read: a long history is not held a second time, as a vector of wire
+/// messages (with room for the next power of two of them), beside the messages made
+/// from it. The canonical vector grows by doubling: serde gives no count ahead.
+pub struct TurnedMessages<'a, W> {
+    messages: Vec<Message<'a>>,
+    /// How many the array held, the ones after a failure included.
+    count: usize,
+    /// The first message that could not be turned, answered only once the whole body
+    /// has parsed and its other fields been checked, as when the array was read first
+    /// and its messages turned after.
+    error: Option<GatewayError>,
+    wire: PhantomData<W>,
+}
+
+impl<W> Default for TurnedMessages<'_, W> {
+    fn default() -> Self {
+        TurnedMessages {
+            messages: Vec::new(),
+            count: 0,
+            error: None,
+            wire: PhantomData,
+        }
+    }
+}
+
+impl<'a, W> TurnedMessages<'a, W> {
+    /// Whether the array held no message at all.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The canonical messages, or the first one's error.
+    pub fn into_messages(self) -> Result<Vec<Message<'a>>, GatewayError> {
+        match self.error {
+            Some(error) => Err(error),
+            None => Ok(self.messages),
+        }
+    }
+}
+
+impl<'de: 'a, 'a, W> serde::Deserialize<'de> for TurnedMessages<'a, W>
+where
+    W: serde::Deserialize<'de> + IntoCanonical<'a>,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Each<'a, W>(PhantomData<(&'a (), W)>);
+        impl<'de: 'a, 'a, W> serde::de::Visitor<'de> for Each<'a, W>
+        where
+            W: serde::Deserialize<'de> + IntoCanonical<'a>,
+        {
+            type Value = TurnedMessages<'a, W>;
+
+            // What serde says of a `Vec`, so a body's type errors read as they did.
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a sequence")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TurnedMessages<'a, W>, A::Error> {
+                let mut turned = TurnedMessages::default();
+                while let Some(wire) = seq.next_element::<W>()? {
+                    if turned.error.is_none() {
+                        match wire.into_canonical(turned.count) {
+                            Ok(message) => turned.messages.push(message),
+                            Err(error) => turned.error = Some(error),
+                        }
+                    }
+                    turned.count += 1;
+                }
+                Ok(turned)
+            }
+        }
+        deserializer.deserialize_seq(Each(PhantomData))
+    }
 }
 
 /// Reads `null` as the default value: clients send `"images": null` or

@@ -166,7 +166,7 @@ pub fn encode(
             Role::Assistant => {
                 // Earlier thinking goes back only with the signature Anthropic made for
                 // it: unsigned reasoning (another server's) is refused there.
-                let mut content = match (&message.thinking, &message.thinking_signature) {
+                let mut content = match (message.thinking(), message.thinking_signature()) {
                     (Some(thinking), Some(signature)) if !signature.is_empty() => {
                         vec![Block::Thinking {
                             thinking,
@@ -215,8 +215,7 @@ pub fn encode(
                     // of that name, else the earliest unanswered call.
                     None => {
                         let at = message
-                            .tool_name
-                            .as_deref()
+                            .tool_name()
                             .and_then(|name| pending.iter().position(|(_, call)| *call == name))
                             .or((!pending.is_empty()).then_some(0));
                         match at {
@@ -237,7 +236,7 @@ pub fn encode(
                     vec![Block::ToolResult {
                         tool_use_id: id,
                         content: blocks(&message.parts),
-                        is_error: message.tool_error,
+                        is_error: message.tool_error(),
                     }],
                 )
             }
@@ -386,7 +385,7 @@ fn literal(json: &'static str) -> &'static RawValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{FunctionDefinition, Message, Tool, ToolCall};
+    use crate::chat::{FunctionDefinition, Message, Rare, Tool, ToolCall};
 
     fn encoded(request: &ChatRequest) -> Value {
         serde_json::from_slice(
@@ -418,7 +417,11 @@ mod tests {
                         arguments: "".into(),
                     },
                 ],
-                thinking: Some("earlier".into()),
+                rare: Rare {
+                    thinking: Some("earlier".into()),
+                    ..Rare::default()
+                }
+                .boxed(),
                 ..Message::text(Role::Assistant, "looking")
             },
             Message {
@@ -426,8 +429,12 @@ mod tests {
                 ..Message::text(Role::Tool, "sunny")
             },
             Message {
-                tool_name: Some("get_time".into()),
-                tool_error: true,
+                rare: Rare {
+                    tool_name: Some("get_time".into()),
+                    tool_error: true,
+                    ..Rare::default()
+                }
+                .boxed(),
                 ..Message::text(Role::Tool, "noon")
             },
             Message::text(Role::Developer, "late rule"),
@@ -513,8 +520,12 @@ mod tests {
         assert_eq!(encoded(&request)["thinking"], json!({"type": "disabled"}));
         // A signed earlier thought goes back, before the turn's text.
         request.messages.push(Message {
-            thinking: Some("why".into()),
-            thinking_signature: Some("c2ln".into()),
+            rare: Rare {
+                thinking: Some("why".into()),
+                thinking_signature: Some("c2ln".into()),
+                ..Rare::default()
+            }
+            .boxed(),
             ..Message::text(Role::Assistant, "because")
         });
         assert_eq!(

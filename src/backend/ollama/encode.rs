@@ -333,7 +333,7 @@ fn wire_messages<'a>(messages: &'a [Message<'_>]) -> Result<Vec<WireMessage<'a>>
             });
         }
         // OpenAI clients answer a call by id only; Ollama wants the tool's name.
-        let tool_name = match (&message.tool_name, &message.tool_call_id) {
+        let tool_name = match (message.tool_name(), &message.tool_call_id) {
             (Some(name), _) => Some(name.as_ref()),
             (None, Some(id)) => messages[..index].iter().rev().find_map(|earlier| {
                 earlier
@@ -351,7 +351,7 @@ fn wire_messages<'a>(messages: &'a [Message<'_>]) -> Result<Vec<WireMessage<'a>>
             },
             content: text_of(message),
             images,
-            thinking: message.thinking.as_deref(),
+            thinking: message.thinking().map(AsRef::as_ref),
             tool_calls,
             tool_name: if message.role == Role::Tool {
                 tool_name

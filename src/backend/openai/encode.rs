@@ -453,8 +453,7 @@ fn wire_messages<'a, E>(
             let position = match &message.tool_call_id {
                 Some(id) => unanswered.iter().position(|(call_id, _)| call_id == id),
                 None => message
-                    .tool_name
-                    .as_ref()
+                    .tool_name()
                     .and_then(|name| unanswered.iter().position(|(_, n)| n == name))
                     .or(if unanswered.is_empty() { None } else { Some(0) }),
             };
@@ -482,8 +481,8 @@ fn wire_messages<'a, E>(
             tool_calls,
             tool_call_id,
             reasoning_content: message
-                .thinking
-                .as_deref()
+                .thinking()
+                .map(AsRef::as_ref)
                 .filter(|_| local_dialect && message.role == Role::Assistant),
         })?;
     }
@@ -585,7 +584,7 @@ mod tests {
             arguments: "{}".into(),
         });
         let mut answer = Message::text(Role::Tool, "noon");
-        answer.tool_name = Some("get_time".into());
+        answer.rare_mut().tool_name = Some("get_time".into());
         ChatRequest::new(vec![Message::text(Role::User, "time?"), call, answer])
     }
 

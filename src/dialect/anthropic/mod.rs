@@ -76,7 +76,7 @@ pub fn estimate_tokens(request: &ChatRequest) -> u64 {
                 }
             }
         }
-        bytes += message.thinking.as_ref().map_or(0, |text| text.len());
+        bytes += message.thinking().map_or(0, |text| text.len());
         for call in &message.tool_calls {
             bytes += call.name.len() + call.arguments.len();
         }

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::chat::{
-    optional_str, ChatRequest, FunctionDefinition, Image, Message, Part, Role, Sampling, Str,
+    optional_str, ChatRequest, FunctionDefinition, Image, Message, Part, Rare, Role, Sampling, Str,
     Think, Tool, ToolCall,
 };
 use crate::dialect::ParsedChat;
@@ -357,12 +357,14 @@ fn user_turn<'a>(
                 messages.push(Message {
                     role: Role::Tool,
                     parts,
-                    thinking: None,
-                    thinking_signature: None,
                     tool_calls: Vec::new(),
                     tool_call_id: Some(id),
-                    tool_name,
-                    tool_error: block.is_error.unwrap_or(false),
+                    rare: Rare {
+                        tool_name,
+                        tool_error: block.is_error.unwrap_or(false),
+                        ..Rare::default()
+                    }
+                    .boxed(),
                 });
                 results += 1;
             }
@@ -431,13 +433,14 @@ fn assistant_turn(index: usize, content: &RawValue) -> Result<Message<'_>, Gatew
                 .push(block_text(&block, &at).map_err(|e| bad_content(index, e))?),
             "thinking" => {
                 let text = block.thinking.map(|text| text.0).unwrap_or_default();
-                message.thinking = Some(match message.thinking.take() {
+                let rare = message.rare_mut();
+                rare.thinking = Some(match rare.thinking.take() {
                     None => text,
                     Some(earlier) => Cow::Owned(format!("{earlier}\n{text}")),
                 });
                 // Several signed blocks cannot be joined under one signature: the
                 // last one's is kept, and an Anthropic upstream checks it.
-                message.thinking_signature = block.signature.map(|signature| signature.0);
+                rare.thinking_signature = block.signature.map(|signature| signature.0);
             }
             "redacted_thinking" => {}
             "tool_use" => {
@@ -632,8 +635,11 @@ mod tests {
             ]
         );
         assert_eq!(assistant.role, Role::Assistant);
-        assert_eq!(assistant.thinking.as_deref(), Some("hmm"));
-        assert_eq!(assistant.thinking_signature.as_deref(), Some("sig"));
+        assert_eq!(assistant.thinking().map(|t| t.as_ref()), Some("hmm"));
+        assert_eq!(
+            assistant.thinking_signature().map(|t| t.as_ref()),
+            Some("sig")
+        );
         assert_eq!(assistant.joined_text(), "calling");
         assert_eq!(
             assistant.tool_calls,
@@ -646,9 +652,9 @@ mod tests {
         // The tool result comes before the turn's own text.
         assert_eq!(tool.role, Role::Tool);
         assert_eq!(tool.tool_call_id.as_deref(), Some("toolu_1"));
-        assert_eq!(tool.tool_name.as_deref(), Some("f"));
+        assert_eq!(tool.tool_name().map(|t| t.as_ref()), Some("f"));
         assert_eq!(tool.joined_text(), "42");
-        assert!(tool.tool_error);
+        assert!(tool.tool_error());
         assert_eq!(*text, Message::text(Role::User, "and then"));
     }
 
@@ -701,7 +707,10 @@ mod tests {
         // A turn of tool results alone adds no user message.
         assert_eq!(roles, [Role::Assistant, Role::Tool, Role::Tool]);
         assert_eq!(request.messages[1].parts.len(), 2);
-        assert_eq!(request.messages[2].tool_name.as_deref(), Some("g"));
+        assert_eq!(
+            request.messages[2].tool_name().map(|t| t.as_ref()),
+            Some("g")
+        );
         assert!(request.messages[2].parts.is_empty());
     }
 
@@ -833,7 +842,7 @@ mod tests {
         assert_eq!(input["command"], "echo TOOL-OK");
         let result = &second.request.messages[3];
         assert_eq!(result.tool_call_id, call.id);
-        assert_eq!(result.tool_name.as_deref(), Some("Bash"));
+        assert_eq!(result.tool_name().map(|t| t.as_ref()), Some("Bash"));
         assert_eq!(result.joined_text(), "TOOL-OK");
     }
 }

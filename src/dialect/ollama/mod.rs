@@ -17,10 +17,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::chat::{
-    optional_str, ChatRequest, Completion, Generation, Image, Message, OutputFormat, Part, Role,
-    Sampling, Str, Think, Tool, WireToolCallRef,
+    optional_str, ChatRequest, Completion, Generation, Image, Message, OutputFormat, Part, Rare,
+    Role, Sampling, Str, Think, Tool, WireToolCallRef,
 };
-use crate::dialect::{Dialect, ParsedChat};
+use crate::dialect::{Dialect, IntoCanonical, ParsedChat, TurnedMessages};
 use crate::error::GatewayError;
 
 /// Ollama's API, in the answer shape of one of its two generating routes; both shapes
@@ -79,7 +79,7 @@ impl Dialect for Ollama {
 struct WireRequest<'a> {
     model: String,
     #[serde(default, borrow, deserialize_with = "super::null_as_default")]
-    messages: Messages<'a>,
+    messages: TurnedMessages<'a, WireMessage<'a>>,
     stream: Option<bool>,
     format: Option<Value>,
     options: Option<Map<String, Value>>,
@@ -117,11 +117,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayError> {
     if wire.model.is_empty() {
         return Err(GatewayError::bad_field("model", "model is required"));
     }
-    let Messages { parsed, error } = wire.messages;
-    if let Some(error) = error {
-        return Err(error);
-    }
-    let mut request = ChatRequest::new(parsed);
+    let mut request = ChatRequest::new(wire.messages.into_messages()?);
     request.sampling = parse_options(wire.options.unwrap_or_default())?;
     request.format = parse_format(wire.format)?;
     request.tools = wire.tools.unwrap_or_default();
@@ -133,52 +129,6 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayError> {
         request,
         reply: timing,
     })
-}
-
-/// The `messages` array, each message turned into the canonical one as soon as it is
-/// read: a long history is not held a second time, as a vector of wire messages, beside
-/// the messages made from it. (The canonical vector itself grows by doubling: serde
-/// gives no count of the elements ahead.)
-#[derive(Default)]
-struct Messages<'a> {
-    parsed: Vec<Message<'a>>,
-    /// The first message that could not be turned into one, answered only once the
-    /// whole body has parsed and the model been checked, as when the array was read
-    /// first and its messages turned after.
-    error: Option<GatewayError>,
-}
-
-impl<'de> Deserialize<'de> for Messages<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Each;
-        impl<'de> serde::de::Visitor<'de> for Each {
-            type Value = Messages<'de>;
-
-            // What serde says of a `Vec`, so a body's type errors read as they did.
-            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-                formatter.write_str("a sequence")
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Messages<'de>, A::Error> {
-                let mut messages = Messages::default();
-                let mut index = 0;
-                while let Some(wire) = seq.next_element::<WireMessage<'de>>()? {
-                    if messages.error.is_none() {
-                        match parse_message(index, wire) {
-                            Ok(message) => messages.parsed.push(message),
-                            Err(error) => messages.error = Some(error),
-                        }
-                    }
-                    index += 1;
-                }
-                Ok(messages)
-            }
-        }
-        deserializer.deserialize_seq(Each)
-    }
 }
 
 #[derive(Deserialize)]
@@ -261,6 +211,12 @@ pub fn parse_generate(body: &[u8]) -> Result<ParsedChat<'_, Timing>, GatewayErro
     })
 }
 
+impl<'a> IntoCanonical<'a> for WireMessage<'a> {
+    fn into_canonical(self, index: usize) -> Result<Message<'a>, GatewayError> {
+        parse_message(index, self)
+    }
+}
+
 fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, GatewayError> {
     let role = Role::parse(&wire.role.0).ok_or_else(|| {
         GatewayError::bad_field(
@@ -301,12 +257,14 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
     Ok(Message {
         role,
         parts,
-        thinking: wire.thinking,
-        thinking_signature: None,
         tool_calls,
         tool_call_id: wire.tool_call_id,
-        tool_name: wire.tool_name,
-        tool_error: false,
+        rare: Rare {
+            thinking: wire.thinking,
+            tool_name: wire.tool_name,
+            ..Rare::default()
+        }
+        .boxed(),
     })
 }
 

@@ -9,10 +9,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::chat::{
-    ChatRequest, Image, Message, OutputFormat, Part, Role, Sampling, Str, Think, Tool,
+    ChatRequest, Image, Message, OutputFormat, Part, Rare, Role, Sampling, Str, Think, Tool,
     WireToolCallRef,
 };
-use crate::dialect::ParsedChat;
+use crate::dialect::{IntoCanonical, ParsedChat, TurnedMessages};
 use crate::error::GatewayError;
 
 /// What a chat answer needs from its request beyond the events.
@@ -29,7 +29,7 @@ pub struct Reply {
 struct WireRequest<'a> {
     model: String,
     #[serde(borrow)]
-    messages: Vec<WireMessage<'a>>,
+    messages: TurnedMessages<'a, WireMessage<'a>>,
     stream: Option<bool>,
     stream_options: Option<WireStreamOptions>,
     max_tokens: Option<u64>,
@@ -107,10 +107,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedChat<'_, Reply>, GatewayError> {
             "n must be 1: the gateway returns one choice per request",
         ));
     }
-    let mut messages = Vec::with_capacity(wire.messages.len());
-    for (index, message) in wire.messages.into_iter().enumerate() {
-        messages.push(parse_message(index, message)?);
-    }
+    let messages = wire.messages.into_messages()?;
     let stop = match wire.stop {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(stop)) => vec![stop],
@@ -208,6 +205,12 @@ fn parse_response_format(format: &Value) -> Result<Option<OutputFormat>, Gateway
     }
 }
 
+impl<'a> IntoCanonical<'a> for WireMessage<'a> {
+    fn into_canonical(self, index: usize) -> Result<Message<'a>, GatewayError> {
+        parse_message(index, self)
+    }
+}
+
 fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, GatewayError> {
     let role = Role::parse(&wire.role.0).ok_or_else(|| {
         GatewayError::bad_field(
@@ -223,16 +226,18 @@ fn parse_message(index: usize, wire: WireMessage<'_>) -> Result<Message<'_>, Gat
     Ok(Message {
         role,
         parts,
-        thinking: wire.reasoning_content.or(wire.reasoning).map(|text| text.0),
-        thinking_signature: None,
         tool_calls,
         tool_call_id: wire.tool_call_id.map(|id| id.0),
-        tool_name: if role == Role::Tool {
-            wire.name.map(|name| name.0)
-        } else {
-            None
-        },
-        tool_error: false,
+        rare: Rare {
+            thinking: wire.reasoning_content.or(wire.reasoning).map(|text| text.0),
+            tool_name: if role == Role::Tool {
+                wire.name.map(|name| name.0)
+            } else {
+                None
+            },
+            ..Rare::default()
+        }
+        .boxed(),
     })
 }
 
@@ -435,7 +440,7 @@ mod tests {
         );
         assert_eq!(assistant.role, Role::Assistant);
         assert!(assistant.parts.is_empty());
-        assert_eq!(assistant.thinking.as_deref(), Some("hmm"));
+        assert_eq!(assistant.thinking().map(|t| t.as_ref()), Some("hmm"));
         assert_eq!(
             assistant.tool_calls,
             vec![ToolCall {
@@ -445,7 +450,7 @@ mod tests {
             }]
         );
         assert_eq!(tool.tool_call_id.as_deref(), Some("call_1"));
-        assert_eq!(tool.tool_name.as_deref(), Some("f"));
+        assert_eq!(tool.tool_name().map(|t| t.as_ref()), Some("f"));
         assert_eq!(tool.parts, vec![Part::Text("42".into())]);
     }
 
@@ -506,7 +511,7 @@ mod tests {
             json!({"model": "m", "messages": [{"role": "user", "name": "bob", "content": "hi"}]}),
         )
         .unwrap();
-        assert_eq!(named.request.messages[0].tool_name, None);
+        assert_eq!(named.request.messages[0].tool_name(), None);
         let json_object = parse(
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                                        "response_format": {"type": "json_object"}}),

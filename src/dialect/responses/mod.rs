@@ -350,7 +350,7 @@ mod tests {
         );
         // One assistant turn: its reasoning, text and both calls.
         let assistant = &request.messages[3];
-        assert_eq!(assistant.thinking.as_deref(), Some("hmm"));
+        assert_eq!(assistant.thinking().map(|t| t.as_ref()), Some("hmm"));
         assert_eq!(assistant.joined_text(), "let me check");
         assert_eq!(
             assistant.tool_calls,
@@ -369,10 +369,10 @@ mod tests {
         );
         let tool = &request.messages[4];
         assert_eq!(tool.tool_call_id.as_deref(), Some("call_1"));
-        assert_eq!(tool.tool_name.as_deref(), Some("f"));
+        assert_eq!(tool.tool_name().map(|t| t.as_ref()), Some("f"));
         assert_eq!(tool.joined_text(), "42");
         assert_eq!(
-            request.messages[5].tool_name.as_deref(),
+            request.messages[5].tool_name().map(|t| t.as_ref()),
             Some("agents__spawn")
         );
         assert_eq!(request.messages[5].joined_text(), "ok");
@@ -536,7 +536,7 @@ mod tests {
         let assistant = before.last().unwrap();
         assert_eq!(assistant.role, Role::Assistant);
         assert_eq!(
-            assistant.thinking.as_deref(),
+            assistant.thinking().map(|t| t.as_ref()),
             Some("**Thinking** about the answer.")
         );
         assert_eq!(assistant.tool_calls.len(), 1);
@@ -547,7 +547,7 @@ mod tests {
         );
         assert_eq!(tool.role, Role::Tool);
         assert_eq!(tool.tool_call_id, assistant.tool_calls[0].id);
-        assert_eq!(tool.tool_name.as_deref(), Some("exec_command"));
+        assert_eq!(tool.tool_name().map(|t| t.as_ref()), Some("exec_command"));
         assert!(tool.joined_text().contains("TOOL-OK"));
     }
 }

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::chat::{
-    optional_str, ChatRequest, FunctionDefinition, Image, Message, OutputFormat, Part, Role,
+    optional_str, ChatRequest, FunctionDefinition, Image, Message, OutputFormat, Part, Rare, Role,
     Sampling, Str, Think, Tool, ToolCall,
 };
 use crate::error::GatewayError;
@@ -359,7 +359,8 @@ pub(super) fn parse_input<'a>(
                     let current = gather(&mut messages, &mut turn, |m| {
                         !m.parts.is_empty() || !m.tool_calls.is_empty()
                     });
-                    current.thinking = Some(match current.thinking.take() {
+                    let rare = current.rare_mut();
+                    rare.thinking = Some(match rare.thinking.take() {
                         Some(before) => Cow::Owned(format!("{before}\n{text}")),
                         None => text,
                     });
@@ -394,7 +395,11 @@ pub(super) fn parse_input<'a>(
                 messages.push(Message {
                     parts: parse_output(index, item.output)?,
                     tool_call_id: Some(call_id),
-                    tool_name,
+                    rare: Rare {
+                        tool_name,
+                        ..Rare::default()
+                    }
+                    .boxed(),
                     ..Message::text(Role::Tool, "")
                 });
             }

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use super::store::StoredResponse;
 use crate::chat::{
-    random_id, Completion, Event, FinishReason, Message, Part, Role, ToolCall, ToolCallDelta, Usage,
+    random_id, Completion, Event, FinishReason, Message, Part, Rare, Role, ToolCall, ToolCallDelta,
+    Usage,
 };
 use crate::dialect::openai::error_object;
 use crate::dialect::{unix_now, StreamRenderer};
@@ -169,8 +170,12 @@ fn turn(text: String, thinking: String, tool_calls: Vec<ToolCall<'static>>) -> M
         } else {
             vec![Part::Text(text.into())]
         },
-        thinking: (!thinking.is_empty()).then(|| thinking.into()),
         tool_calls,
+        rare: Rare {
+            thinking: (!thinking.is_empty()).then(|| thinking.into()),
+            ..Rare::default()
+        }
+        .boxed(),
         ..Message::text(Role::Assistant, "")
     }
 }
@@ -702,7 +707,7 @@ mod tests {
         assert_eq!(turn.role, Role::Assistant);
         assert_eq!(turn.tool_calls[0].id.as_deref(), Some(call_id));
         assert_eq!(turn.tool_calls[0].name, "agents__spawn");
-        assert_eq!(turn.thinking.as_deref(), Some("hmm"));
+        assert_eq!(turn.thinking().map(|t| t.as_ref()), Some("hmm"));
     }
 
     #[test]

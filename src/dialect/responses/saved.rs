@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::store::{StoreConfig, StoredResponse};
-use crate::chat::{Image, Message, Part, Role, ToolCall};
+use crate::chat::{Image, Message, Part, Rare, Role, ToolCall};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS responses (
@@ -357,8 +357,8 @@ impl From<&Message<'static>> for SavedMessage {
                     },
                 })
                 .collect(),
-            thinking: own(&message.thinking),
-            thinking_signature: own(&message.thinking_signature),
+            thinking: message.thinking().map(ToString::to_string),
+            thinking_signature: message.thinking_signature().map(ToString::to_string),
             tool_calls: message
                 .tool_calls
                 .iter()
@@ -369,8 +369,8 @@ impl From<&Message<'static>> for SavedMessage {
                 })
                 .collect(),
             tool_call_id: own(&message.tool_call_id),
-            tool_name: own(&message.tool_name),
-            tool_error: message.tool_error,
+            tool_name: message.tool_name().map(ToString::to_string),
+            tool_error: message.tool_error(),
         }
     }
 }
@@ -393,8 +393,6 @@ impl SavedMessage {
                     }),
                 })
                 .collect(),
-            thinking: self.thinking.map(Into::into),
-            thinking_signature: self.thinking_signature.map(Into::into),
             tool_calls: self
                 .tool_calls
                 .into_iter()
@@ -405,8 +403,13 @@ impl SavedMessage {
                 })
                 .collect(),
             tool_call_id: self.tool_call_id.map(Into::into),
-            tool_name: self.tool_name.map(Into::into),
-            tool_error: self.tool_error,
+            rare: Rare {
+                thinking: self.thinking.map(Into::into),
+                thinking_signature: self.thinking_signature.map(Into::into),
+                tool_name: self.tool_name.map(Into::into),
+                tool_error: self.tool_error,
+            }
+            .boxed(),
         })
     }
 }
@@ -441,19 +444,27 @@ mod tests {
                 ..Message::text(Role::User, "")
             },
             Message {
-                thinking: Some("hmm".into()),
-                thinking_signature: Some("sig".into()),
                 tool_calls: vec![ToolCall {
                     id: Some("call_1".into()),
                     name: "ls".into(),
                     arguments: "{\"dir\":\".\"}".into(),
                 }],
+                rare: Rare {
+                    thinking: Some("hmm".into()),
+                    thinking_signature: Some("sig".into()),
+                    ..Rare::default()
+                }
+                .boxed(),
                 ..Message::text(Role::Assistant, "")
             },
             Message {
                 tool_call_id: Some("call_1".into()),
-                tool_name: Some("ls".into()),
-                tool_error: true,
+                rare: Rare {
+                    tool_name: Some("ls".into()),
+                    tool_error: true,
+                    ..Rare::default()
+                }
+                .boxed(),
                 ..Message::text(Role::Tool, "no such dir")
             },
         ]

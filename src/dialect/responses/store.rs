@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::saved::Database;
-use crate::chat::{Image, Message, Part, ToolCall};
+use crate::chat::{Image, Message, Part, Rare, ToolCall};
 
 /// `[responses]`: how many stored responses are kept, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -210,8 +210,6 @@ pub fn owned_message(message: &Message<'_>) -> Message<'static> {
                 )),
             })
             .collect(),
-        thinking: message.thinking.as_ref().map(own),
-        thinking_signature: message.thinking_signature.as_ref().map(own),
         tool_calls: message
             .tool_calls
             .iter()
@@ -222,8 +220,13 @@ pub fn owned_message(message: &Message<'_>) -> Message<'static> {
             })
             .collect(),
         tool_call_id: message.tool_call_id.as_ref().map(own),
-        tool_name: message.tool_name.as_ref().map(own),
-        tool_error: message.tool_error,
+        rare: Rare {
+            thinking: message.thinking().map(own),
+            thinking_signature: message.thinking_signature().map(own),
+            tool_name: message.tool_name().map(own),
+            tool_error: message.tool_error(),
+        }
+        .boxed(),
     }
 }
 
