@@ -146,7 +146,7 @@ pub trait StreamRenderer {
 /// Parses a request body, answering a 400 that names the problem (serde's message
 /// says which field and where).
 pub fn parse_body<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, GatewayError> {
-    serde_json::from_slice(body)
+    crate::framing::from_json(body)
         .map_err(|e| GatewayError::bad_request(format!("invalid request body: {e}")))
 }
 

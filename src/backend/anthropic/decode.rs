@@ -198,7 +198,7 @@ impl Decoder {
         data: &[u8],
         out: &mut Vec<Event>,
     ) -> Result<(), GatewayError> {
-        let event: WireEvent<'_> = serde_json::from_slice(data).map_err(|e| {
+        let event: WireEvent<'_> = crate::framing::from_json(data).map_err(|e| {
             Self::protocol(
                 backend,
                 format!("a stream event is not a Messages event: {e}"),
@@ -307,7 +307,7 @@ impl Decoder {
 
 /// Decodes a whole `message` (`"stream": false`).
 pub(super) fn whole(backend: &str, body: &[u8]) -> Result<Completion, GatewayError> {
-    let message: WireMessage = serde_json::from_slice(body).map_err(|e| {
+    let message: WireMessage = crate::framing::from_json(body).map_err(|e| {
         Decoder::protocol(
             backend,
             format!("/messages did not answer with a message: {e}"),

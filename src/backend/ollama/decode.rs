@@ -82,7 +82,7 @@ fn decode_line(
     out: &mut Vec<Event>,
 ) -> Result<bool, GatewayError> {
     let line: WireLine<'_> =
-        serde_json::from_slice(line).map_err(|e| GatewayError::UpstreamProtocol {
+        crate::framing::from_json(line).map_err(|e| GatewayError::UpstreamProtocol {
             backend: backend.to_owned(),
             detail: format!("a stream line is not an Ollama chat response: {e}"),
         })?;
@@ -236,7 +236,7 @@ fn unix_seconds(time: &str) -> Option<u64> {
 /// give, folded into one.
 pub(super) fn whole(backend: &str, body: &[u8], path: &str) -> Result<Completion, GatewayError> {
     let answer: WireLine<'_> =
-        serde_json::from_slice(body).map_err(|e| GatewayError::UpstreamProtocol {
+        crate::framing::from_json(body).map_err(|e| GatewayError::UpstreamProtocol {
             backend: backend.to_owned(),
             detail: format!("{path} did not answer with the expected JSON: {e}"),
         })?;

@@ -126,7 +126,7 @@ impl Decoder {
         out: &mut Vec<Event>,
     ) -> Result<(), GatewayError> {
         let chunk: WireAnswer<'_> =
-            serde_json::from_slice(data).map_err(|e| GatewayError::UpstreamProtocol {
+            crate::framing::from_json(data).map_err(|e| GatewayError::UpstreamProtocol {
                 backend: backend.to_owned(),
                 detail: format!("a stream event is not a chat completion chunk: {e}"),
             })?;
@@ -216,7 +216,7 @@ impl Decoder {
 /// folded into one.
 pub(super) fn whole(backend: &str, body: &[u8], path: &str) -> Result<Completion, GatewayError> {
     let answer: WireAnswer<'_> =
-        serde_json::from_slice(body).map_err(|e| GatewayError::UpstreamProtocol {
+        crate::framing::from_json(body).map_err(|e| GatewayError::UpstreamProtocol {
             backend: backend.to_owned(),
             detail: format!("{path} did not answer with the expected JSON: {e}"),
         })?;
