@@ -1,5 +1,6 @@
 //! The two stream framings, SSE and NDJSON: decoding upstream bytes however the network
-//! cut them, and encoding what the gateway sends.
+//! cut them, and encoding what the gateway sends; and reading the JSON a framing (or a
+//! whole body) carries from its bytes (`from_json`).
 //!
 //! Decoding works on bytes and cuts whole lines before anything reads them as UTF-8, so
 //! a line or a multi-byte character split across reads comes out whole, and a last line
