@@ -340,12 +340,18 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn every_column_is_stored_as_given_in_groups_and_one_by_one() {
+    /// A ledger in memory, with the gateway's schema and no rows.
+    fn empty_ledger() -> Connection {
         let connection = Connection::open_in_memory().unwrap();
         connection
             .execute_batch(&super::super::ledger::schema())
             .unwrap();
+        connection
+    }
+
+    #[test]
+    fn every_column_is_stored_as_given_in_groups_and_one_by_one() {
+        let connection = empty_ledger();
         let statements = Statements::prepare(&connection).unwrap();
         // Two groups of MANY and a rest of three, then a batch of one.
         let rows: Vec<Outcome> = (0..2 * MANY as u64 + 3).map(outcome).collect();
@@ -381,10 +387,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_keeps_none_of_its_rows_and_the_next_one_still_lands() {
-        let connection = Connection::open_in_memory().unwrap();
-        connection
-            .execute_batch(&super::super::ledger::schema())
-            .unwrap();
+        let connection = empty_ledger();
         // A trigger that refuses the last row (after a whole group went in) stands in
         // for a disk that fails mid-batch.
         connection
